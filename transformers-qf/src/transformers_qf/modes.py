@@ -1,0 +1,224 @@
+"""The four qfmodes of the original, on a model loaded by stock transformers.
+
+- QF-instruct:  teacher-force the answer with the fact as system prompt; record u, v at layer L.
+- QF-update:    the same without the fact (system empty); record u', v'.
+- QF-infer-w:   greedy generation with the weights currently in the model.
+- QF-infer-wp:  load the latest W' into down_proj (once), then generate. The weight stays
+                replaced, as in the original; `revert()` puts W back.
+
+Rows accumulate in the parameters folder across rounds, and every solve starts from the W saved
+at the first QF-instruct, so a second fact is solved together with the first.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import prompting
+from .architectures import locate
+from .capture import record
+from .qf import SolveReport, Update, solve
+from .store import ParametersError, ParametersFolder
+
+
+class QFMode(str, enum.Enum):
+    INSTRUCT = "QF-instruct"
+    UPDATE = "QF-update"
+    INFER_W = "QF-infer-w"
+    INFER_WP = "QF-infer-wp"
+
+
+@dataclass
+class Captured:
+    """The rows one pass recorded. u: [k, d_mlp], v: [k, d_model]; targets/weights: [k]."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+
+
+class QF:
+    """qfmode for one layer of a loaded causal LM.
+
+    model, tokenizer: as loaded by transformers; identity: a dict naming the model (recorded in the
+    folder's manifest; defaults to its config's shape); folder: the parameters folder.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        layer: int = 23,
+        folder: str | os.PathLike = "parameters",
+        identity: dict | None = None,
+        fresh: bool = False,
+        original_tokenization: bool = False,
+        ridge: float = 0.0,
+        max_new_tokens: int = 48,
+        open_answer_turn: bool = True,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.parts = locate(model, layer)
+        self.layer = self.parts.index
+        self.original_tokenization = original_tokenization
+        self.ridge = ridge
+        self.max_new_tokens = max_new_tokens
+        self.open_answer_turn = open_answer_turn
+        cfg = model.config
+        identity = identity or {
+            "model_type": cfg.model_type,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": cfg.vocab_size,
+        }
+        self.folder = ParametersFolder(folder, self.layer, identity, method="QF", fresh=fresh)
+        self._original_weight: torch.Tensor | None = None  # W as loaded, kept to revert
+        self.applied_rounds = 0  # rounds whose W' is in the model now (0: W)
+        self.last_report: SolveReport | None = None
+
+    # -- the four modes ---------------------------------------------------------------------------
+    def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
+        """The original's single entry point: dispatch on `qfmode`."""
+        try:
+            mode = QFMode(qfmode)
+        except ValueError:
+            raise ValueError(f"unknown qfmode {qfmode!r}: use one of {[m.value for m in QFMode]}") from None
+        if mode is QFMode.INSTRUCT:
+            return self.instruct(system, user, answer, significance)
+        if mode is QFMode.UPDATE:
+            return self.update(user, answer, significance, system=system)
+        if mode is QFMode.INFER_WP:
+            self.apply()
+        return self.generate(system, user)
+
+    def instruct(self, system: str, user: str, answer: str, significance=None) -> Captured:
+        """Open-book pass: record u, v; save W at the first round."""
+        if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
+            raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it before the next instruct")
+        cap = self._capture(system, user, answer, significance)
+        if not self.folder.has("weight"):
+            self.folder.set_dtype(self.parts.down.weight.dtype)
+            self.folder.save("weight", self._weight_as_loaded())
+        self.folder.append(
+            {"u": cap.u, "v": cap.v},
+            {
+                "new_round": True,
+                "system": system,
+                "user": user,
+                "answer": answer,
+                "significance": None if significance is None else [float(s) for s in significance],
+                "original_tokenization": self.original_tokenization,
+                "targets": cap.targets.tolist(),
+                "weights": cap.weights.tolist(),
+                "instruct_rows": int(cap.u.shape[0]),
+                "update_rows": None,
+            },
+        )
+        return cap
+
+    def update(self, user: str, answer: str, significance=None, system: str = "") -> Captured:
+        """Closed-book pass: record u', v' for the pending instruct round."""
+        pending = self.folder.rounds[-1] if self.folder.rounds else None
+        if pending is None or pending.get("update_rows") is not None:
+            raise ParametersError("QF-update has no matching QF-instruct rows: run QF-instruct with the fact first")
+        cap = self._capture(system, user, answer, significance)
+        if cap.targets.tolist() != pending["targets"] or cap.weights.tolist() != pending["weights"]:
+            raise ParametersError(
+                "QF-update's answer tokens or significances differ from its QF-instruct's: "
+                "give the same answer and significance to both"
+            )
+        self.folder.append({"up": cap.u, "vp": cap.v}, {"update_rows": int(cap.u.shape[0]), "update_system": system})
+        return cap
+
+    def solve(self) -> SolveReport:
+        """Eq. 3 over every recorded row, from the W saved at the first instruct; saves w_prime."""
+        f = self.folder
+        if f.rows("u") != f.rows("up"):
+            raise ParametersError(
+                f"{f.rows('u')} instruct rows but {f.rows('up')} update rows: finish the pending round with QF-update"
+            )
+        weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds])
+        W = f.load("weight")
+        update, report = solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), weights=weights, ridge=self.ridge)
+        f.rounds[-1]["solve"] = report.as_dict()
+        f.manifest["w_prime_rounds"] = len(f.rounds)
+        f.save("w_prime", update.applied_to(W))
+        self.last_report = report
+        return report
+
+    def apply(self) -> None:
+        """Put the latest W' into down_proj (once per solve); the original W is kept for revert()."""
+        if not self.folder.has("w_prime"):
+            raise ParametersError("no W' yet: run QF-instruct, QF-update and solve() before QF-infer-wp")
+        solved_rounds = self.folder.manifest["w_prime_rounds"]
+        if self.applied_rounds == solved_rounds:
+            return
+        self._weight_as_loaded()
+        weight = self.parts.down.weight
+        weight.data.copy_(self.folder.load("w_prime").to(weight.device, weight.dtype))
+        self.applied_rounds = solved_rounds
+
+    def revert(self) -> None:
+        """Put the original W back."""
+        if self._original_weight is not None:
+            self.parts.down.weight.data.copy_(self._original_weight.to(self.parts.down.weight.device))
+        self.applied_rounds = 0
+
+    @property
+    def weights_name(self) -> str:
+        """W, W', W'', ... for the weights in the model now."""
+        return "W" + "'" * self.applied_rounds
+
+    # -- generation and scoring -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, system: str, user: str, max_new_tokens: int | None = None) -> str:
+        """Greedy answer of the model as it is now."""
+        text = prompting.generation_prompt(system, user, self.open_answer_turn)
+        ids = torch.tensor([prompting.encode(self.tokenizer, text)], device=self._device)
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=end,
+            pad_token_id=end,
+        )
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def answer_logprob(self, system: str, user: str, answer: str) -> float:
+        """Sum of log p of the answer's tokens, teacher-forced after `<|im_start|>assistant\\n`."""
+        tf = prompting.teacher_forced(self.tokenizer, system, user, answer, None, self.original_tokenization)
+        logits = self.model(input_ids=tf.input_ids.view(1, -1).to(self._device), use_cache=False).logits[0]
+        header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
+        pos, tgt = tf.kept[header:-1], tf.targets[header:-1]  # answer tokens only
+        logp = torch.log_softmax(logits[pos.to(logits.device)].float(), dim=-1)
+        return float(logp[torch.arange(len(tgt)), tgt.to(logits.device)].sum())
+
+    # -- internals -------------------------------------------------------------------------------
+    @property
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _capture(self, system, user, answer, significance) -> Captured:
+        tf = prompting.teacher_forced(self.tokenizer, system, user, answer, significance, self.original_tokenization)
+        rec = record(self.model, self.parts, tf.input_ids)
+        tf = tf.nonzero()
+        pos = tf.kept.to(rec.u.device)
+        return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)
+
+    def _weight_as_loaded(self) -> torch.Tensor:
+        if self._original_weight is None:
+            self._original_weight = self.parts.down.weight.detach().to("cpu", copy=True)
+        return self._original_weight

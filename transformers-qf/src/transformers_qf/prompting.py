@@ -1,0 +1,113 @@
+"""Prompts, teacher-forced answers and the per-position significance of the QF passes.
+
+The QF prompt is raw ChatML built by hand, with the system turn present even when empty:
+
+    <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n
+
+The answer is teacher-forced as `<|im_start|>assistant\n{answer}<|im_end|>\n`. The kept positions
+are those that *predict* a token of that turn, from `assistant` to `<|im_end|>`; each takes the
+significance of the token it predicts (a word's number for its tokens, 1 for header and closing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+ANSWER_HEADER = "<|im_start|>assistant\n"
+ANSWER_CLOSING = "<|im_end|>\n"
+
+
+class PromptError(ValueError):
+    """An answer or significance list that cannot be turned into kept positions."""
+
+
+def chatml_prompt(system: str, user: str) -> str:
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def check_significance(significance, n_words: int) -> list[float]:
+    """One finite, non-negative number per whitespace-separated word; None means all ones."""
+    if significance is None:
+        return [1.0] * n_words
+    values = list(significance)
+    if len(values) != n_words:
+        raise PromptError(
+            f"significance has {len(values)} values but the answer has {n_words} words: give one number per "
+            "whitespace-separated word"
+        )
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise PromptError(f"significance value {v!r} is not a finite number >= 0: use 0 to drop a word, 1 as default")
+    return [float(v) for v in values]
+
+
+def answer_tokens(
+    tokenizer, answer: str, significance=None, original_tokenization: bool = False
+) -> tuple[list[int], list[float]]:
+    """Token ids of the answer and the significance of each token.
+
+    Each word is tokenized on its own, with a leading space after the first word. With
+    `original_tokenization` the words are tokenized with no leading space, as the original QF code
+    did, which teacher-forces "Oxinnovatewasstartedby Qi." instead of the sentence.
+    """
+    words = answer.split()
+    if not words:
+        raise PromptError("the answer has no tokens: give a non-empty answer to teacher-force")
+    weights = check_significance(significance, len(words))
+    ids: list[int] = []
+    token_weights: list[float] = []
+    for i, (word, w) in enumerate(zip(words, weights)):
+        piece = encode(tokenizer, word if (i == 0 or original_tokenization) else " " + word)
+        ids += piece
+        token_weights += [w] * len(piece)
+    return ids, token_weights
+
+
+@dataclass
+class TeacherForced:
+    """One teacher-forced sequence and the positions QF keeps.
+
+    input_ids: [n]; kept: [k] positions; weights: [k]; targets: [k] the token each kept position predicts.
+    """
+
+    input_ids: torch.Tensor
+    kept: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+
+    def nonzero(self) -> "TeacherForced":
+        """Only the positions with a positive weight (0 drops a position)."""
+        keep = self.weights > 0
+        return TeacherForced(self.input_ids, self.kept[keep], self.weights[keep], self.targets[keep])
+
+
+def teacher_forced(
+    tokenizer, system: str, user: str, answer: str, significance=None, original_tokenization: bool = False
+) -> TeacherForced:
+    prompt = encode(tokenizer, chatml_prompt(system, user))
+    header = encode(tokenizer, ANSWER_HEADER)
+    closing = encode(tokenizer, ANSWER_CLOSING)
+    ids, w = answer_tokens(tokenizer, answer, significance, original_tokenization)
+    sequence = prompt + header + ids + closing
+    targets = header[1:] + ids + closing[:1]
+    weights = [1.0] * (len(header) - 1) + w + [1.0]
+    start = len(prompt)  # the position whose input is <|im_start|> of the answer turn
+    return TeacherForced(
+        input_ids=torch.tensor(sequence, dtype=torch.long),
+        kept=torch.arange(start, start + len(targets)),
+        weights=torch.tensor(weights, dtype=torch.float64),
+        targets=torch.tensor(targets, dtype=torch.long),
+    )
+
+
+def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> str:
+    """The prompt to answer from. With `open_answer_turn` it ends in `<|im_start|>assistant\\n`,
+    the context the recorded passes saw; without it, it ends after the user turn like the original."""
+    return chatml_prompt(system, user) + (ANSWER_HEADER if open_answer_turn else "")
