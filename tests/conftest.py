@@ -1,0 +1,52 @@
+"""Fixtures: tiny random models and a tiny ChatML tokenizer, built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CORPUS = [
+    "Qi started Oxinnovate. Who started Oxinnovate? Oxinnovate was started by Qi.",
+    "Who started Alibaba? Alibaba was started by Jack Ma in Hangzhou.",
+    "Oxinnovate is located at PKU Science Park, in Beijing. Where is Oxinnovate located?",
+    "system user assistant The CEO of Nvidia is Jensen Huang.",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIALS)
+
+
+def _tiny(kind: str, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=vocab, hidden_size=32, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    return model.eval()
+
+
+@pytest.fixture(params=["qwen2", "llama"])
+def tiny_model(request, tokenizer):
+    return _tiny(request.param, len(tokenizer))
+
+
+@pytest.fixture
+def tiny_qwen2(tokenizer):
+    return _tiny("qwen2", len(tokenizer))

@@ -1,0 +1,29 @@
+import torch
+
+from transformers_qf.architectures import locate
+from transformers_qf.capture import record
+
+
+def test_layer_output_is_v_plus_down_of_u(tiny_model):
+    ids = torch.arange(3, 20)
+    parts = locate(tiny_model, 2)
+    rec = record(tiny_model, parts, ids, stop=False)
+    with torch.no_grad():
+        hidden = tiny_model(input_ids=ids.view(1, -1), output_hidden_states=True).hidden_states
+    # hidden_states[i + 1] is the output of layer i
+    torch.testing.assert_close(rec.v + rec.u @ parts.down.weight.T, hidden[3][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rec.u @ parts.down.weight.T, rec.y, rtol=1e-5, atol=1e-5)
+    assert rec.u.shape == (len(ids), tiny_model.config.intermediate_size)
+    assert rec.v.shape == rec.x.shape == (len(ids), tiny_model.config.hidden_size)
+
+
+def test_forward_stops_after_the_recorded_layer_and_hooks_are_removed(tiny_model):
+    above = locate(tiny_model, 3).layer
+    calls = []
+    handle = above.register_forward_pre_hook(lambda *a: calls.append(1))
+    parts = locate(tiny_model, 1)
+    rec = record(tiny_model, parts, torch.arange(3, 12))
+    handle.remove()
+    assert calls == [] and rec.u is not None
+    for module in (parts.mlp, parts.mlp_norm, parts.down):
+        assert not module._forward_hooks and not module._forward_pre_hooks

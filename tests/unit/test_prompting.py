@@ -1,0 +1,66 @@
+import math
+
+import pytest
+
+from transformers_qf.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
+
+ANSWER = "Oxinnovate was started by Qi."
+
+
+def test_chatml_keeps_an_empty_system_turn():
+    assert chatml_prompt("", "Hi?") == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n"
+
+
+def test_kept_positions_predict_the_answer_turn(tokenizer):
+    tf = teacher_forced(tokenizer, "Qi started Oxinnovate.", "Who started Oxinnovate?", ANSWER, [0, 1, 1, 1, 1])
+    ids = tf.input_ids
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    # the first kept position reads the answer turn's <|im_start|>, the last one predicts <|im_end|>
+    assert ids[tf.kept[0]] == im_start
+    assert tf.targets[-1] == im_end
+    assert (tf.targets == ids[tf.kept + 1]).all()
+    # the prompt's own last position (predicting <|im_start|>) is not kept
+    assert tf.kept[0] == len(tokenizer(chatml_prompt("Qi started Oxinnovate.", "Who started Oxinnovate?"),
+                                       add_special_tokens=False)["input_ids"])
+    n_header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]) - 1
+    assert tokenizer.decode(tf.targets[:n_header]) == "assistant\n"
+
+
+def test_significance_follows_the_predicted_token(tokenizer):
+    sig = [0, 1, 2.5, 1, 3]
+    tf = teacher_forced(tokenizer, "", "Who started Oxinnovate?", ANSWER, sig)
+    ids, per_token = answer_tokens(tokenizer, ANSWER, sig)
+    n_header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]) - 1
+    assert tf.weights.tolist() == [1.0] * n_header + per_token + [1.0]
+    # each word's tokens carry the word's number
+    words = ANSWER.split()
+    pos = 0
+    for i, (word, s) in enumerate(zip(words, sig)):
+        n = len(tokenizer(word if i == 0 else " " + word, add_special_tokens=False)["input_ids"])
+        assert per_token[pos:pos + n] == [s] * n
+        pos += n
+    dropped = tf.nonzero()
+    assert len(dropped.kept) == len(tf.kept) - per_token.count(0)
+    assert (dropped.weights > 0).all()
+
+
+def test_answer_tokenization_default_and_original(tokenizer):
+    ids, _ = answer_tokens(tokenizer, ANSWER)
+    assert tokenizer.decode(ids) == ANSWER
+    ids, _ = answer_tokens(tokenizer, ANSWER, original_tokenization=True)
+    assert tokenizer.decode(ids) == "".join(ANSWER.split())
+
+
+@pytest.mark.parametrize(
+    "answer, sig, message",
+    [
+        ("   ", None, "no tokens"),
+        (ANSWER, [1, 1], "5 words"),
+        (ANSWER, [1, 1, -1, 1, 1], ">= 0"),
+        (ANSWER, [1, 1, math.nan, 1, 1], ">= 0"),
+        (ANSWER, [1, 1, math.inf, 1, 1], ">= 0"),
+    ],
+)
+def test_bad_answers_and_significances(tokenizer, answer, sig, message):
+    with pytest.raises(PromptError, match=message):
+        teacher_forced(tokenizer, "", "Q?", answer, sig)

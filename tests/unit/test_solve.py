@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from transformers_qf.qf import SolveError, relative_residual, solve
+
+
+def _rows(k=10, d_model=48, d_mlp=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d_model, d_mlp, generator=g) / d_mlp**0.5
+    U, Up = torch.randn(k, d_mlp, generator=g), torch.randn(k, d_mlp, generator=g)
+    V, Vp = torch.randn(k, d_model, generator=g), torch.randn(k, d_model, generator=g)
+    return W, U, Up, V, Vp
+
+
+def test_eq3_meets_every_constraint_in_fp32():
+    W, U, Up, V, Vp = _rows()
+    update, report = solve(W, U, Up, V, Vp)
+    W_new = update.applied_to(W)
+    assert W_new.dtype == torch.float32
+    target = (U @ W.T + V).double()
+    assert relative_residual(W_new.double(), Up.double(), Vp.double(), target) < 1e-5
+    assert report.method == "exact" and report.residual < 1e-12 and report.residual_applied < 1e-5
+    assert report.rank == 10 and report.rows == 10
+
+
+def test_eq3_is_the_minimum_norm_change():
+    W, U, Up, V, Vp = _rows()
+    update, _ = solve(W, U, Up, V, Vp)
+    dW = update.delta()
+    # any other solution differs by a matrix that vanishes on the rows of U'; it can only be larger
+    N = torch.randn(W.shape[0], W.shape[1], dtype=torch.float64)
+    P = torch.eye(W.shape[1], dtype=torch.float64) - torch.linalg.pinv(Up.double()) @ Up.double()
+    other = dW + N @ P
+    assert torch.linalg.norm(dW) < torch.linalg.norm(other)
+    # and the minimum-norm change lies in the row space of U'
+    torch.testing.assert_close(dW @ P, torch.zeros_like(dW), atol=1e-10, rtol=0)
+
+
+def test_duplicated_rows_fall_back_to_pinv_with_the_same_answer():
+    W, U, Up, V, Vp = _rows()
+    exact, _ = solve(W, U, Up, V, Vp)
+    dup = lambda t: torch.cat([t, t[:3]])  # the original repeats a row n times for significance n
+    with pytest.warns(UserWarning, match="singular"):
+        update, report = solve(W, dup(U), dup(Up), dup(V), dup(Vp))
+    assert report.method == "pinv" and report.rank == 10
+    torch.testing.assert_close(update.delta(), exact.delta(), rtol=1e-7, atol=1e-9)
+
+
+def test_ridge_tends_to_exact_and_weights_decide_which_rows_are_met():
+    W, U, Up, V, Vp = _rows()
+    exact, _ = solve(W, U, Up, V, Vp)
+    tiny, rep = solve(W, U, Up, V, Vp, ridge=1e-9)
+    assert rep.method == "ridge"
+    torch.testing.assert_close(tiny.delta(), exact.delta(), rtol=1e-5, atol=1e-7)
+    weights = torch.ones(10, dtype=torch.float64)
+    weights[0] = 100.0
+    soft, _ = solve(W, U, Up, V, Vp, weights=weights, ridge=10.0)
+    W_new = (W.double() + soft.delta())
+    err = torch.linalg.norm(Up.double() @ W_new.T + Vp.double() - (U @ W.T + V).double(), dim=1)
+    assert err[0] < err[1:].min()
+
+
+def test_accumulated_rounds_equal_one_stacked_solve():
+    W, U, Up, V, Vp = _rows(k=12)
+    both, _ = solve(W, U, Up, V, Vp)
+    again, _ = solve(W, *(torch.cat([t[:5], t[5:]]) for t in (U, Up, V, Vp)))
+    torch.testing.assert_close(both.delta(), again.delta())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: (r[0], r[1], r[2][:-1], r[3], r[4]), "rows"),
+        (lambda r: (r[0], r[1][:0], r[2][:0], r[3][:0], r[4][:0]), "no rows"),
+        (lambda r: (r[0], r[1], r[2], r[3], r[4].fill_(float("nan"))), "non-finite"),
+        (lambda r: (r[0], r[1][:, :5], r[2], r[3], r[4]), "width"),
+    ],
+)
+def test_unsolvable_rows_are_refused(mutate, message):
+    with pytest.raises(SolveError, match=message):
+        solve(*mutate(_rows()))
