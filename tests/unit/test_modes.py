@@ -18,7 +18,7 @@ FACT2 = ("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxi
 def _layer_out(model, tokenizer, layer, system, user, answer, sig=None):
     tf = teacher_forced(tokenizer, system, user, answer, sig).nonzero()
     parts = locate(model, layer)
-    rec = record(model, parts, tf.input_ids)
+    rec = record(model, parts, tf.input_ids)[0]
     return (rec.v + rec.u @ parts.down.weight.T)[tf.kept]
 
 
@@ -147,3 +147,27 @@ def test_layer_out_of_range_and_unknown_architecture(tokenizer, tiny_qwen2, tmp_
     with pytest.raises(UnsupportedModelError, match="no recognised MLP"):
         QF(gpt2, tokenizer, layer=0, folder=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_learn_in_one_forward_equals_the_four_steps(tiny_model, tokenizer, tmp_path, in_memory):
+    slow = QF(tiny_model, tokenizer, layer=2, folder=tmp_path / "slow")
+    for fact, sig in ((FACT, [0, 1, 1, 1, 1]), (FACT2, None)):
+        _learn(slow, fact, sig)
+    slow.apply()
+    W_slow = locate(tiny_model, 2).down.weight.detach().clone()
+    slow.revert()
+    fast = QF(tiny_model, tokenizer, layer=2, folder=None if in_memory else tmp_path / "fast")
+    for fact, sig in ((FACT, [0, 1, 1, 1, 1]), (FACT2, None)):
+        report = fast.learn(*fact, sig)
+    assert fast.weights_name == "W''" and report.rows == slow.last_report.rows
+    torch.testing.assert_close(locate(tiny_model, 2).down.weight, W_slow, rtol=1e-6, atol=1e-7)
+    for name in ("u", "up", "v", "vp"):
+        torch.testing.assert_close(fast.folder.load(name), slow.folder.load(name), rtol=1e-5, atol=1e-6)
+    assert fast.folder.rounds[1]["targets"] == slow.folder.rounds[1]["targets"]
+    fast.respond("", FACT[1], qfmode="QF-infer-wp")  # already in place: nothing to reload
+    fast.revert()
+    fast.apply()
+    torch.testing.assert_close(locate(tiny_model, 2).down.weight, W_slow, rtol=1e-6, atol=1e-7)
+    if in_memory:
+        assert not (tmp_path / "fast").exists()

@@ -14,9 +14,10 @@ def _rows(k=10, d_model=48, d_mlp=160, seed=0):
 
 def test_eq3_meets_every_constraint_in_fp32():
     W, U, Up, V, Vp = _rows()
-    update, report = solve(W, U, Up, V, Vp)
-    W_new = update.applied_to(W)
+    W_new = W.clone()
+    update, report = solve(W_new, U, Up, V, Vp, apply=True)
     assert W_new.dtype == torch.float32
+    torch.testing.assert_close(W_new, update.applied_to(W))
     target = (U @ W.T + V).double()
     assert relative_residual(W_new.double(), Up.double(), Vp.double(), target) < 1e-5
     assert report.method == "exact" and report.residual < 1e-12 and report.residual_applied < 1e-5
@@ -79,3 +80,20 @@ def test_accumulated_rounds_equal_one_stacked_solve():
 def test_unsolvable_rows_are_refused(mutate, message):
     with pytest.raises(SolveError, match=message):
         solve(*mutate(_rows()))
+
+
+def test_blockwise_passes_over_w_give_the_same_update(monkeypatch):
+    import transformers_qf.qf as qf
+
+    W, U, Up, V, Vp = _rows()
+    whole, whole_W = W.clone(), W.clone()
+    ref, ref_report = solve(whole_W, U, Up, V, Vp, apply=True)
+    monkeypatch.setattr(qf, "CHUNK", 7)  # 160 columns in 23 blocks, the last one short
+    got, report = solve(whole, U, Up, V, Vp, apply=True)
+    torch.testing.assert_close(got.delta(), ref.delta())
+    torch.testing.assert_close(whole, whole_W)
+    assert abs(report.delta_rel - ref_report.delta_rel) < 1e-12
+    assert report.residual_applied < 1e-5
+    # ||W'-W||/||W|| from the k x k identity equals the direct computation
+    direct = torch.linalg.norm(ref.delta()) / torch.linalg.norm(W.double())
+    assert abs(report.delta_rel - float(direct)) < 1e-10

@@ -1,89 +1,178 @@
-"""Record the activations of one MLP layer in a single forward, and stop the forward there.
+"""Record the activations of one MLP layer, running the model only up to that layer.
 
-    with capture(parts) as rec:
-        model(input_ids)          # stops after layer L's MLP; nothing above it runs
-    rec.u, rec.v                  # [n, d_mlp], [n, d_model]
+    recs = record(model, parts, [ids_open, ids_closed])   # one forward for both sequences
+    recs[0].u, recs[0].v                                   # [n, d_mlp], [n, d_model]
 
-Hooks are always removed on exit, also when the forward raises.
+The forward is cut after layer L by running the base model with its layer list truncated to
+layers 0..L (nothing above L runs, nor the LM head). Several sequences go through as one batch,
+right-padded: with causal attention a position never sees the padding after it, so the real
+positions get exactly the activations of an unpadded run. Hooks and the truncation are always
+undone on exit. On CUDA, `GraphedRecorder` replays the same forward from a captured CUDA graph.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .architectures import LayerParts
-
-
-class StopForward(Exception):
-    """Raised by the capture hook to end the forward after the recorded layer."""
+from .architectures import LayerParts, architecture_of
 
 
 @dataclass
 class Recording:
-    """Activations at every position of one sequence (batch dimension removed).
+    """Activations at every position of one sequence.
 
     v: [n, d_model] residual entering the MLP; x: [n, d_model] MLP input (after the norm);
     u: [n, d_mlp] input of down_proj; y: [n, d_model] MLP output.
     """
 
-    v: torch.Tensor | None = None
-    x: torch.Tensor | None = None
-    u: torch.Tensor | None = None
-    y: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
+    v: torch.Tensor
+    x: torch.Tensor
+    u: torch.Tensor
+    y: torch.Tensor
 
 
-def _first(t):
-    return t[0] if isinstance(t, tuple) else t
+class _Hooks:
+    """Forward hooks that keep the latest v, x, u, y of a layer (batched, not copied)."""
+
+    def __init__(self, parts: LayerParts):
+        self.v = self.x = self.u = self.y = None
+
+        def keep(name):
+            def hook(_module, args, output=None):
+                value = output if output is not None else args[0]
+                setattr(self, name, value[0] if isinstance(value, tuple) else value)
+            return hook
+
+        self.handles = [
+            parts.mlp_norm.register_forward_pre_hook(keep("v")),
+            parts.mlp.register_forward_pre_hook(keep("x")),
+            parts.down.register_forward_pre_hook(keep("u")),
+            parts.mlp.register_forward_hook(keep("y")),
+        ]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def split(self, lengths: list[int]) -> list[Recording]:
+        return [Recording(*(t[i, :n].detach() for t in (self.v, self.x, self.u, self.y))) for i, n in enumerate(lengths)]
+
+
+def _split_path(dotted: str) -> tuple[str, str]:
+    parent, _, attr = dotted.rpartition(".")
+    return parent, attr
+
+
+def _get(module, dotted: str):
+    for name in filter(None, dotted.split(".")):
+        module = getattr(module, name)
+    return module
 
 
 @contextmanager
-def capture(parts: LayerParts, stop: bool = True):
-    rec = Recording()
-
-    def on_norm(_module, args):
-        rec.v = _first(args)[0].detach()
-
-    def on_mlp_in(_module, args):
-        rec.x = _first(args)[0].detach()
-
-    def on_down(_module, args):
-        rec.u = _first(args)[0].detach()
-
-    def on_mlp_out(_module, _args, output):
-        rec.y = _first(output)[0].detach()
-        if stop:
-            raise StopForward
-
-    handles = [
-        parts.mlp_norm.register_forward_pre_hook(on_norm),
-        parts.mlp.register_forward_pre_hook(on_mlp_in),
-        parts.down.register_forward_pre_hook(on_down),
-        parts.mlp.register_forward_hook(on_mlp_out),
-    ]
+def truncated(model: torch.nn.Module, parts: LayerParts):
+    """Yield the base model (no LM head) with its decoder layers cut to 0..L."""
+    parent_path, attr = _split_path(architecture_of(model).layers)
+    base = _get(model, parent_path)
+    layers = getattr(base, attr)
+    setattr(base, attr, layers[: parts.index + 1])
     try:
-        yield rec
-    except StopForward:
-        pass
+        yield base
     finally:
-        for h in handles:
-            h.remove()
+        setattr(base, attr, layers)
+
+
+def pad_batch(sequences: list[torch.Tensor], length: int | None = None, pad_id: int = 0) -> torch.Tensor:
+    """Right-pad 1-D token tensors into [b, length]."""
+    length = length or max(len(s) for s in sequences)
+    batch = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        batch[i, : len(s)] = s
+    return batch
+
+
+def _check_finite(recs: list[Recording], layer: int) -> None:
+    for rec in recs:
+        for name in ("v", "u"):
+            if not torch.isfinite(getattr(rec, name)).all():
+                raise FloatingPointError(
+                    f"non-finite values in the recorded {name} at layer {layer}: try --dtype float32 or another layer"
+                )
 
 
 @torch.no_grad()
-def record(model: torch.nn.Module, parts: LayerParts, input_ids: torch.Tensor, stop: bool = True) -> Recording:
-    """One teacher-forced forward of `input_ids` ([n]); returns the activations at layer `parts`."""
+def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = True) -> list[Recording]:
+    """One forward of the sequences (1-D token tensors, or one of them) as a batch; their activations at layer L.
+
+    With stop=False the whole model runs (for checks against an uncut forward).
+    """
+    if isinstance(sequences, torch.Tensor):
+        sequences = [sequences]
     device = next(model.parameters()).device
-    with capture(parts, stop=stop) as rec:
-        model(input_ids=input_ids.view(1, -1).to(device), use_cache=False)
-    for name in ("v", "x", "u", "y"):
-        t = getattr(rec, name)
-        if t is not None and not torch.isfinite(t).all():
-            raise FloatingPointError(
-                f"non-finite values in the recorded {name} at layer {parts.index}: "
-                "try float32 (--dtype float32) or another layer"
-            )
-    return rec
+    batch = pad_batch(sequences).to(device)
+    hooks = _Hooks(parts)
+    try:
+        if stop:
+            with truncated(model, parts) as base:
+                base(input_ids=batch, use_cache=False)
+        else:
+            model(input_ids=batch, use_cache=False)
+        recs = hooks.split([len(s) for s in sequences])
+    finally:
+        hooks.remove()
+    _check_finite(recs, parts.index)
+    return recs
+
+
+class GraphedRecorder:
+    """`record` for two sequences on CUDA, replayed from a CUDA graph per padded length.
+
+    Lengths are rounded up to a multiple of `bucket`; each new length captures one graph (once).
+    Falls back to eager `record` when capture fails, and says so in `self.fallback_reason`.
+    """
+
+    def __init__(self, model: torch.nn.Module, parts: LayerParts, bucket: int = 32):
+        self.model, self.parts, self.bucket = model, parts, bucket
+        self.graphs: dict[int, tuple] = {}
+        self.fallback_reason: str | None = None
+
+    @torch.no_grad()
+    def __call__(self, sequences: list[torch.Tensor]) -> list[Recording]:
+        if self.fallback_reason is not None:
+            return record(self.model, self.parts, sequences)
+        length = -(-max(len(s) for s in sequences) // self.bucket) * self.bucket
+        key = (len(sequences), length)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(len(sequences), length)
+            except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
+                self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                return record(self.model, self.parts, sequences)
+        graph, static_ids, hooks = self.graphs[key]
+        static_ids.copy_(pad_batch(sequences, length), non_blocking=True)
+        graph.replay()
+        recs = [Recording(*(t.clone() for t in (r.v, r.x, r.u, r.y))) for r in hooks.split([len(s) for s in sequences])]
+        _check_finite(recs, self.parts.index)
+        return recs
+
+    def _capture(self, batch: int, length: int):
+        device = next(self.model.parameters()).device
+        static_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
+        hooks = _Hooks(self.parts)
+        try:
+            with truncated(self.model, self.parts) as base:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        base(input_ids=static_ids, use_cache=False)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    base(input_ids=static_ids, use_cache=False)
+        finally:
+            hooks.remove()  # the graph keeps the tensors the hooks last saw; replays refill them
+        return graph, static_ids, hooks

@@ -20,8 +20,8 @@ import torch
 
 from . import prompting
 from .architectures import locate
-from .capture import record
-from .qf import SolveReport, Update, solve
+from .capture import GraphedRecorder, record
+from .qf import SolveReport, solve
 from .store import ParametersError, ParametersFolder
 
 
@@ -46,7 +46,8 @@ class QF:
     """qfmode for one layer of a loaded causal LM.
 
     model, tokenizer: as loaded by transformers; identity: a dict naming the model (recorded in the
-    folder's manifest; defaults to its config's shape); folder: the parameters folder.
+    folder's manifest; defaults to its config's shape); folder: the parameters folder, or None to keep
+    the rows in memory only.
     """
 
     def __init__(
@@ -54,13 +55,14 @@ class QF:
         model,
         tokenizer,
         layer: int = 23,
-        folder: str | os.PathLike = "parameters",
+        folder: str | os.PathLike | None = "parameters",
         identity: dict | None = None,
         fresh: bool = False,
         original_tokenization: bool = False,
         ridge: float = 0.0,
         max_new_tokens: int = 48,
         open_answer_turn: bool = True,
+        cuda_graphs: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -82,6 +84,8 @@ class QF:
         self._original_weight: torch.Tensor | None = None  # W as loaded, kept to revert
         self.applied_rounds = 0  # rounds whose W' is in the model now (0: W)
         self.last_report: SolveReport | None = None
+        self.cuda_graphs = cuda_graphs
+        self._graphed: GraphedRecorder | None = None
 
     # -- the four modes ---------------------------------------------------------------------------
     def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
@@ -106,22 +110,22 @@ class QF:
         if not self.folder.has("weight"):
             self.folder.set_dtype(self.parts.down.weight.dtype)
             self.folder.save("weight", self._weight_as_loaded())
-        self.folder.append(
-            {"u": cap.u, "v": cap.v},
-            {
-                "new_round": True,
-                "system": system,
-                "user": user,
-                "answer": answer,
-                "significance": None if significance is None else [float(s) for s in significance],
-                "original_tokenization": self.original_tokenization,
-                "targets": cap.targets.tolist(),
-                "weights": cap.weights.tolist(),
-                "instruct_rows": int(cap.u.shape[0]),
-                "update_rows": None,
-            },
-        )
+        self.folder.append({"u": cap.u, "v": cap.v}, self._round_entry(system, user, answer, significance, cap))
         return cap
+
+    def _round_entry(self, system, user, answer, significance, cap: Captured) -> dict:
+        return {
+            "new_round": True,
+            "system": system,
+            "user": user,
+            "answer": answer,
+            "significance": None if significance is None else [float(s) for s in significance],
+            "original_tokenization": self.original_tokenization,
+            "targets": cap.targets.tolist(),
+            "weights": cap.weights.tolist(),
+            "instruct_rows": int(cap.u.shape[0]),
+            "update_rows": None,
+        }
 
     def update(self, user: str, answer: str, significance=None, system: str = "") -> Captured:
         """Closed-book pass: record u', v' for the pending instruct round."""
@@ -137,6 +141,24 @@ class QF:
         self.folder.append({"up": cap.u, "vp": cap.v}, {"update_rows": int(cap.u.shape[0]), "update_system": system})
         return cap
 
+    def learn(self, system: str, user: str, answer: str, significance=None) -> SolveReport:
+        """One QF round the fast way: both passes in one forward, the solve on the weight's device,
+        W' written straight into down_proj. Same rows, folder entries and W' as
+        instruct() + update() + solve() + apply()."""
+        if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
+            raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it before learning")
+        open_tf = self._teacher_forced(system, user, answer, significance)
+        closed_tf = self._teacher_forced("", user, answer, significance)
+        recs = self._recorder([open_tf.input_ids, closed_tf.input_ids])
+        open_cap, closed_cap = _kept(recs[0], open_tf.nonzero()), _kept(recs[1], closed_tf.nonzero())
+        W0 = self._weight_as_loaded()
+        if not self.folder.has("weight"):
+            self.folder.set_dtype(W0.dtype)
+            self.folder.save("weight", W0)
+        self.folder.append({"u": open_cap.u, "v": open_cap.v}, self._round_entry(system, user, answer, significance, open_cap))
+        self.folder.append({"up": closed_cap.u, "vp": closed_cap.v}, {"update_rows": int(closed_cap.u.shape[0]), "update_system": ""})
+        return self._solve_into_model()
+
     def solve(self) -> SolveReport:
         """Eq. 3 over every recorded row, from the W saved at the first instruct; saves w_prime."""
         f = self.folder
@@ -144,20 +166,35 @@ class QF:
             raise ParametersError(
                 f"{f.rows('u')} instruct rows but {f.rows('up')} update rows: finish the pending round with QF-update"
             )
+        W = f.load("weight")  # becomes W' in place
+        report = self._solve(W)
+        f.save("w_prime", W)
+        return report
+
+    def _solve(self, W: torch.Tensor) -> SolveReport:
+        """Eq. 3 over every row in the folder; W (the original weight) becomes W' in place."""
+        f = self.folder
         weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds])
-        W = f.load("weight")
-        update, report = solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), weights=weights, ridge=self.ridge)
+        _, report = solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), weights=weights,
+                          ridge=self.ridge, apply=True)
         f.rounds[-1]["solve"] = report.as_dict()
         f.manifest["w_prime_rounds"] = len(f.rounds)
-        f.save("w_prime", update.applied_to(W))
         self.last_report = report
+        return report
+
+    def _solve_into_model(self) -> SolveReport:
+        weight = self.parts.down.weight.data
+        weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
+        report = self._solve(weight)
+        self.folder.save("w_prime", weight)
+        self.applied_rounds = len(self.folder.rounds)
         return report
 
     def apply(self) -> None:
         """Put the latest W' into down_proj (once per solve); the original W is kept for revert()."""
-        if not self.folder.has("w_prime"):
+        solved_rounds = self.folder.manifest.get("w_prime_rounds", 0)
+        if not solved_rounds or not self.folder.has("w_prime"):
             raise ParametersError("no W' yet: run QF-instruct, QF-update and solve() before QF-infer-wp")
-        solved_rounds = self.folder.manifest["w_prime_rounds"]
         if self.applied_rounds == solved_rounds:
             return
         self._weight_as_loaded()
@@ -168,7 +205,7 @@ class QF:
     def revert(self) -> None:
         """Put the original W back."""
         if self._original_weight is not None:
-            self.parts.down.weight.data.copy_(self._original_weight.to(self.parts.down.weight.device))
+            self.parts.down.weight.data.copy_(self._original_weight)
         self.applied_rounds = 0
 
     @property
@@ -211,14 +248,29 @@ class QF:
     def _device(self):
         return next(self.model.parameters()).device
 
+    def _teacher_forced(self, system, user, answer, significance) -> prompting.TeacherForced:
+        return prompting.teacher_forced(self.tokenizer, system, user, answer, significance, self.original_tokenization)
+
     def _capture(self, system, user, answer, significance) -> Captured:
-        tf = prompting.teacher_forced(self.tokenizer, system, user, answer, significance, self.original_tokenization)
-        rec = record(self.model, self.parts, tf.input_ids)
-        tf = tf.nonzero()
-        pos = tf.kept.to(rec.u.device)
-        return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)
+        tf = self._teacher_forced(system, user, answer, significance)
+        return _kept(record(self.model, self.parts, tf.input_ids)[0], tf.nonzero())
 
     def _weight_as_loaded(self) -> torch.Tensor:
+        """W as loaded, kept on the weight's device (one extra copy of one matrix)."""
         if self._original_weight is None:
-            self._original_weight = self.parts.down.weight.detach().to("cpu", copy=True)
+            self._original_weight = self.parts.down.weight.detach().clone()
         return self._original_weight
+
+    @property
+    def _recorder(self):
+        """How a batch of sequences is recorded: a CUDA graph replay on CUDA (when enabled), else eager."""
+        if self.cuda_graphs and self._device.type == "cuda":
+            if self._graphed is None:
+                self._graphed = GraphedRecorder(self.model, self.parts)
+            return self._graphed
+        return lambda seqs: record(self.model, self.parts, seqs)
+
+
+def _kept(rec, tf: prompting.TeacherForced) -> Captured:
+    pos = tf.kept.to(rec.u.device)
+    return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)

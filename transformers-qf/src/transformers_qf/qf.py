@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 SINGULAR_COND = 1e12  # above this, G is treated as singular and solved by pseudo-inverse
+CHUNK = 2048  # columns of W handled at a time in float64
+SMALL_ON_CPU = 1024  # k x k systems up to this size are solved on the CPU
 
 
 class SolveError(ValueError):
@@ -41,7 +43,7 @@ class SolveReport:
     cond: float  # condition number of G = U' U'^T
     rank: int
     residual: float  # max_t |W'u'_t + v'_t - (W u_t + v_t)| / |W u_t + v_t|, W' in float64
-    residual_applied: float  # the same with W' rounded to the weight's dtype
+    residual_applied: float  # the same with W' as stored in the weight's dtype (nan if not applied)
     delta_rel: float  # ||W' - W||_F / ||W||_F
     seconds: float
     ridge: float = 0.0
@@ -61,8 +63,27 @@ class Update:
         return self.A @ self.B
 
     def applied_to(self, W: torch.Tensor) -> torch.Tensor:
-        """W + A B, computed in float64 and stored in W's dtype and device."""
-        return (W.to(torch.float64) + self.delta().to(W.device)).to(W.dtype)
+        """W + A B, computed in float64 and stored in W's dtype and device (a new tensor)."""
+        out = W.detach().clone()
+        self.apply_(out)
+        return out
+
+    @torch.no_grad()
+    def apply_(self, W: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor | None:
+        """W += A B in place, in float64 one block of columns at a time (no full-size float64 copy).
+
+        With `probe` ([m, d_mlp], float64) it also returns probe @ W_new^T as stored, in float64.
+        """
+        A = self.A.to(W.device)
+        B = self.B.to(W.device)
+        seen = None if probe is None else torch.zeros(probe.shape[0], W.shape[0], dtype=torch.float64, device=W.device)
+        chunk = CHUNK
+        for c in range(0, W.shape[1], chunk):
+            block = W[:, c:c + chunk]
+            block.copy_(block.to(torch.float64).addmm_(A, B[:, c:c + chunk]))
+            if seen is not None:
+                seen.addmm_(probe[:, c:c + chunk], block.to(torch.float64).T)
+        return seen
 
 
 def _check_rows(W, U, Up, V, Vp, weights):
@@ -85,6 +106,20 @@ def _check_rows(W, U, Up, V, Vp, weights):
             raise SolveError(f"{name} holds non-finite values: record again in float32")
 
 
+@torch.no_grad()
+def _times_wt(W: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """X @ W^T in float64 ([m, d_mlp] -> [m, d_model]) and ||W||_F^2, one block of W's columns at a time."""
+    out = torch.zeros(X.shape[0], W.shape[0], dtype=torch.float64, device=W.device)
+    sq = torch.zeros((), dtype=torch.float64, device=W.device)
+    chunk = CHUNK
+    for c in range(0, W.shape[1], chunk):
+        block = W[:, c:c + chunk].to(torch.float64)
+        out.addmm_(X[:, c:c + chunk], block.T)
+        sq += block.square().sum()
+    return out, float(sq)
+
+
+@torch.no_grad()
 def solve(
     W: torch.Tensor,
     U: torch.Tensor,
@@ -93,51 +128,80 @@ def solve(
     Vp: torch.Tensor,
     weights: torch.Tensor | None = None,
     ridge: float = 0.0,
+    apply: bool = False,
 ) -> tuple[Update, SolveReport]:
-    """The minimum-norm (or ridge) update of W; see the module docstring. Returns the factors and a report."""
+    """The minimum-norm (or ridge) update of W; see the module docstring. Returns the factors and a report.
+
+    Works where W lives (CPU or GPU) and never makes a full-size float64 copy of it. With `apply`, W
+    is updated in place to W' and the report's `residual_applied` (that of W' as stored in W's dtype)
+    is filled; without it W is left alone and `residual_applied` is nan.
+    """
     t0 = time.perf_counter()
     _check_rows(W, U, Up, V, Vp, weights)
-    f64 = dict(dtype=torch.float64, device="cpu")
-    W64 = W.detach().to(**f64)
+    f64 = dict(dtype=torch.float64, device=W.device)
     U, Up, V, Vp = (t.detach().to(**f64) for t in (U, Up, V, Vp))
-    R = (Up - U) @ W64.T + (Vp - V)  # [k, d_model]
+    k = U.shape[0]
+    products, w_sq = _times_wt(W, torch.cat([Up, U]))
+    P, Q = products[:k], products[k:]  # U' W^T, U W^T
+    target = Q + V  # W u_t + v_t, the open-book layer output
+    R = P + Vp - target  # [k, d_model]
     G = Up @ Up.T  # [k, k]
-    cond = float(torch.linalg.cond(G))
-    rank = int(torch.linalg.matrix_rank(G))
-    if ridge > 0:
-        s = torch.ones(G.shape[0], **f64) if weights is None else weights.to(**f64).sqrt()
-        M = ridge * torch.eye(G.shape[0], **f64) + s[:, None] * G * s[None, :]
-        coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)  # [k, d_model]
-        method = "ridge"
-    elif cond < SINGULAR_COND:
-        coef = torch.linalg.solve(G, R)
-        method = "exact"
-    else:
-        warnings.warn(
-            f"QF system is singular (cond {cond:.2e}, rank {rank} of {G.shape[0]}): "
-            "fell back to the pseudo-inverse; constraints are met in the least-squares sense",
-            stacklevel=2,
-        )
-        coef = torch.linalg.pinv(G, hermitian=True) @ R
-        method = "pinv"
+    coef, method, cond, rank = _solve_system(G, R, weights, ridge)  # coef: [k, d_model]
     update = Update(A=-coef.T.contiguous(), B=Up)
-    W_new64 = W64 + update.delta()
-    target = U @ W64.T + V
+    # W' u'_t + v'_t = P_t - (G coef)_t + v'_t, and ||A B||_F^2 = trace(A^T A B B^T): no d_model x d_mlp work
+    closed = P - G @ coef + Vp
+    delta_sq = float(torch.trace((coef @ coef.T) @ G))
+    seen = update.apply_(W, probe=Up) if apply else None
     report = SolveReport(
-        rows=G.shape[0],
+        rows=k,
         method=method,
         cond=cond,
         rank=rank,
-        residual=relative_residual(W_new64, Up, Vp, target),
-        residual_applied=relative_residual(W_new64.to(W.dtype).to(torch.float64), Up, Vp, target),
-        delta_rel=float(torch.linalg.norm(update.delta()) / torch.linalg.norm(W64)),
+        residual=_max_rel(closed, target),
+        residual_applied=float("nan") if seen is None else _max_rel(seen + Vp, target),
+        delta_rel=(max(delta_sq, 0.0) / w_sq) ** 0.5,
         seconds=time.perf_counter() - t0,
         ridge=ridge,
     )
     return update, report
 
 
+def _solve_system(G: torch.Tensor, R: torch.Tensor, weights, ridge: float):
+    """coef = G^-1 R (or its ridge / pseudo-inverse form) in float64.
+
+    Small systems are solved on the CPU, where LAPACK beats a GPU launch; the result goes back to G's device.
+    """
+    device, k = G.device, G.shape[0]
+    if k <= SMALL_ON_CPU:
+        G, R = G.cpu(), R.cpu()
+    f64 = dict(dtype=torch.float64, device=G.device)
+    eig = torch.linalg.eigvalsh(G)
+    cond = float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
+    rank = int((eig > eig[-1] * k * torch.finfo(torch.float64).eps).sum())
+    if ridge > 0:
+        s = torch.ones(k, **f64) if weights is None else weights.to(**f64).sqrt()
+        M = ridge * torch.eye(k, **f64) + s[:, None] * G * s[None, :]
+        coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)
+        method = "ridge"
+    elif cond < SINGULAR_COND:
+        coef = torch.cholesky_solve(R, torch.linalg.cholesky(G))
+        method = "exact"
+    else:
+        warnings.warn(
+            f"QF system is singular (cond {cond:.2e}, rank {rank} of {k}): "
+            "fell back to the pseudo-inverse; constraints are met in the least-squares sense",
+            stacklevel=3,
+        )
+        coef = torch.linalg.pinv(G, hermitian=True) @ R
+        method = "pinv"
+    return coef.to(device), method, cond, rank
+
+
+def _max_rel(out: torch.Tensor, target: torch.Tensor) -> float:
+    return float((torch.linalg.norm(out - target, dim=1) / torch.linalg.norm(target, dim=1)).max())
+
+
 def relative_residual(W_new: torch.Tensor, Up: torch.Tensor, Vp: torch.Tensor, target: torch.Tensor) -> float:
     """max_t |W_new u'_t + v'_t - target_t| / |target_t| (float64, rows are positions)."""
     out = Up @ W_new.T + Vp
-    return float((torch.linalg.norm(out - target, dim=1) / torch.linalg.norm(target, dim=1)).max())
+    return _max_rel(out, target)

@@ -44,15 +44,25 @@ class ParametersFolder:
     another identity or layer is refused.
     """
 
-    def __init__(self, path: str | os.PathLike, layer: int, identity: dict, method: str = "QF", fresh: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None, layer: int, identity: dict, method: str = "QF",
+                 fresh: bool = False):
+        self.path = None if path is None else Path(path)
         self.layer = layer
         self.identity = identity
         self.method = method
+        self._memory: dict[str, torch.Tensor] | None = None
+        if self.path is None:  # in memory only: same bookkeeping, nothing written
+            self._memory = {}
+            self.manifest = self._new_manifest()
+            return
         if fresh and self.path.exists():
             self._wipe()
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest = self._read_manifest()
+
+    def _new_manifest(self) -> dict:
+        return {"format": FORMAT, "method": self.method, "layer": self.layer, "identity": self.identity,
+                "dtype": None, "rounds": [], "files": {}}
 
     # -- manifest -------------------------------------------------------------------------------
     def _wipe(self) -> None:
@@ -70,8 +80,7 @@ class ParametersFolder:
                     f"{self.path} holds {stray[0]} but no {MANIFEST}: it was not written by transformers-qf; "
                     "start fresh (--fresh) or use another folder"
                 )
-            return {"format": FORMAT, "method": self.method, "layer": self.layer, "identity": self.identity,
-                    "dtype": None, "rounds": [], "files": {}}
+            return self._new_manifest()
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -92,19 +101,28 @@ class ParametersFolder:
         return manifest
 
     def _write_manifest(self) -> None:
+        if self._memory is not None:
+            return
         text = json.dumps(self.manifest, indent=1)
         _atomic_write_bytes(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
     # -- tensors --------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
+        if self.path is None:
+            raise ParametersError("this parameters folder lives in memory: it has no files")
         return self.path / f"layer{self.layer}_{name}.safetensors"
 
     def has(self, name: str) -> bool:
+        if self._memory is not None:
+            return name in self._memory
         return name in self.manifest["files"] and self.file(name).exists()
 
     def load(self, name: str) -> torch.Tensor:
+        """The tensor `name` (a copy when the folder lives in memory, so callers may change it)."""
         if not self.has(name):
-            raise ParametersError(f"{self.file(name)} has not been written yet: run the qfmode that records it first")
+            raise ParametersError(f"layer{self.layer}_{name} has not been written yet: run the qfmode that records it first")
+        if self._memory is not None:
+            return self._memory[name].clone()
         tensor = load_file(str(self.file(name)))["data"]
         expected = self.manifest["files"][name]
         if list(tensor.shape) != expected:
@@ -118,9 +136,12 @@ class ParametersFolder:
         return self.manifest["files"].get(name, [0])[0]
 
     def _save(self, name: str, tensor: torch.Tensor) -> None:
+        self.manifest["files"][name] = list(tensor.shape)
+        if self._memory is not None:
+            self._memory[name] = tensor.detach().clone()
+            return
         tensor = tensor.detach().to("cpu").contiguous()
         _atomic_write_bytes(self.file(name), lambda tmp: save_file({"data": tensor}, tmp))
-        self.manifest["files"][name] = list(tensor.shape)
 
     def save(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor and the manifest."""
@@ -130,8 +151,8 @@ class ParametersFolder:
     def append(self, rows: dict[str, torch.Tensor], round_update: dict) -> None:
         """Append rows to several files, then record `round_update` in the manifest (written last)."""
         for name, new in rows.items():
-            new = new.detach().to("cpu", torch.float32)
-            old = self.load(name) if self.has(name) else new[:0]
+            new = new.detach().to(torch.float32)
+            old = self.load(name).to(new.device) if self.has(name) else new[:0]
             self._save(name, torch.cat([old, new]))
         rounds = self.manifest["rounds"]
         if round_update.pop("new_round", False):
