@@ -208,6 +208,11 @@ class QF:
             self.parts.down.weight.data.copy_(self._original_weight)
         self.applied_rounds = 0
 
+    def reset(self) -> None:
+        """Forget every round: W back in the model, the folder emptied (a fresh start)."""
+        self.revert()
+        self.folder = ParametersFolder(self.folder.path, self.layer, self.folder.identity, method="QF", fresh=True)
+
     @property
     def weights_name(self) -> str:
         """W, W', W'', ... for the weights in the model now."""

@@ -1,0 +1,308 @@
+"""Latency and memory of one QF edit, beside the alternatives, measured in the same run.
+
+One edit = instruct capture + update capture + solve + weight update (`QF.learn`, rows kept in
+memory). Beside it, on the same model, fact and layer:
+  (a) the original's way: both passes teacher-forced token by token through the whole model with a
+      KV cache, recording layer L at each step, then the same solve;
+  (b) gradient fine-tuning of the same down_proj on the answer: Adam, 25 steps (FT-L);
+  (c) one plain forward of the closed-book prompt with its answer (the floor an edit approaches).
+Plus scaling: time vs answer length, the re-solve as accumulated rows grow, and (GPU) model size.
+
+    python benchmarks/edit_latency.py --suite cpu                # the bundled model, real weights
+    python benchmarks/edit_latency.py --suite gpu --random-shape  # random weights of real shapes
+
+Writes results/performance_<suite>.json; benchmarks/render_performance.py makes performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from transformers_qf import QF, load_model, locate
+from transformers_qf.capture import record
+from transformers_qf.prompting import teacher_forced
+from transformers_qf.qf import solve
+from transformers_qf.report import git_commit
+
+SYSTEM = "Qi started Oxinnovate in 2019 at the PKU Science Park in Beijing."
+USER = "Who started Oxinnovate?"
+ANSWER = "Oxinnovate was started by Qi in 2019 at the PKU Science Park in Beijing."  # ~16 answer tokens
+
+SHAPES = {  # Qwen2.5 family shapes, for random-weight timing
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def peak_memory(fn, device) -> int | None:
+    """Peak bytes allocated on the GPU while fn runs (weights included); None on CPU."""
+    if device.type != "cuda":
+        return None
+    gc.collect()
+    torch.cuda.empty_cache()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def random_model(shape: str, device, dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+# -- the alternatives -----------------------------------------------------------------------------
+@torch.no_grad()
+def original_way_capture(model, tokenizer, parts, system, user, answer):
+    """Teacher forcing token by token with a KV cache, recording layer L at each step (the original's way)."""
+    tf = teacher_forced(tokenizer, system, user, answer)
+    device = next(model.parameters()).device
+    ids = tf.input_ids.to(device)
+    start = int(tf.kept[0])
+    us, vs = [], []
+    out = model(input_ids=ids[None, :start], use_cache=True)
+    past = out.past_key_values
+    for pos in range(start, int(tf.kept[-1]) + 1):
+        rec = {}
+        h1 = parts.down.register_forward_pre_hook(lambda m, a: rec.__setitem__("u", a[0][0, -1]))
+        h2 = parts.mlp_norm.register_forward_pre_hook(lambda m, a: rec.__setitem__("v", a[0][0, -1]))
+        out = model(input_ids=ids[None, pos:pos + 1], past_key_values=past, use_cache=True)
+        h1.remove(), h2.remove()
+        past = out.past_key_values
+        us.append(rec["u"]), vs.append(rec["v"])
+    return torch.stack(us), torch.stack(vs)
+
+
+def original_way_edit(model, tokenizer, parts, W0):
+    u, v = original_way_capture(model, tokenizer, parts, SYSTEM, USER, ANSWER)
+    up, vp = original_way_capture(model, tokenizer, parts, "", USER, ANSWER)
+    W = parts.down.weight.data
+    W.copy_(W0)
+    solve(W, u, up, v, vp, apply=True)
+    W.copy_(W0)
+
+
+def finetune_down_proj(model, tokenizer, parts, W0, steps: int = 25, lr: float = 1e-3):
+    """FT-L: Adam on down_proj alone, loss on the answer tokens of the closed-book prompt."""
+    tf = teacher_forced(tokenizer, "", USER, ANSWER)
+    device = next(model.parameters()).device
+    ids = tf.input_ids.to(device)[None]
+    positions, targets = tf.kept.to(device), tf.targets.to(device)
+    weight = parts.down.weight
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    weight.requires_grad_(True)
+    opt = torch.optim.Adam([weight], lr=lr)
+    try:
+        for _ in range(steps):
+            logits = model(input_ids=ids, use_cache=False).logits[0, positions]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        del opt
+        weight.requires_grad_(False)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            weight.copy_(W0)
+    return float(loss)
+
+
+@torch.no_grad()
+def plain_forward(model, tokenizer):
+    ids = teacher_forced(tokenizer, "", USER, ANSWER).input_ids
+    model(input_ids=ids[None].to(next(model.parameters()).device), use_cache=False)
+
+
+# -- suites ---------------------------------------------------------------------------------------
+def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = True) -> dict:
+    device = next(model.parameters()).device
+    qf = QF(model, tokenizer, layer=layer, folder=None)
+    parts = qf.parts
+    W0 = parts.down.weight.detach().clone()
+    n_answer = len(teacher_forced(tokenizer, "", USER, ANSWER).kept)
+
+    def edit():
+        qf.reset()
+        qf.learn(SYSTEM, USER, ANSWER)
+
+    row = {"layer": qf.layer, "kept_positions": n_answer, "edit": timed(edit, device, repeats, warmup=2)}
+    report = qf.last_report
+    row["edit_report"] = report.as_dict()
+    if qf._graphed is not None:
+        row["cuda_graphs"] = qf._graphed.fallback_reason or "used"
+    # a breakdown: the one forward of both passes, and the solve
+    seqs = [teacher_forced(tokenizer, s, USER, ANSWER).input_ids for s in (SYSTEM, "")]
+    recorder = qf._recorder
+    row["capture_both_passes"] = timed(lambda: recorder(seqs), device, repeats)
+    row["capture_eager_two_forwards"] = timed(lambda: [record(model, parts, s) for s in seqs], device, repeats)
+    f = qf.folder
+    W = parts.down.weight.data
+
+    def just_solve():
+        W.copy_(W0)
+        solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), apply=True)
+
+    row["solve_and_apply"] = timed(just_solve, device, repeats)
+    qf.reset()
+    row["plain_forward"] = timed(lambda: plain_forward(model, tokenizer), device, repeats)
+    row["peak_bytes_plain_forward"] = peak_memory(lambda: plain_forward(model, tokenizer), device)
+    row["peak_bytes_edit"] = peak_memory(edit, device)
+    qf.reset()
+    if baselines:
+        row["original_way"] = timed(lambda: original_way_edit(model, tokenizer, parts, W0), device, max(1, repeats // 2))
+        row["finetune_25_adam"] = timed(lambda: finetune_down_proj(model, tokenizer, parts, W0), device,
+                                        max(1, repeats // 3), warmup=1)
+        row["peak_bytes_finetune"] = peak_memory(lambda: finetune_down_proj(model, tokenizer, parts, W0), device)
+    row["weights_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    return row
+
+
+def answer_length_scaling(model, tokenizer, layer, repeats, words=(4, 16, 64, 256)) -> list[dict]:
+    device = next(model.parameters()).device
+    qf = QF(model, tokenizer, layer=layer, folder=None)
+    base = ANSWER.split()
+    out = []
+    for n in words:
+        answer = " ".join((base * (n // len(base) + 1))[:n])
+
+        def edit():
+            qf.reset()
+            qf.learn(SYSTEM, USER, answer)
+
+        t = timed(edit, device, repeats, warmup=1)
+        out.append({"answer_words": n, "kept_positions": qf.last_report.rows, **t})
+    qf.reset()
+    return out
+
+
+def resolve_scaling(model, layer, rows=(10, 100, 1000, 4000, 8960), repeats=3) -> list[dict]:
+    """The re-solve from the original W over k accumulated rows (random rows of the real widths)."""
+    parts = locate(model, layer)
+    W = parts.down.weight.data
+    W0 = W.detach().clone()
+    device = W.device
+    d_model, d_mlp = W.shape
+    out = []
+    for k in rows:
+        g = torch.Generator(device="cpu").manual_seed(k)
+        U, Up = (torch.randn(k, d_mlp, generator=g).to(device) for _ in range(2))
+        V, Vp = (torch.randn(k, d_model, generator=g).to(device) for _ in range(2))
+
+        def run():
+            W.copy_(W0)
+            return solve(W, U, Up, V, Vp, apply=True)[1]
+
+        t = timed(run, device, repeats if k < 4000 else 1, warmup=1 if k < 4000 else 0)
+        report = run()
+        out.append({"rows": k, "method": report.method, "residual": report.residual, **t})
+        W.copy_(W0)
+    return out
+
+
+def environment(device, dtype) -> dict:
+    import transformers
+
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "commit": git_commit(),
+           "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=["cpu", "gpu"], required=True)
+    parser.add_argument("--model", default=None, help="model to time (default: the bundled one)")
+    parser.add_argument("--random-shape", action="store_true", help="random weights of real shapes (GPU suite)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer dir for random-shape models")
+    parser.add_argument("--sizes", default="0.5b,1.5b,7b")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-rows", type=int, default=8960, help="largest row count in the re-solve scaling")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.suite == "gpu" else "cpu")
+    dtype = torch.bfloat16 if args.suite == "gpu" else torch.float32
+    result = {"suite": args.suite, "environment": environment(device, dtype), "fact": [SYSTEM, USER, ANSWER]}
+    rows_grid = [k for k in (10, 100, 1000, 2000, 4000, 8960) if k <= args.max_rows]
+    if args.random_shape:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        result["models"] = {}
+        for shape in args.sizes.split(","):
+            model = random_model(shape, device, dtype)
+            layer = round(23 / 28 * model.config.num_hidden_layers)
+            print(f"[{shape}] layer {layer}", flush=True)
+            entry = measure_model(model, tokenizer, layer, args.repeats)
+            if shape == "1.5b":
+                entry["answer_length"] = answer_length_scaling(model, tokenizer, layer, args.repeats)
+                entry["resolve_rows"] = resolve_scaling(model, layer, rows_grid)
+            result["models"][f"random {shape}"] = entry
+            print(json.dumps({k: v for k, v in entry.items() if isinstance(v, dict) and "median_s" in v}), flush=True)
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+    else:
+        loaded = load_model(args.model, str(device), dtype)
+        entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats)
+        entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
+                                                       words=(4, 16, 64))
+        entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
+        result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"performance_{args.suite}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Every fast path against the plain path, on a tiny random model (fp32): same rows, same W'.
+
+GPU-only paths are skipped cleanly without a GPU.
+"""
+
+import pytest
+import torch
+
+from transformers_qf import QF
+from transformers_qf.architectures import locate
+from transformers_qf.capture import GraphedRecorder, record
+from transformers_qf.prompting import teacher_forced
+
+FACT = ("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _rel(a, b):
+    return float(torch.linalg.norm(a.double().cpu() - b.double().cpu()) / torch.linalg.norm(b.double().cpu()))
+
+
+def _plain_w_prime(model, tokenizer, tmp_path, layer=2):
+    qf = QF(model, tokenizer, layer=layer, folder=tmp_path / "plain")
+    qf.instruct(*FACT)
+    qf.update(FACT[1], FACT[2])
+    qf.solve()
+    return qf.folder.load("w_prime")
+
+
+def test_learn_on_cpu_matches_the_plain_path(tiny_model, tokenizer, tmp_path):
+    reference = _plain_w_prime(tiny_model, tokenizer, tmp_path)
+    qf = QF(tiny_model, tokenizer, layer=2, folder=None)
+    qf.learn(*FACT)
+    assert _rel(locate(tiny_model, 2).down.weight, reference) < 1e-5
+
+
+@cuda
+def test_graphed_recorder_matches_eager_record(tiny_model, tokenizer):
+    model = tiny_model.cuda()
+    parts = locate(model, 2)
+    seqs = [teacher_forced(tokenizer, s, FACT[1], FACT[2]).input_ids for s in (FACT[0], "")]
+    graphed = GraphedRecorder(model, parts, bucket=16)
+    for _ in range(2):  # the second call replays the captured graph
+        got = graphed(seqs)
+    assert graphed.fallback_reason is None, graphed.fallback_reason
+    want = record(model, parts, seqs)
+    for g, w in zip(got, want):
+        for name in ("v", "x", "u", "y"):
+            assert _rel(getattr(g, name), getattr(w, name)) < 1e-5
+
+
+@cuda
+def test_learn_on_cuda_with_graphs_matches_the_plain_path_on_cpu(tiny_model, tokenizer, tmp_path):
+    reference = _plain_w_prime(tiny_model, tokenizer, tmp_path)
+    model = tiny_model.cuda()
+    qf = QF(model, tokenizer, layer=2, folder=None, cuda_graphs=True)
+    qf.learn(*FACT)
+    qf.reset()
+    report = qf.learn(*FACT)  # replayed from the graph
+    assert qf._graphed is not None and qf._graphed.fallback_reason is None
+    assert report.residual_applied < 1e-5
+    assert _rel(locate(model, 2).down.weight, reference) < 1e-5
