@@ -149,7 +149,7 @@ def finetune_down_proj(model, tokenizer, parts, W0, steps: int = 25, lr: float =
             p.requires_grad_(flag)
         with torch.no_grad():
             weight.copy_(W0)
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -159,9 +159,13 @@ def plain_forward(model, tokenizer):
 
 
 # -- suites ---------------------------------------------------------------------------------------
-def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = True) -> dict:
+def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = True, compile_capture=False) -> dict:
     device = next(model.parameters()).device
-    qf = QF(model, tokenizer, layer=layer, folder=None)
+    qf = QF(model, tokenizer, layer=layer, folder=None, compile_capture=compile_capture)
+    t0 = time.perf_counter()
+    qf.learn(SYSTEM, USER, ANSWER)  # first call: captures (and compiles) the graph
+    sync(device)
+    first_edit_s = time.perf_counter() - t0
     parts = qf.parts
     W0 = parts.down.weight.detach().clone()
     n_answer = len(teacher_forced(tokenizer, "", USER, ANSWER).kept)
@@ -170,11 +174,15 @@ def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = 
         qf.reset()
         qf.learn(SYSTEM, USER, ANSWER)
 
-    row = {"layer": qf.layer, "kept_positions": n_answer, "edit": timed(edit, device, repeats, warmup=2)}
+    row = {"layer": qf.layer, "kept_positions": n_answer, "first_edit_s": first_edit_s,
+           "edit": timed(edit, device, repeats, warmup=2)}
     report = qf.last_report
     row["edit_report"] = report.as_dict()
     if qf._graphed is not None:
         row["cuda_graphs"] = qf._graphed.fallback_reason or "used"
+        row["compiled_capture"] = (qf._graphed.compile_fallback_reason or "used") if compile_capture else "no"
+    row["tokenize_both_passes"] = timed(lambda: [teacher_forced(tokenizer, s, USER, ANSWER) for s in (SYSTEM, "")],
+                                        device, repeats)
     # a breakdown: the one forward of both passes, and the solve
     seqs = [teacher_forced(tokenizer, s, USER, ANSWER).input_ids for s in (SYSTEM, "")]
     recorder = qf._recorder
@@ -265,6 +273,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-rows", type=int, default=8960, help="largest row count in the re-solve scaling")
     parser.add_argument("--out", default="results")
+    parser.add_argument("--compile", action="store_true", help="also time the capture compiled with torch.compile")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if args.suite == "gpu" else "cpu")
@@ -285,6 +294,11 @@ def main(argv=None) -> int:
                 entry["answer_length"] = answer_length_scaling(model, tokenizer, layer, args.repeats)
                 entry["resolve_rows"] = resolve_scaling(model, layer, rows_grid)
             result["models"][f"random {shape}"] = entry
+            if args.compile:
+                compiled = measure_model(model, tokenizer, layer, args.repeats, baselines=False, compile_capture=True)
+                result["models"][f"random {shape}, compiled capture"] = compiled
+                print(json.dumps({k: v for k, v in compiled.items() if "median_s" in str(v)[:20] or "first" in k}),
+                      flush=True)
             print(json.dumps({k: v for k, v in entry.items() if isinstance(v, dict) and "median_s" in v}), flush=True)
             del model
             gc.collect()

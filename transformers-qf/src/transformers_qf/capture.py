@@ -134,10 +134,11 @@ class GraphedRecorder:
     Falls back to eager `record` when capture fails, and says so in `self.fallback_reason`.
     """
 
-    def __init__(self, model: torch.nn.Module, parts: LayerParts, bucket: int = 32):
-        self.model, self.parts, self.bucket = model, parts, bucket
+    def __init__(self, model: torch.nn.Module, parts: LayerParts, bucket: int = 32, compile: bool = False):
+        self.model, self.parts, self.bucket, self.compile = model, parts, bucket, compile
         self.graphs: dict[int, tuple] = {}
         self.fallback_reason: str | None = None
+        self.compile_fallback_reason: str | None = None
 
     @torch.no_grad()
     def __call__(self, sequences: list[torch.Tensor]) -> list[Recording]:
@@ -147,7 +148,14 @@ class GraphedRecorder:
         key = (len(sequences), length)
         if key not in self.graphs:
             try:
-                self.graphs[key] = self._capture(len(sequences), length)
+                try:
+                    self.graphs[key] = self._capture(len(sequences), length, self.compile)
+                except Exception as e:  # noqa: BLE001 - a failed compile still leaves the plain graph
+                    if not self.compile:
+                        raise
+                    self.compile_fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    self.compile = False
+                    self.graphs[key] = self._capture(len(sequences), length, False)
             except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
                 self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 return record(self.model, self.parts, sequences)
@@ -158,12 +166,14 @@ class GraphedRecorder:
         _check_finite(recs, self.parts.index)
         return recs
 
-    def _capture(self, batch: int, length: int):
+    def _capture(self, batch: int, length: int, compile: bool):
         device = next(self.model.parameters()).device
         static_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
         hooks = _Hooks(self.parts)
         try:
             with truncated(self.model, self.parts) as base:
+                if compile:  # fuses the small kernels; the compiled wrapper is only ever replayed
+                    base = torch.compile(base, dynamic=False)
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):

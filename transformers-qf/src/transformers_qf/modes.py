@@ -63,6 +63,7 @@ class QF:
         max_new_tokens: int = 48,
         open_answer_turn: bool = True,
         cuda_graphs: bool = True,
+        compile_capture: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -85,6 +86,7 @@ class QF:
         self.applied_rounds = 0  # rounds whose W' is in the model now (0: W)
         self.last_report: SolveReport | None = None
         self.cuda_graphs = cuda_graphs
+        self.compile_capture = compile_capture
         self._graphed: GraphedRecorder | None = None
 
     # -- the four modes ---------------------------------------------------------------------------
@@ -271,7 +273,7 @@ class QF:
         """How a batch of sequences is recorded: a CUDA graph replay on CUDA (when enabled), else eager."""
         if self.cuda_graphs and self._device.type == "cuda":
             if self._graphed is None:
-                self._graphed = GraphedRecorder(self.model, self.parts)
+                self._graphed = GraphedRecorder(self.model, self.parts, compile=self.compile_capture)
             return self._graphed
         return lambda seqs: record(self.model, self.parts, seqs)
 

@@ -61,10 +61,13 @@ def answer_tokens(
     if not words:
         raise PromptError("the answer has no tokens: give a non-empty answer to teacher-force")
     weights = check_significance(significance, len(words))
+    pieces = tokenizer(
+        [word if (i == 0 or original_tokenization) else " " + word for i, word in enumerate(words)],
+        add_special_tokens=False,
+    )["input_ids"]
     ids: list[int] = []
     token_weights: list[float] = []
-    for i, (word, w) in enumerate(zip(words, weights)):
-        piece = encode(tokenizer, word if (i == 0 or original_tokenization) else " " + word)
+    for piece, w in zip(pieces, weights):
         ids += piece
         token_weights += [w] * len(piece)
     return ids, token_weights
