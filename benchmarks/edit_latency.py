@@ -29,7 +29,7 @@ import torch
 
 from transformers_qf import QF, load_model, locate
 from transformers_qf.capture import record
-from transformers_qf.prompting import teacher_forced
+from transformers_qf.prompting import teacher_forced, teacher_forced_many
 from transformers_qf.qf import solve
 from transformers_qf.report import git_commit
 
@@ -181,7 +181,7 @@ def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = 
     if qf._graphed is not None:
         row["cuda_graphs"] = qf._graphed.fallback_reason or "used"
         row["compiled_capture"] = (qf._graphed.compile_fallback_reason or "used") if compile_capture else "no"
-    row["tokenize_both_passes"] = timed(lambda: [teacher_forced(tokenizer, s, USER, ANSWER) for s in (SYSTEM, "")],
+    row["tokenize_both_passes"] = timed(lambda: teacher_forced_many(tokenizer, [SYSTEM, ""], USER, ANSWER),
                                         device, repeats)
     # a breakdown: the one forward of both passes, and the solve
     seqs = [teacher_forced(tokenizer, s, USER, ANSWER).input_ids for s in (SYSTEM, "")]

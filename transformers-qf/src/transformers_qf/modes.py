@@ -149,8 +149,9 @@ class QF:
         instruct() + update() + solve() + apply()."""
         if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
             raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it before learning")
-        open_tf = self._teacher_forced(system, user, answer, significance)
-        closed_tf = self._teacher_forced("", user, answer, significance)
+        open_tf, closed_tf = prompting.teacher_forced_many(
+            self.tokenizer, [system, ""], user, answer, significance, self.original_tokenization
+        )
         recs = self._recorder([open_tf.input_ids, closed_tf.input_ids])
         open_cap, closed_cap = _kept(recs[0], open_tf.nonzero()), _kept(recs[1], closed_tf.nonzero())
         W0 = self._weight_as_loaded()

@@ -94,20 +94,30 @@ class TeacherForced:
 def teacher_forced(
     tokenizer, system: str, user: str, answer: str, significance=None, original_tokenization: bool = False
 ) -> TeacherForced:
-    prompt = encode(tokenizer, chatml_prompt(system, user))
-    header = encode(tokenizer, ANSWER_HEADER)
-    closing = encode(tokenizer, ANSWER_CLOSING)
+    return teacher_forced_many(tokenizer, [system], user, answer, significance, original_tokenization)[0]
+
+
+def teacher_forced_many(
+    tokenizer, systems: list[str], user: str, answer: str, significance=None, original_tokenization: bool = False
+) -> list[TeacherForced]:
+    """The same question and answer after each system prompt (e.g. the fact, then none), tokenized
+    with two tokenizer calls in all."""
     ids, w = answer_tokens(tokenizer, answer, significance, original_tokenization)
-    sequence = prompt + header + ids + closing
-    targets = header[1:] + ids + closing[:1]
-    weights = [1.0] * (len(header) - 1) + w + [1.0]
-    start = len(prompt)  # the position whose input is <|im_start|> of the answer turn
-    return TeacherForced(
-        input_ids=torch.tensor(sequence, dtype=torch.long),
-        kept=torch.arange(start, start + len(targets)),
-        weights=torch.tensor(weights, dtype=torch.float64),
-        targets=torch.tensor(targets, dtype=torch.long),
-    )
+    *prompts, header, closing = tokenizer(
+        [chatml_prompt(s, user) for s in systems] + [ANSWER_HEADER, ANSWER_CLOSING], add_special_tokens=False
+    )["input_ids"]
+    targets = torch.tensor(header[1:] + ids + closing[:1], dtype=torch.long)
+    weights = torch.tensor([1.0] * (len(header) - 1) + w + [1.0], dtype=torch.float64)
+    out = []
+    for prompt in prompts:
+        start = len(prompt)  # the position whose input is <|im_start|> of the answer turn
+        out.append(TeacherForced(
+            input_ids=torch.tensor(prompt + header + ids + closing, dtype=torch.long),
+            kept=torch.arange(start, start + len(targets)),
+            weights=weights,
+            targets=targets,
+        ))
+    return out
 
 
 def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> str:
