@@ -52,11 +52,14 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeats: int, warmup: int = 1) -> dict:
+def timed(fn, device, repeats: int, warmup: int = 1, setup=None) -> dict:
+    """Median wall time of fn() over `repeats` runs; `setup()` runs before each, untimed."""
     for _ in range(warmup):
+        setup and setup()
         fn()
     times = []
     for _ in range(repeats):
+        setup and setup()
         sync(device)
         t0 = time.perf_counter()
         fn()
@@ -175,7 +178,7 @@ def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = 
         qf.learn(SYSTEM, USER, ANSWER)
 
     row = {"layer": qf.layer, "kept_positions": n_answer, "first_edit_s": first_edit_s,
-           "edit": timed(edit, device, repeats, warmup=2)}
+           "edit": timed(lambda: qf.learn(SYSTEM, USER, ANSWER), device, repeats, warmup=2, setup=qf.reset)}
     report = qf.last_report
     row["edit_report"] = report.as_dict()
     if qf._graphed is not None:
@@ -218,11 +221,7 @@ def answer_length_scaling(model, tokenizer, layer, repeats, words=(4, 16, 64, 25
     for n in words:
         answer = " ".join((base * (n // len(base) + 1))[:n])
 
-        def edit():
-            qf.reset()
-            qf.learn(SYSTEM, USER, answer)
-
-        t = timed(edit, device, repeats, warmup=1)
+        t = timed(lambda: qf.learn(SYSTEM, USER, answer), device, repeats, warmup=1, setup=qf.reset)
         out.append({"answer_words": n, "kept_positions": qf.last_report.rows, **t})
     qf.reset()
     return out
