@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -31,6 +32,9 @@ def provenance(loaded, device, extra: dict | None = None) -> dict:
 
 
 def git_commit() -> str:
+    """The checkout's commit (+ a mark when it has uncommitted changes); $QF_COMMIT where there is no git."""
+    if os.environ.get("QF_COMMIT"):
+        return os.environ["QF_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
