@@ -88,6 +88,7 @@ class QF:
         self.cuda_graphs = cuda_graphs
         self.compile_capture = compile_capture
         self._graphed: GraphedRecorder | None = None
+        self._one_device: bool | None = None
 
     # -- the four modes ---------------------------------------------------------------------------
     def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
@@ -270,9 +271,17 @@ class QF:
         return self._original_weight
 
     @property
+    def _on_one_device(self) -> bool:
+        """A model sharded over several GPUs (accelerate's device_map) runs eagerly: a CUDA graph
+        captures the work of one device only."""
+        if self._one_device is None:
+            self._one_device = len({p.device for p in self.model.parameters()}) == 1
+        return self._one_device
+
+    @property
     def _recorder(self):
         """How a batch of sequences is recorded: a CUDA graph replay on CUDA (when enabled), else eager."""
-        if self.cuda_graphs and self._device.type == "cuda":
+        if self.cuda_graphs and self._device.type == "cuda" and self._on_one_device:
             if self._graphed is None:
                 self._graphed = GraphedRecorder(self.model, self.parts, compile=self.compile_capture)
             return self._graphed
