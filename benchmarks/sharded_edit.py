@@ -19,11 +19,11 @@ from edit_latency import ANSWER, SYSTEM, USER, environment, random_model, timed
 from transformers_qf import QF
 
 
-def layer_split_map(n_layers: int, n_gpus: int) -> dict:
+def layer_split_map(n_layers: int, n_gpus: int, tied: bool) -> dict:
     per = -(-n_layers // n_gpus)
     device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0}
     device_map.update({f"model.layers.{i}": i // per for i in range(n_layers)})
-    device_map.update({"model.norm": n_gpus - 1, "lm_head": n_gpus - 1})
+    device_map.update({"model.norm": n_gpus - 1, "lm_head": 0 if tied else n_gpus - 1})  # tied: lives with the embedding
     return device_map
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     w_single = qf.parts.down.weight.detach().to("cpu", torch.float64)
     report_single = qf.last_report.as_dict()
     qf.reset()
-    device_map = layer_split_map(model.config.num_hidden_layers, n_gpus)
+    device_map = layer_split_map(model.config.num_hidden_layers, n_gpus, model.config.tie_word_embeddings)
     model = dispatch_model(model, device_map=device_map)
     qf = QF(model, tokenizer, layer=layer, folder=None)
 
