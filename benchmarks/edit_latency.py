@@ -30,7 +30,7 @@ import torch
 from transformers_qf import QF, load_model, locate
 from transformers_qf.capture import record
 from transformers_qf.prompting import teacher_forced, teacher_forced_many
-from transformers_qf.qf import solve
+from transformers_qf.qf import Accumulator, solve
 from transformers_qf.report import git_commit
 
 SYSTEM = "Qi started Oxinnovate in 2019 at the PKU Science Park in Beijing."
@@ -251,6 +251,40 @@ def resolve_scaling(model, layer, rows=(10, 100, 1000, 4000, 8960), repeats=3) -
     return out
 
 
+def incremental_scaling(model, layer, max_rows: int, per_round: int = 30,
+                        checkpoints=(10, 100, 1000, 2000, 4000, 8960)) -> list[dict]:
+    """Rounds of `per_round` random rows added with Accumulator; the time of the round that crosses each checkpoint."""
+    parts = locate(model, layer)
+    W = parts.down.weight.data
+    W0 = W.detach().clone()
+    device = W.device
+    d_model, d_mlp = W.shape
+    acc = Accumulator(W0)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    marks = [c for c in checkpoints if c <= max_rows]
+    out, k = [], 0
+    try:
+        while k < max_rows and marks:
+            m = min(per_round, max_rows - k)
+            U, Up = (torch.randn(m, d_mlp, generator=g).to(device) for _ in range(2))
+            V, Vp = (torch.randn(m, d_model, generator=g).to(device) for _ in range(2))
+            sync(device)
+            t0 = time.perf_counter()
+            report = acc.add(W, U, Up, V, Vp)
+            sync(device)
+            k += m
+            if k >= marks[0]:
+                out.append({"rows": k, "round_rows": m, "median_s": time.perf_counter() - t0, "min_s": None,
+                            "method": "incremental", "residual": report.residual_applied})
+                while marks and k >= marks[0]:
+                    marks.pop(0)
+    except Exception as e:  # noqa: BLE001 - report where the accumulation stopped, and why
+        out.append({"rows": k, "stopped": f"{type(e).__name__}: {e}"})
+    finally:
+        W.copy_(W0)
+    return out
+
+
 def environment(device, dtype) -> dict:
     import transformers
 
@@ -292,6 +326,7 @@ def main(argv=None) -> int:
             if shape == "1.5b":
                 entry["answer_length"] = answer_length_scaling(model, tokenizer, layer, args.repeats)
                 entry["resolve_rows"] = resolve_scaling(model, layer, rows_grid)
+                entry["incremental_rows"] = incremental_scaling(model, layer, args.max_rows)
             result["models"][f"random {shape}"] = entry
             if args.compile and shape == "1.5b":
                 compiled = measure_model(model, tokenizer, layer, args.repeats, baselines=False, compile_capture=True)
@@ -308,6 +343,7 @@ def main(argv=None) -> int:
         entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
                                                        words=(4, 16, 64))
         entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
+        entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
         result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

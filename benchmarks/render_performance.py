@@ -66,6 +66,14 @@ def suite_section(data: dict) -> list[str]:
                       "| rows | method | residual | time |", "|---|---|---|---|"]
             lines += [f"| {r['rows']} | {r['method']} | {r['residual']:.1e} | {ms(r, unit)} |" for r in m["resolve_rows"]]
             lines.append("")
+        if "incremental_rows" in m:
+            lines += [f"**Incremental: one round of 30 new rows on top of the rest** ({name}; `qf.Accumulator`)", "",
+                      "| rows after the round | residual of the new rows (W' as stored) | time of that round |",
+                      "|---|---|---|"]
+            for r in m["incremental_rows"]:
+                lines.append(f"| {r['rows']} | stopped: {r['stopped']} | — |" if "stopped" in r else
+                             f"| {r['rows']} | {r['residual']:.1e} | {ms(r, unit)} |")
+            lines.append("")
     return lines
 
 

@@ -171,3 +171,18 @@ def test_learn_in_one_forward_equals_the_four_steps(tiny_model, tokenizer, tmp_p
     torch.testing.assert_close(locate(tiny_model, 2).down.weight, W_slow, rtol=1e-6, atol=1e-7)
     if in_memory:
         assert not (tmp_path / "fast").exists()
+
+
+def test_incremental_learning_gives_the_re_solved_weight(tiny_qwen2, tokenizer):
+    full = QF(tiny_qwen2, tokenizer, layer=2, folder=None)
+    for fact in (FACT, FACT2):
+        full.learn(*fact)
+    W_full = locate(tiny_qwen2, 2).down.weight.detach().clone()
+    full.revert()
+    inc = QF(tiny_qwen2, tokenizer, layer=2, folder=None, incremental=True)
+    reports = [inc.learn(*fact) for fact in (FACT, FACT2)]
+    assert [r.method for r in reports] == ["incremental", "incremental"]
+    torch.testing.assert_close(locate(tiny_qwen2, 2).down.weight, W_full, rtol=1e-5, atol=1e-6)
+    inc.revert()  # the model no longer holds W': the next round re-solves every round once
+    third = ("Oxinnovate has one people.", "How many people in Oxinnovate?", "Oxinnovate has one people.")
+    assert inc.learn(*third).method == "exact" and inc.last_report.rows == inc.folder.rows("u")

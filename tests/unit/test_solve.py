@@ -97,3 +97,22 @@ def test_blockwise_passes_over_w_give_the_same_update(monkeypatch):
     # ||W'-W||/||W|| from the k x k identity equals the direct computation
     direct = torch.linalg.norm(ref.delta()) / torch.linalg.norm(W.double())
     assert abs(report.delta_rel - float(direct)) < 1e-10
+
+
+def test_incremental_rounds_equal_a_solve_from_scratch():
+    from transformers_qf.qf import Accumulator
+
+    W, U, Up, V, Vp = _rows(k=30)
+    scratch = W.clone()
+    solve(scratch, U, Up, V, Vp, apply=True)
+    W_inc = W.clone()
+    acc = Accumulator(W.clone())
+    for lo, hi in ((0, 12), (12, 13), (13, 30)):  # rounds of 12, 1 and 17 rows
+        report = acc.add(W_inc, U[lo:hi], Up[lo:hi], V[lo:hi], Vp[lo:hi])
+        assert report.method == "incremental" and report.rows == hi and report.residual_applied < 1e-5
+    torch.testing.assert_close(W_inc, scratch, rtol=1e-5, atol=1e-6)
+    # every earlier row is still met
+    target = (U @ W.T + V).double()
+    assert relative_residual(W_inc.double(), Up.double(), Vp.double(), target) < 1e-5
+    with pytest.raises(SolveError, match="dependent"):
+        acc.add(W_inc, U[:3], Up[:3], V[:3], Vp[:3])  # the same rows again

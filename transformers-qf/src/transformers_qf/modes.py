@@ -21,7 +21,7 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import GraphedRecorder, record
-from .qf import SolveReport, solve
+from .qf import Accumulator, SolveError, SolveReport, solve
 from .store import ParametersError, ParametersFolder
 
 
@@ -64,6 +64,7 @@ class QF:
         open_answer_turn: bool = True,
         cuda_graphs: bool = True,
         compile_capture: bool = False,
+        incremental: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -89,6 +90,8 @@ class QF:
         self.compile_capture = compile_capture
         self._graphed: GraphedRecorder | None = None
         self._one_device: bool | None = None
+        self.incremental = incremental  # learn(): extend W' round by round instead of re-solving from W
+        self._accumulator: Accumulator | None = None
 
     # -- the four modes ---------------------------------------------------------------------------
     def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
@@ -175,6 +178,24 @@ class QF:
         f.save("w_prime", W)
         return report
 
+    def _extend(self, weight: torch.Tensor) -> SolveReport | None:
+        """Add the last round to the W' in the model (Accumulator); None when a full re-solve is needed."""
+        f, rounds = self.folder, self.folder.rounds
+        if self._accumulator is None or self.applied_rounds != len(rounds) - 1:
+            if len(rounds) > 1:
+                return None  # the model does not hold the previous rounds' W': re-solve them all once
+            weight.copy_(self._weight_as_loaded())
+            self._accumulator = Accumulator(self._weight_as_loaded())
+        n = rounds[-1]["instruct_rows"]
+        try:
+            report = self._accumulator.add(weight, *(f.load(name)[-n:] for name in ("u", "up", "v", "vp")))
+        except SolveError:
+            return None
+        rounds[-1]["solve"] = report.as_dict()
+        f.manifest["w_prime_rounds"] = len(rounds)
+        self.last_report = report
+        return report
+
     def _solve(self, W: torch.Tensor) -> SolveReport:
         """Eq. 3 over every row in the folder; W (the original weight) becomes W' in place."""
         f = self.folder
@@ -188,8 +209,11 @@ class QF:
 
     def _solve_into_model(self) -> SolveReport:
         weight = self.parts.down.weight.data
-        weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
-        report = self._solve(weight)
+        report = self._extend(weight) if self.incremental and not self.ridge else None
+        if report is None:
+            weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
+            report = self._solve(weight)
+            self._accumulator = None
         self.folder.save("w_prime", weight)
         self.applied_rounds = len(self.folder.rounds)
         return report
@@ -208,6 +232,7 @@ class QF:
 
     def revert(self) -> None:
         """Put the original W back."""
+        self._accumulator = None
         if self._original_weight is not None:
             self.parts.down.weight.data.copy_(self._original_weight)
         self.applied_rounds = 0

@@ -211,3 +211,69 @@ def relative_residual(W_new: torch.Tensor, Up: torch.Tensor, Vp: torch.Tensor, t
     """max_t |W_new u'_t + v'_t - target_t| / |target_t| (float64, rows are positions)."""
     out = Up @ W_new.T + Vp
     return float(_max_rel(out, target))
+
+
+class Accumulator:
+    """Eq. 3 over rows that arrive in rounds, extended in place instead of re-solved from scratch.
+
+    After each `add`, W holds the minimum-norm W' for every row so far, the same matrix as
+    `solve(W0, all rows)` up to rounding. A round of m rows on top of k costs O(m k d_mlp + k^2 m +
+    m d_mlp d_model) instead of the O(k^2 d_mlp + k^3 + k d_mlp d_model) of a full re-solve:
+
+        Z  = U'_new - C G^-1 U'_old          the new rows' part orthogonal to the old rows (C = U'_new U'_old^T)
+        S  = Z U'_new^T                      the Schur complement of G; extends G's Cholesky factor
+        dW = -r^T S^-1 Z                     r: the new rows' residuals under the current W'
+
+    dW vanishes on the old rows, so they stay met. Exact solves only (no ridge, no pseudo-inverse).
+    """
+
+    def __init__(self, W0: torch.Tensor):
+        self.W0 = W0  # the original weight, kept as is
+        f64 = dict(dtype=torch.float64, device=W0.device)
+        self.Up = torch.zeros(0, W0.shape[1], **f64)
+        self.L = torch.zeros(0, 0, **f64)  # Cholesky factor of G = U' U'^T over every row so far
+
+    @property
+    def rows(self) -> int:
+        return self.Up.shape[0]
+
+    @torch.no_grad()
+    def add(self, W: torch.Tensor, U, Up, V, Vp) -> SolveReport:
+        """Add one round's rows; W (holding the current W') is updated in place."""
+        t0 = time.perf_counter()
+        _check_rows(W, U, Up, V, Vp, None)
+        f64 = dict(dtype=torch.float64, device=W.device)
+        U, Up, V, Vp = (t.detach().to(**f64) for t in (U, Up, V, Vp))
+        target = _times_wt(self.W0, U)[0] + V  # W0 u_t + v_t
+        now, w_sq = _times_wt(W, Up)
+        r = now + Vp - target  # [m, d_model]
+        if self.rows:
+            C = Up @ self.Up.T  # [m, k]
+            L21 = torch.linalg.solve_triangular(self.L, C.T, upper=False).T  # [m, k]
+            Z = Up - torch.cholesky_solve(C.T, self.L).T @ self.Up
+        else:
+            L21 = torch.zeros(Up.shape[0], 0, **f64)
+            Z = Up
+        S = Up @ Up.T - L21 @ L21.T
+        L22, info = torch.linalg.cholesky_ex(S)
+        eig = torch.linalg.eigvalsh(S)
+        lo, hi, bad = torch.stack([eig[0], eig[-1], info.to(torch.float64)]).tolist()
+        cond = hi / lo if lo > 0 else float("inf")
+        if bad or cond >= SINGULAR_COND or not torch.isfinite(r).all():
+            raise SolveError(
+                f"the new rows are (nearly) dependent on the earlier ones (cond {cond:.2e}) or not finite: "
+                "re-solve from scratch with solve(), which falls back to the pseudo-inverse"
+            )
+        coef = torch.cholesky_solve(r, L22)  # S^-1 r, [m, d_model]
+        seen = Update(A=-coef.T.contiguous(), B=Z).apply_(W, probe=Up)
+        k = self.rows
+        self.L = torch.cat([torch.cat([self.L, torch.zeros(k, Up.shape[0], **f64)], 1), torch.cat([L21, L22], 1)])
+        self.Up = torch.cat([self.Up, Up])
+        residual_applied, delta_sq, w_sq = torch.stack(
+            [_max_rel(seen + Vp, target), torch.trace((coef @ coef.T) @ S), w_sq]
+        ).tolist()
+        return SolveReport(
+            rows=self.rows, method="incremental", cond=cond, rank=self.rows, residual=float("nan"),
+            residual_applied=residual_applied, delta_rel=(max(delta_sq, 0.0) / w_sq) ** 0.5,
+            seconds=time.perf_counter() - t0,
+        )
