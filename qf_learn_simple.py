@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from transformers_qf import QF, load_model
+from transformers_qf.errors import USER_ERRORS
 from transformers_qf.report import provenance, provenance_lines, rounds_table, steps_table, write_json
 from transformers_qf.scriptargs import add_model_args, parse_layers
-from transformers_qf.walkthrough import Ask, Fact, Learn, probe_answer_turn, run_walkthrough
+from transformers_qf.walkthrough import Ask, Fact, Learn, probe_answer_turn, run_walkthrough, validate_steps
 
 # ---- what to learn: edit here -----------------------------------------------------------------
 LAYER = 23
@@ -52,6 +53,14 @@ STEPS = [
 
 
 def main(argv=None) -> int:
+    try:
+        return run(argv)
+    except USER_ERRORS as e:  # bad input: one line that says what to do, no traceback
+        print(f"qf_learn_simple.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(parser)
     parser.add_argument("--layer", type=int, default=LAYER, help=f"layer to edit (default {LAYER})")
@@ -67,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args(argv)
     layers = args.layers or [args.layer]
+    validate_steps(STEPS)  # a wrong significance list fails now, not after loading the model
 
     loaded = load_model(args.model, args.device, args.dtype)
     results, probe = [], None

@@ -59,6 +59,21 @@ class WalkthroughResult:
         return sum(r["verdict"] == "holds" for r in self.rows)
 
 
+def validate_steps(steps: list) -> None:
+    """Raise PromptError for a fact whose answer is empty or whose significance list does not fit it."""
+    from .prompting import PromptError, check_significance
+
+    for step in steps:
+        if isinstance(step, Learn):
+            words = step.fact.answer.split()
+            if not words:
+                raise PromptError(f"the fact {step.fact.system!r} has an empty answer: give the answer to teach")
+            try:
+                check_significance(step.fact.significance, len(words))
+            except PromptError as e:
+                raise PromptError(f"fact {step.fact.answer!r}: {e}") from None
+
+
 def run_walkthrough(qf, steps: list, log=print) -> WalkthroughResult:
     result = WalkthroughResult(layer=qf.layer)
     for step in steps:
