@@ -99,15 +99,16 @@ class LoadedModel:
     @property
     def identity(self) -> dict:
         """What the parameters folder records to refuse activations from another model."""
-        cfg = self.model.config
-        return {
-            "name": self.name,
-            "model_type": cfg.model_type,
-            "num_hidden_layers": cfg.num_hidden_layers,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "vocab_size": cfg.vocab_size,
-        }
+        return model_identity(self.model, self.name)
+
+
+def model_identity(model, name: str | None = None) -> dict:
+    """The model's name (when known) and shape, as recorded in manifests."""
+    cfg = model.config
+    identity = {"name": name} if name else {}
+    for key in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size"):
+        identity[key] = getattr(cfg, key)
+    return identity
 
 
 def cache_dir() -> Path:

@@ -20,6 +20,7 @@ import torch
 
 from . import prompting
 from .architectures import locate
+from .models import model_identity
 from .capture import GraphedRecorder, record
 from .qf import Accumulator, SolveError, SolveReport, solve
 from .store import ParametersError, ParametersFolder
@@ -74,14 +75,7 @@ class QF:
         self.ridge = ridge
         self.max_new_tokens = max_new_tokens
         self.open_answer_turn = open_answer_turn
-        cfg = model.config
-        identity = identity or {
-            "model_type": cfg.model_type,
-            "num_hidden_layers": cfg.num_hidden_layers,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "vocab_size": cfg.vocab_size,
-        }
+        identity = identity or model_identity(model)
         self.folder = ParametersFolder(folder, self.layer, identity, method="QF", fresh=fresh)
         self._original_weight: torch.Tensor | None = None  # W as loaded, kept to revert
         self.applied_rounds = 0  # rounds whose W' is in the model now (0: W)
@@ -110,12 +104,9 @@ class QF:
 
     def instruct(self, system: str, user: str, answer: str, significance=None) -> Captured:
         """Open-book pass: record u, v; save W at the first round."""
-        if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
-            raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it before the next instruct")
+        self._require_no_pending_round()
         cap = self._capture(system, user, answer, significance)
-        if not self.folder.has("weight"):
-            self.folder.set_dtype(self.parts.down.weight.dtype)
-            self.folder.save("weight", self._weight_as_loaded())
+        self._save_original_weight()
         self.folder.append({"u": cap.u, "v": cap.v}, self._round_entry(system, user, answer, significance, cap))
         return cap
 
@@ -151,17 +142,13 @@ class QF:
         """One QF round the fast way: both passes in one forward, the solve on the weight's device,
         W' written straight into down_proj. Same rows, folder entries and W' as
         instruct() + update() + solve() + apply()."""
-        if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
-            raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it before learning")
+        self._require_no_pending_round()
         open_tf, closed_tf = prompting.teacher_forced_many(
             self.tokenizer, [system, ""], user, answer, significance, self.original_tokenization
         )
         recs = self._recorder([open_tf.input_ids, closed_tf.input_ids])
         open_cap, closed_cap = _kept(recs[0], open_tf.nonzero()), _kept(recs[1], closed_tf.nonzero())
-        W0 = self._weight_as_loaded()
-        if not self.folder.has("weight"):
-            self.folder.set_dtype(W0.dtype)
-            self.folder.save("weight", W0)
+        self._save_original_weight()
         self.folder.append({"u": open_cap.u, "v": open_cap.v}, self._round_entry(system, user, answer, significance, open_cap))
         self.folder.append({"up": closed_cap.u, "vp": closed_cap.v}, {"update_rows": int(closed_cap.u.shape[0]), "update_system": ""})
         return self._solve_into_model()
@@ -288,6 +275,16 @@ class QF:
     def _capture(self, system, user, answer, significance) -> Captured:
         tf = self._teacher_forced(system, user, answer, significance)
         return _kept(record(self.model, self.parts, tf.input_ids)[0], tf.nonzero())
+
+    def _require_no_pending_round(self) -> None:
+        if self.folder.rounds and self.folder.rounds[-1].get("update_rows") is None:
+            raise ParametersError("the last QF-instruct has no QF-update yet: run QF-update for it first")
+
+    def _save_original_weight(self) -> None:
+        """W goes into the folder once, at the first round; every solve starts from it."""
+        if not self.folder.has("weight"):
+            self.folder.set_dtype(self.parts.down.weight.dtype)
+            self.folder.save("weight", self._weight_as_loaded())
 
     def _weight_as_loaded(self) -> torch.Tensor:
         """W as loaded, kept on the weight's device (one extra copy of one matrix)."""
