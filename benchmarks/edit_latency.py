@@ -12,6 +12,9 @@ Plus scaling: time vs answer length, the re-solve as accumulated rows grow, and 
     python benchmarks/edit_latency.py --suite gpu --random-shape  # random weights of real shapes
 
 Writes results/performance_<suite>.json; benchmarks/render_performance.py makes performance.md.
+For the GPU suite (no model weights travel to the GPU machine), give it the bundled model's tokenizer:
+copy tokenizer.json, tokenizer_config.json and chat_template.jinja from ~/.cache/transformers_qf/<model>/
+into benchmarks/.tokenizer (git-ignored) and pass --tokenizer benchmarks/.tokenizer.
 """
 
 from __future__ import annotations
