@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .qf import Update
-from .store import _atomic_write_bytes
+from .store import atomic_write
 
 FORMAT = "transformers-qf/edits/1"
 META_KEY = "qf_edits"
@@ -146,7 +146,7 @@ class Edits:
                 tensors[f"fact{i}.{name}"] = getattr(f, name).detach().to("cpu", torch.float32).contiguous()
             tensors[f"fact{i}.a"] = f.a.detach().to("cpu", torch.float64).contiguous()
         metadata = {META_KEY: json.dumps(self.manifest())}
-        _atomic_write_bytes(Path(path), lambda tmp: _save_readable(tensors, tmp, metadata))
+        atomic_write(Path(path), lambda tmp: _save_readable(tensors, tmp, metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Edits":

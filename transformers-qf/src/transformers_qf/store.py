@@ -25,7 +25,8 @@ class ParametersError(ValueError):
     """A folder that does not fit this model or layer, or holds inconsistent rows."""
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
@@ -104,7 +105,7 @@ class ParametersFolder:
         if self._memory is not None:
             return
         text = json.dumps(self.manifest, indent=1)
-        _atomic_write_bytes(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
     # -- tensors --------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -141,7 +142,7 @@ class ParametersFolder:
             self._memory[name] = tensor.detach().clone()
             return
         tensor = tensor.detach().to("cpu").contiguous()
-        _atomic_write_bytes(self.file(name), lambda tmp: save_file({"data": tensor}, tmp))
+        atomic_write(self.file(name), lambda tmp: save_file({"data": tensor}, tmp))
 
     def save(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor and the manifest."""
