@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .qft import restore as restore_qf2
+
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
 ENV_MODEL = "QF_MODEL"
 ENV_CACHE = "QF_CACHE"
@@ -188,6 +190,7 @@ def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, devi
         model.to(dtype)
     model.to(device)
     model.eval()
+    restore_qf2(model)  # a QFt-converted checkpoint comes back with its firing block
     return model, tokenizer
 
 
