@@ -117,11 +117,11 @@ def write_report(out: Path, prov: dict, result) -> None:
     lines += provenance_lines(prov)
     lines += ["", f"## {result.held}/{len(result.rows)} steps hold", ""] + steps_table(result.rows)
     lines += ["", "## The updates", ""] + firing_rounds_table(result.rounds)
-    lines += ["", "Verdict: `holds` when the answer contains the expected word (case-insensitive). Firing gap: mean "
-              "|sigmoid(beta W x'_t) − y*_t| over the round's kept positions and neurons, with the weight before and "
-              "after the update (0: the closed-book firing equals the open-book one). log p(answer): sum over the "
-              "answer's tokens, teacher-forced after `assistant:`, without the fact (closed) and with it (open book).",
-              ""]
+    lines += ["", "Verdict: `holds` when the answer contains the expected word (case-insensitive). Firing on y*'s side: "
+              "the share of (kept position, neuron) pairs whose closed-book firing sigmoid(beta W x'_t) lies on the "
+              "same side of 0.5 as the open-book y*_t, with the weight before and after the round; the gap is the "
+              "mean |sigmoid(beta W x'_t) - y*_t|. log p(answer): sum over the answer's tokens, teacher-forced after "
+              "`assistant:`, without the fact (closed) and with it (open book).", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "qf2_results.md").write_text("\n".join(lines))
     write_json(out / "qf2_results.json", {"provenance": prov, "held": result.held, "steps": result.rows,

@@ -32,23 +32,26 @@ PLAIN_STOPS = ["\n", ".\n"]
 
 @dataclass
 class FiringReport:
-    """One QF2 round. firing_gap: mean |sigmoid(beta W x'_t) - y*_t| over the round's kept positions
-    (0 = the closed-book firing equals the open-book one), before and after the update."""
+    """One QF2 round: how close the closed-book firing sigmoid(beta W x'_t) is to the open-book y*_t over
+    the round's kept positions, with W before and after the update. The rule drives each neuron to y*'s
+    side of 0.5 (firing or silent), so the agreement is its aim; the gap also counts how far past or
+    short of y* a neuron lands."""
 
     rows: int
     lr: float
     delta_rel: float  # ||dW||_F / ||W||_F
     firing_gap_before: float
     firing_gap_after: float
-    sign_agreement_after: float  # share of (position, neuron) where the closed-book firing is on the side of y*
+    agreement_before: float  # share of (position, neuron) whose closed-book firing is on y*'s side of 0.5
+    agreement_after: float
     seconds: float
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{self.rows} rows, lr {self.lr:g}, firing gap {self.firing_gap_before:.3f} -> "
-                f"{self.firing_gap_after:.3f}, ||dW||/||W|| {self.delta_rel:.4f}")
+        return (f"{self.rows} rows, lr {self.lr:g}, firing on y*'s side {self.agreement_before:.3f} -> "
+                f"{self.agreement_after:.3f}, ||dW||/||W|| {self.delta_rel:.4f}")
 
 
 def firing_update(ystar: torch.Tensor, xp: torch.Tensor, weights: torch.Tensor, lr: float) -> torch.Tensor:
@@ -58,6 +61,12 @@ def firing_update(ystar: torch.Tensor, xp: torch.Tensor, weights: torch.Tensor, 
                               "QF-instruct and QF-update need the same answer")
     f64 = torch.float64
     return lr * ((ystar.to(f64) - 0.5) * weights.to(f64)[:, None]).T @ xp.to(f64)
+
+
+def _closeness(ystar: torch.Tensor, firing: torch.Tensor) -> tuple[float, float]:
+    """Mean |firing - y*| and the share of entries on the same side of 0.5."""
+    ystar = ystar.double()
+    return float((firing - ystar).abs().mean()), float(((firing > 0.5) == (ystar > 0.5)).double().mean())
 
 
 class QF2:
@@ -136,14 +145,10 @@ class QF2:
         dW = firing_update(ystar, xp, weights, lr)
         W_new = W + dW
         stored = W_new.to(self.parts.up.weight.dtype)
-        gap = lambda w: (torch.sigmoid(self.beta * (xp.double() @ w.T)) - ystar.double()).abs().mean()  # noqa: E731
-        after = torch.sigmoid(self.beta * (xp.double() @ stored.double().T))
-        report = FiringReport(
-            rows=k, lr=lr, delta_rel=float(dW.norm() / W.norm()), firing_gap_before=float(gap(W)),
-            firing_gap_after=float(gap(stored.double())),
-            sign_agreement_after=float(((after > 0.5) == (ystar.double() > 0.5)).double().mean()),
-            seconds=time.perf_counter() - t0,
-        )
+        before, after = (_closeness(ystar, torch.sigmoid(self.beta * (xp.double() @ w.T))) for w in (W, stored.double()))
+        report = FiringReport(rows=k, lr=lr, delta_rel=float(dW.norm() / W.norm()), firing_gap_before=before[0],
+                              firing_gap_after=after[0], agreement_before=before[1], agreement_after=after[1],
+                              seconds=time.perf_counter() - t0)
         rounds[-1].update({"lr": lr, "solve": report.as_dict()})
         self.folder.manifest["w_prime_rounds"] = len(rounds)
         self.folder.save("w_prime", stored)
