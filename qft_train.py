@@ -23,7 +23,7 @@ from transformers_qf.generation import greedy_batch
 from transformers_qf.models import converted_dir
 from transformers_qf.qft_training import PRESETS, Conversion, make_accelerator, with_overrides
 from transformers_qf.qft_report import plot_loss, write_report
-from transformers_qf.report import provenance
+from transformers_qf.report import provenance, write_json
 from transformers_qf.scriptargs import add_model_args, parse_layers
 
 # ---- what to convert: edit here ---------------------------------------------------------------------
@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", choices=["lstsq", "none"], default=None,
                         help="lstsq: closed-form down_proj of the firing block first (no blend needed); none: blend")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training once the run passes this")
+    parser.add_argument("--heldout-facts", type=int, default=30, help="real facts kept out of training for the checks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-checks", action="store_true", help="skip the before/after checks and the report")
     return parser.parse_args(argv)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     candidates = qft_data.real_candidates()
     known = qft_data.known_facts(candidates, lambda qs: greedy_batch(
         model, tokenizer, [prompting.generation_prompt("", q) for q in qs], max_new_tokens=24, stop=["<|im_end|>"]))
-    data = qft_data.build(known, n_samples=config.samples, seed=config.seed)
+    data = qft_data.build(known, n_samples=config.samples, seed=config.seed, heldout_facts=args.heldout_facts)
     seconds = {"data": time.perf_counter() - t0}
     say(f"data: {len(known)} of {len(candidates)} real company facts known to the base model; "
         f"{len(data.train)} training samples ({seconds['data']:.0f} s)")
@@ -105,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     conversion.save(out, dtype=loaded.model.get_input_embeddings().weight.dtype)
     seconds["conversion"] = time.perf_counter() - clock - seconds.get("checks_before", 0.0)
     summary = conversion.summary()
-    plot_loss(summary, out / "loss.png")
+    if accelerator.is_main_process:
+        write_json(out / "qft_train.json", {**summary, "model": loaded.name, "seconds": seconds})
+        plot_loss(summary, out / "loss.png")
     say(f"converted in {seconds['conversion'] / 60:.1f} min (checks not counted); saved to {out}")
 
     if not args.no_checks and accelerator.is_main_process:

@@ -63,5 +63,5 @@ def test_invented_companies_come_from_the_qft_pool_only():
 
 
 def test_too_few_known_facts_is_refused():
-    with pytest.raises(ValueError, match="known real facts"):
+    with pytest.raises(ValueError, match="--heldout-facts"):
         qft_data.build(CANDIDATES[:10], heldout_facts=30)

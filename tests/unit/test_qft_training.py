@@ -109,3 +109,29 @@ def test_bad_configurations_are_refused(tiny_qwen2, tokenizer):
         Conversion(tiny_qwen2, tokenizer, QFtConfig(layer=3))  # L+1 = 4 does not exist
     with pytest.raises(ValueError, match="c < 1"):
         Conversion(tiny_qwen2, tokenizer, QFtConfig(layer=2, c=1.5))
+
+
+@torch.no_grad()
+def test_distillation_targets_are_the_original_models_layer_output(tiny_qwen2, tokenizer, samples):
+    """With distill > 0 the cache also keeps the original output of the last trainable layer, and the loss
+    adds how far the converted stack's output there is from it (0 while nothing has changed)."""
+    config = QFtConfig(layer=1, loss="answer", distill=1.0)
+    conversion = Conversion(tiny_qwen2, tokenizer, config, accelerator=make_accelerator())
+    conversion.prepare(samples[:6], progress=False)
+    ids = conversion.encoded[2].ids
+    out = {}
+    handle = locate(tiny_qwen2, 2).layer.register_forward_hook(lambda _m, _a, o: out.setdefault("h", o))
+    tiny_qwen2(input_ids=ids.view(1, -1), use_cache=False)
+    handle.remove()
+    tolerance = 5e-2 if conversion._bf16 else 1e-5
+    torch.testing.assert_close(conversion.teacher[2].float(), out["h"][0].float(), rtol=tolerance, atol=tolerance)
+
+    batch = conversion._collate([0, 1, 2])
+    assert len(batch) == 5 and batch[4].sum() == sum(len(conversion.cached[i]) for i in (0, 1, 2))
+    plain = _Top(tiny_qwen2, conversion.start)(*(t.float() if t.is_floating_point() else t for t in batch[:3]))
+    both = _Top(tiny_qwen2, conversion.start, 1, 1.0)(*(t.float() if t.is_floating_point() else t for t in batch))
+    assert 0 <= float(both - plain) < (0.05 if conversion._bf16 else 1e-6)  # unchanged model: ~no distance
+    locate(tiny_qwen2, 2).mlp.down_proj.weight.mul_(3.0)  # a changed layer is far from the original
+    changed = _Top(tiny_qwen2, conversion.start, 1, 1.0)(*(t.float() if t.is_floating_point() else t for t in batch))
+    plain_changed = _Top(tiny_qwen2, conversion.start)(*(t.float() if t.is_floating_point() else t for t in batch[:3]))
+    assert float(changed - plain_changed) > 0.01

@@ -97,8 +97,9 @@ def build(known: list[worldfacts.RealFact], n_samples: int = 3000, seed: int = 0
     mix: the shares of real, instructed and unknown samples. Real facts cycle through their question
     phrasings (and repeat) to fill their share; `heldout_facts` of them are kept out of training.
     """
-    if len(known) <= heldout_facts:
-        raise ValueError(f"only {len(known)} known real facts: need more than the {heldout_facts} held out")
+    if len(known) < heldout_facts:
+        raise ValueError(f"only {len(known)} real facts are known to the base model, fewer than the {heldout_facts} "
+                         "to hold out: lower --heldout-facts")
     rng = random.Random(f"qft-data:{seed}")
     facts = sorted(known, key=lambda f: (f.relation, f.subject))
     rng.shuffle(facts)
@@ -109,7 +110,7 @@ def build(known: list[worldfacts.RealFact], n_samples: int = 3000, seed: int = 0
     n_instructed = round(mix[1] * n_samples)
     real = []
     phrasing = 0
-    while len(real) < n_real:
+    while trained and len(real) < n_real:  # a model that knows no fact gets no real samples
         for fact in trained:
             n_questions = len(worldfacts.RELATIONS[fact.relation].questions)
             real.append(_real_sample(fact, phrasing % n_questions))

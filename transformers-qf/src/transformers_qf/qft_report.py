@@ -15,7 +15,11 @@ TARGET_MINUTES = 60  # the CPU preset's promise, on 2 cores
 
 def plot_loss(summary: dict, path: Path) -> None:
     """Loss per step (and a running mean) with alpha on a second axis, as a PNG."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # requirements.txt has it; a bare GPU image may not
+        print(f"matplotlib is not installed: no loss curve at {path}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -46,6 +46,7 @@ class QFtConfig:
     init: str = "none"  # "lstsq": closed-form down_proj of the firing block first, then alpha = 0 throughout
     init_tokens: int = 24000
     init_ridge: float = 1e-2
+    distill: float = 0.0  # weight of keeping the last trainable layer's output equal to the original model's
     max_minutes: float | None = None  # training stops early once the run's clock passes this
     seed: int = 0
 
@@ -111,6 +112,7 @@ class Conversion:
         self.start = min(min(config.trainable_layers()), config.layer)  # first layer that ever runs in training
         self.encoded: list[Encoded] = []
         self.cached: list[torch.Tensor] = []  # hidden states entering layer `start`, one [n_i, d] per sample
+        self.teacher: list[torch.Tensor] = []  # the original model's output of the last trainable layer (distill)
         self.block: QF2MLP | None = None
         self.log = TrainLog()
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
@@ -125,6 +127,7 @@ class Conversion:
         self.encoded = [encode_sample(self.tokenizer, s, self.config.loss) for s in samples]
         order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))  # little padding
         self.cached = [None] * len(order)
+        self.teacher = [None] * len(order) if self.config.distill > 0 else []
         device = self.accelerator.device
         bar = tqdm(total=len(order), desc="caching the frozen layers", unit="sample", disable=not progress)
         for b in range(0, len(order), batch_size):
@@ -132,6 +135,9 @@ class Conversion:
             hidden = self._bottom([self.encoded[i].ids for i in chunk], device)
             for i, h in zip(chunk, hidden):
                 self.cached[i] = h
+            if self.teacher:
+                for i, h in zip(chunk, self._original_output(hidden)):
+                    self.teacher[i] = h
             bar.update(len(chunk))
         bar.close()
         self.log.seconds["cache"] = time.perf_counter() - t0
@@ -157,6 +163,13 @@ class Conversion:
         return [out[i, : len(s)].detach().to("cpu", torch.bfloat16 if self._bf16 else torch.float32).clone()
                 for i, s in enumerate(sequences)]
 
+    def _original_output(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of the last trainable layer, original weights, from the hidden states entering `start`."""
+        parts = locate(self.model, max(self.config.trainable_layers()))
+        with self._autocast():
+            recs = record_from_hidden(self.model, parts, hidden, self.start)
+        return [(r.v + r.y).to(hidden[0].dtype) for r in recs]
+
     # -- 2. closed-form start ------------------------------------------------------------------------
     @torch.no_grad()
     def fit_down_proj(self, batch_size: int = 16) -> dict:
@@ -167,8 +180,8 @@ class Conversion:
         parts = locate(self.model, cfg.layer)
         up = parts.up.weight.detach().float()
         d_mlp = up.shape[0]
-        G = torch.zeros(d_mlp, d_mlp, dtype=torch.float64)
-        B = torch.zeros(d_mlp, up.shape[1], dtype=torch.float64)
+        G = torch.zeros(d_mlp, d_mlp)  # sums of products of firings in [0, 1]: float32 holds them well
+        B = torch.zeros(d_mlp, up.shape[1])
         fit_x, fit_t, held_x, held_t = [], [], [], []
         tokens = 0
         heldout_every = 10  # every 10th sample is held out of the fit, to measure it
@@ -182,13 +195,14 @@ class Conversion:
                     held_x.append(x), held_t.append(t)
                     continue
                 y = torch.sigmoid(cfg.beta * (x @ up.T))
-                G += (y.T @ y).double()
-                B += (y.T @ t).double()
+                G.addmm_(y.T, y)
+                B.addmm_(y.T, t)
                 tokens += len(x)
                 if len(fit_x) < 64:
                     fit_x.append(x), fit_t.append(t)
+        G = G.double()
         G.diagonal().add_(cfg.init_ridge * tokens / d_mlp)  # ridge scaled to the number of tokens
-        D = torch.cholesky_solve(B, torch.linalg.cholesky(G)).T  # [d_model, d_mlp]
+        D = torch.cholesky_solve(B.double(), torch.linalg.cholesky(G)).T  # [d_model, d_mlp], float64 solve
         parts.down.weight.data.copy_(D.to(parts.down.weight.dtype))
 
         def rel(xs, ts):
@@ -209,7 +223,7 @@ class Conversion:
         fitted = cfg.init == "lstsq"
         self.block = convert(self.model, cfg.layer, beta=cfg.beta, alpha=0.0 if fitted else 1.0)
         params = self._trainable_params()
-        top = _Top(self.model, self.start)
+        top = _Top(self.model, self.start, max(cfg.trainable_layers()) - self.start, cfg.distill)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = torch.utils.data.DataLoader(range(len(self.encoded)), batch_size=cfg.batch_size, shuffle=True,
@@ -219,10 +233,10 @@ class Conversion:
         bar = tqdm(total=cfg.steps, desc="QFt", unit="step", disable=not progress or not acc.is_local_main_process)
         step, smooth = 0, None
         while step < cfg.steps:
-            for hidden, positions, targets in loader:
+            for batch in loader:
                 alpha = 0.0 if fitted else alpha_at(step, cfg.c)
                 self.block.alpha = alpha
-                loss = top(hidden, positions, targets)
+                loss = top(*batch)
                 acc.backward(loss)
                 acc.clip_grad_norm_(params, 1.0)
                 optimizer.step()
@@ -259,18 +273,22 @@ class Conversion:
         return params
 
     def _collate(self, indices: list[int]):
-        """Right-padded cached hidden states [b, n, d], loss positions [m, 2] (row, position), targets [m]."""
-        hidden = [self.cached[i] for i in indices]
-        width = max(len(h) for h in hidden)
-        batch = torch.zeros(len(hidden), width, hidden[0].shape[-1], dtype=hidden[0].dtype)
+        """Right-padded cached hidden states [b, n, d], loss positions [m, 2] (row, position), targets [m],
+        and with distillation the original outputs [b, n, d] and the real (unpadded) positions [b, n]."""
+        batch = _pad([self.cached[i] for i in indices])
         rows, positions, targets = [], [], []
         for r, i in enumerate(indices):
-            batch[r, : len(hidden[r])] = hidden[r]
             enc = self.encoded[i]
             rows.append(torch.full_like(enc.positions, r))
             positions.append(enc.positions)
             targets.append(enc.targets)
-        return batch, torch.stack([torch.cat(rows), torch.cat(positions)], dim=1), torch.cat(targets)
+        out = (batch, torch.stack([torch.cat(rows), torch.cat(positions)], dim=1), torch.cat(targets))
+        if not self.teacher:
+            return out
+        real = torch.zeros(batch.shape[:2], dtype=torch.bool)
+        for r, i in enumerate(indices):
+            real[r, : len(self.cached[i])] = True
+        return (*out, _pad([self.teacher[i] for i in indices]), real)
 
     def _out_of_time(self) -> bool:
         limit = self.config.max_minutes
@@ -301,18 +319,40 @@ class Conversion:
                 "steps_done": len(self.log.steps), **asdict(self.log)}
 
 
+def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    """[n_i, d] tensors, right-padded with zeros into [b, max n_i, d]."""
+    out = torch.zeros(len(rows), max(len(r) for r in rows), rows[0].shape[-1], dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 class _Top(torch.nn.Module):
-    """Layers start.. of the model, its final norm and the LM head at the loss positions only."""
+    """Layers start.. of the model, its final norm and the LM head at the loss positions only.
 
-    def __init__(self, model, start: int):
+    loss = cross-entropy at the loss positions + distill * mean over real positions of
+    |h - h_orig|^2 / |h_orig|^2, h the output of the `distill_at`-th layer run (the last trainable one).
+    """
+
+    def __init__(self, model, start: int, distill_at: int = 0, distill: float = 0.0):
         super().__init__()
-        self.model, self.start = model, start
+        self.model, self.start, self.distill_at, self.distill = model, start, distill_at, distill
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden, positions, targets, teacher=None, real=None) -> torch.Tensor:
+        seen = {}
         with layer_slice(self.model, self.start) as base:
-            out = base(inputs_embeds=hidden, use_cache=False).last_hidden_state
+            handle = base.layers[self.distill_at].register_forward_hook(
+                lambda _m, _a, output: seen.__setitem__("h", output[0] if isinstance(output, tuple) else output))
+            try:
+                out = base(inputs_embeds=hidden, use_cache=False).last_hidden_state
+            finally:
+                handle.remove()
         logits = self.model.get_output_embeddings()(out[positions[:, 0], positions[:, 1]])
-        return torch.nn.functional.cross_entropy(logits.float(), targets)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        if teacher is None:
+            return loss
+        h, t = seen["h"][real].float(), teacher[real].float()
+        return loss + self.distill * ((h - t).square().sum(-1) / t.square().sum(-1)).mean()
 
 
 def make_accelerator(mixed_precision: str | None = None):
