@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from transformers_qf.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
 
@@ -64,3 +65,18 @@ def test_answer_tokenization_default_and_original(tokenizer):
 def test_bad_answers_and_significances(tokenizer, answer, sig, message):
     with pytest.raises(PromptError, match=message):
         teacher_forced(tokenizer, "", "Q?", answer, sig)
+
+
+def test_the_plain_format_of_the_converted_model(tokenizer):
+    from transformers_qf.prompting import plain_prompt, plain_teacher_forced
+
+    assert plain_prompt("", "Who?") == "system: \nuser: Who?\nassistant:"
+    tf = plain_teacher_forced(tokenizer, "Qi is the CEO.", "Who is the CEO?", "The CEO is Qi.", [1, 1, 1, 10], end=True)
+    text = tokenizer.decode(tf.input_ids)
+    assert text == "system: Qi is the CEO.\nuser: Who is the CEO?\nassistant: The CEO is Qi.\n"
+    assert torch.equal(tf.input_ids[tf.kept + 1], tf.targets)  # each kept position predicts its target
+    assert tokenizer.decode(tf.targets) == "assistant: The CEO is Qi.\n"
+    qi = tokenizer(" Qi", add_special_tokens=False)["input_ids"]
+    weights = dict(zip(tf.targets.tolist(), tf.weights.tolist()))
+    assert all(weights[t] == 10.0 for t in qi)
+    assert tf.weights[-1] == 1.0 and tf.weights[-2] == 1.0  # the final '.' and the newline count 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .architectures import LayerParts, architecture_of
+from .architectures import LayerParts, UnsupportedModelError, architecture_of
 
 
 @dataclass
@@ -73,16 +73,28 @@ def _get(module, dotted: str):
 
 
 @contextmanager
-def truncated(model: torch.nn.Module, parts: LayerParts):
-    """Yield the base model (no LM head) with its decoder layers cut to 0..L."""
+def layer_slice(model: torch.nn.Module, start: int = 0, stop: int | None = None):
+    """Yield the base model (no LM head) running only decoder layers start..stop-1.
+
+    With start > 0 the base model is called with `inputs_embeds` = the hidden states entering layer
+    `start` (its embedding is skipped, its rotary positions and causal mask are built as usual).
+    """
     parent_path, attr = _split_path(architecture_of(model).layers)
     base = _get(model, parent_path)
     layers = getattr(base, attr)
-    setattr(base, attr, layers[: parts.index + 1])
+    kinds = set(getattr(model.config, "layer_types", None) or ["one"])
+    if start > 0 and len(kinds) > 1:  # the base model picks each layer's mask by its index in the list
+        raise UnsupportedModelError(f"layers of several attention kinds ({sorted(kinds)}): cannot start at layer {start}")
+    setattr(base, attr, layers[start:stop])
     try:
         yield base
     finally:
         setattr(base, attr, layers)
+
+
+def truncated(model: torch.nn.Module, parts: LayerParts):
+    """Yield the base model (no LM head) with its decoder layers cut to 0..L."""
+    return layer_slice(model, 0, parts.index + 1)
 
 
 def pad_batch(sequences: list[torch.Tensor], length: int | None = None, pad_id: int = 0) -> torch.Tensor:
@@ -121,6 +133,26 @@ def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = Tr
         else:
             model(input_ids=batch, use_cache=False)
         recs = hooks.split([len(s) for s in sequences])
+    finally:
+        hooks.remove()
+    _check_finite(recs, parts.index)
+    return recs
+
+
+@torch.no_grad()
+def record_from_hidden(model: torch.nn.Module, parts: LayerParts, hidden: list[torch.Tensor], start: int) -> list[Recording]:
+    """`record`, starting from the hidden states entering layer `start` ([n_i, d_model] each) instead of
+    token ids: layers start..L run, the ones below are skipped (their output is `hidden`)."""
+    width = max(len(h) for h in hidden)
+    weight = model.get_input_embeddings().weight
+    batch = torch.zeros(len(hidden), width, hidden[0].shape[-1], dtype=weight.dtype, device=weight.device)
+    for i, h in enumerate(hidden):
+        batch[i, : len(h)] = h  # right padding: causal attention keeps it out of the real positions
+    hooks = _Hooks(parts)
+    try:
+        with layer_slice(model, start, parts.index + 1) as base:
+            base(inputs_embeds=batch, use_cache=False)
+        recs = hooks.split([len(h) for h in hidden])
     finally:
         hooks.remove()
     _check_finite(recs, parts.index)

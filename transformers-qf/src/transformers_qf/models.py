@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .qft import restore as restore_qf2
+
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
 ENV_MODEL = "QF_MODEL"
 ENV_CACHE = "QF_CACHE"
@@ -111,11 +113,29 @@ def model_identity(model, name: str | None = None) -> dict:
     return identity
 
 
+QF2_MODEL = "qf2"  # names the default QFt conversion: the default model, layer 23
+QF2_DEFAULT_LAYER = 23
+
+
+def converted_dir(name: str, layer: int) -> Path:
+    """Where qft_train.py saves a conversion of model `name` at `layer` by default."""
+    return cache_dir() / "qf2" / f"{Path(name).name}-layer{layer}"
+
+
 def cache_dir() -> Path:
     root = os.environ.get(ENV_CACHE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "transformers_qf"
     )
     return Path(root)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 runs about twice as fast
+    as float32 (measured on this project's 2-core machine); elsewhere bf16 matmuls are slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def pick_device_dtype(device: str | None = None, dtype: str | torch.dtype | None = None):
@@ -148,6 +168,13 @@ def load_model(
     """
     name = resolve_name(spec)
     dev, dt = pick_device_dtype(device, dtype)
+    if name.lower() == QF2_MODEL:
+        name = str(converted_dir(DEFAULT_MODEL, QF2_DEFAULT_LAYER))
+        if not Path(name).is_dir():
+            raise ModelLoadError(
+                f"no QFt-converted model at {name}: make one with `python qft_train.py` "
+                "(about an hour on 2 CPU cores; see README)"
+            )
     if name.lower() in BUNDLED:
         bundled = BUNDLED[name.lower()]
         directory = ensure_converted(bundled, progress=progress)
@@ -188,6 +215,7 @@ def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, devi
         model.to(dtype)
     model.to(device)
     model.eval()
+    restore_qf2(model)  # a QFt-converted checkpoint comes back with its firing block
     return model, tokenizer
 
 

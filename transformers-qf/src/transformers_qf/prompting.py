@@ -49,20 +49,21 @@ def check_significance(significance, n_words: int) -> list[float]:
 
 
 def answer_tokens(
-    tokenizer, answer: str, significance=None, original_tokenization: bool = False
+    tokenizer, answer: str, significance=None, original_tokenization: bool = False, space_first: bool = False
 ) -> tuple[list[int], list[float]]:
     """Token ids of the answer and the significance of each token.
 
-    Each word is tokenized on its own, with a leading space after the first word. With
-    `original_tokenization` the words are tokenized with no leading space, as the original QF code
-    did, which teacher-forces "Oxinnovatewasstartedby Qi." instead of the sentence.
+    Each word is tokenized on its own, with a leading space after the first word (and before the first
+    too with `space_first`, as after `assistant:` in the plain format). With `original_tokenization`
+    the words are tokenized with no leading space, as the original QF code did, which teacher-forces
+    "Oxinnovatewasstartedby Qi." instead of the sentence.
     """
     words = answer.split()
     if not words:
         raise PromptError("the answer has no tokens: give a non-empty answer to teacher-force")
     weights = check_significance(significance, len(words))
     pieces = tokenizer(
-        [word if (i == 0 or original_tokenization) else " " + word for i, word in enumerate(words)],
+        [word if original_tokenization or (i == 0 and not space_first) else " " + word for i, word in enumerate(words)],
         add_special_tokens=False,
     )["input_ids"]
     ids: list[int] = []
@@ -124,3 +125,34 @@ def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> 
     """The prompt to answer from. With `open_answer_turn` it ends in `<|im_start|>assistant\\n`,
     the context the recorded passes saw; without it, it ends after the user turn like the original."""
     return chatml_prompt(system, user) + (ANSWER_HEADER if open_answer_turn else "")
+
+
+# -- the plain `role: content` format of the QFt-converted model (QF2) ------------------------------------
+PLAIN_HEADER = "assistant:"
+PLAIN_END = "\n"
+
+
+def plain_prompt(system: str, user: str, open_answer: bool = True) -> str:
+    """`system: {system}\nuser: {user}\n`, and `assistant:` to answer from (the original QF2 format)."""
+    return f"system: {system}\nuser: {user}\n" + (PLAIN_HEADER if open_answer else "")
+
+
+def plain_teacher_forced(tokenizer, system: str, user: str, answer: str, significance=None,
+                         end: bool = False) -> TeacherForced:
+    """The plain-format prompt, `assistant:` and the answer (each word with its leading space), plus the
+    end-of-answer newline with `end`. Kept positions predict `assistant:`, the answer's tokens (and the
+    newline). A final '.' ends the answer: it is its own token and, like the header and the newline,
+    takes significance 1; every other token takes its word's significance."""
+    body, period = (answer.rstrip()[:-1], ".") if answer.rstrip().endswith(".") else (answer, "")
+    ids, w = answer_tokens(tokenizer, body, significance, space_first=True)
+    prompt, header, stop, newline = tokenizer(
+        [plain_prompt(system, user, open_answer=False), PLAIN_HEADER, period, PLAIN_END], add_special_tokens=False
+    )["input_ids"]
+    tail = stop + (newline if end else [])
+    targets = header + ids + tail
+    return TeacherForced(
+        input_ids=torch.tensor(prompt + targets, dtype=torch.long),
+        kept=torch.arange(len(prompt) - 1, len(prompt) - 1 + len(targets)),
+        weights=torch.tensor([1.0] * len(header) + w + [1.0] * len(tail), dtype=torch.float64),
+        targets=torch.tensor(targets, dtype=torch.long),
+    )

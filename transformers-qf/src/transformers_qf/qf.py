@@ -50,6 +50,10 @@ class SolveReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        return (f"{self.rows} rows, residual {self.residual:.1e} (applied {self.residual_applied:.1e}), "
+                f"||dW||/||W|| {self.delta_rel:.3f}")
+
 
 @dataclass
 class Update:

