@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=["answer", "full"], default=None, help="loss on the answer only, or all text")
     parser.add_argument("--init", choices=["lstsq", "none"], default=None,
                         help="lstsq: closed-form down_proj of the firing block first (no blend needed); none: blend")
+    parser.add_argument("--distill", type=float, default=None,
+                        help="weight of keeping the last trainable layer's output equal to the original model's")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training once the run passes this")
     parser.add_argument("--heldout-facts", type=int, default=30, help="real facts kept out of training for the checks")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     preset = PRESETS["paper" if args.paper else "cpu"]
     config = with_overrides(preset, layer=args.layer, beta=args.beta, c=args.c, samples=args.samples, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, loss=args.loss, init=args.init, seed=args.seed,
-                            max_minutes=args.max_minutes,
+                            max_minutes=args.max_minutes, distill=args.distill,
                             trainable=tuple(args.trainable) if args.trainable else None)
     accelerator = make_accelerator()
     loaded = load_model(args.model, args.device or str(accelerator.device), args.dtype or _train_dtype(accelerator))

@@ -5,6 +5,11 @@ down_proj, so the firing block is in place from the first step: alpha = 0 throug
 round on the saved model. The paper's annealed blend is tested on tiny models (tests/unit); on this
 model a short blended run (60 steps, c = 0.9) was measured to raise the loss from 1.36 to 3.4 while
 alpha fell to 0 and to end at 3.1: the shock the closed-form start avoids.
+
+The QF2 round uses lr 1e-4, not the paper's 4e-4: on this small converted model the answer's log p
+without the fact was measured to rise for every lr up to 1e-4 (-25.05 -> -24.86 at 1e-4, significance
+10 on the name) and to fall at 4e-4 (-> -26.03), though the firing agreement with y* rises at every lr:
+the paper's step overshoots here. The test checks the rule's aim at a step size where it holds.
 """
 
 import importlib.util
@@ -55,11 +60,11 @@ def test_the_saved_model_reloads_with_its_block_and_learns_one_qf2_round(convert
     up = qf2.parts.up.weight.detach().clone()
     qf2.instruct(*fact, [1, 1, 1, 1, 1, 10])
     qf2.update(fact[1], fact[2], [1, 1, 1, 1, 1, 10])
-    report = qf2.solve(lr=4e-4)
+    report = qf2.solve(lr=1e-4)
     answer = qf2.respond("", fact[1], qfmode="QF-infer-wp")
     assert isinstance(answer, str)
-    assert not torch.equal(qf2.parts.up.weight, up) and 0 < report.delta_rel < 0.1
-    assert report.agreement_after >= report.agreement_before
+    assert not torch.equal(qf2.parts.up.weight, up) and 0 < report.delta_rel < 0.01
+    assert report.agreement_after > report.agreement_before
     after = qf2.answer_logprob("", fact[1], fact[2])
     assert after > before  # the round makes the taught answer more likely without the fact
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [

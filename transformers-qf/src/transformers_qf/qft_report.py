@@ -65,6 +65,9 @@ def gives_up(config: dict) -> list[str]:
                      "from the original layer, alpha = 0.99^step)")
     if config["lr"] != paper["lr"]:
         lines.append(f"learning rate {config['lr']} (paper: {paper['lr']})")
+    if config.get("distill", 0.0) > 0:
+        lines.append(f"an extra loss term (weight {config['distill']}) keeps the last trainable layer's output close "
+                     "to the original model's (paper: cross-entropy only)")
     return lines
 
 
@@ -83,7 +86,8 @@ def write_report(out: Path, prov: dict, summary: dict, data: Dataset, before: di
     lines += provenance_lines(prov)
     lines += ["", "## The conversion", "",
               f"- layer {cfg['layer']}, beta {cfg['beta']}, trainable layers {list(summary['trainable'])}, "
-              f"c {cfg['c']}, lr {cfg['lr']}, loss on {cfg['loss']}, init {cfg['init']}",
+              f"c {cfg['c']}, lr {cfg['lr']}, loss on {cfg['loss']}, init {cfg['init']}, "
+              f"distillation weight {cfg.get('distill', 0.0)}",
               f"- data: {data.known_facts} of {data.candidate_facts} real company facts answered correctly by the base "
               f"model; {len(data.train)} training samples ({kinds['real']} real, {kinds['instructed']} instructed, "
               f"{kinds['unknown']} unknown); {len(data.heldout_real)} real facts held out",

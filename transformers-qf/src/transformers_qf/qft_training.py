@@ -180,8 +180,10 @@ class Conversion:
         parts = locate(self.model, cfg.layer)
         up = parts.up.weight.detach().float()
         d_mlp = up.shape[0]
-        G = torch.zeros(d_mlp, d_mlp)  # sums of products of firings in [0, 1]: float32 holds them well
-        B = torch.zeros(d_mlp, up.shape[1])
+        # float64 sums: in float32 the rounding of 24k-token sums was measured to exceed the ridge and
+        # leave G indefinite (Cholesky failed at order 2086 on the 1.5B model)
+        G = torch.zeros(d_mlp, d_mlp, dtype=torch.float64)
+        B = torch.zeros(d_mlp, up.shape[1], dtype=torch.float64)
         fit_x, fit_t, held_x, held_t = [], [], [], []
         tokens = 0
         heldout_every = 10  # every 10th sample is held out of the fit, to measure it
@@ -194,15 +196,19 @@ class Conversion:
                 if (b + j) % heldout_every == 0:
                     held_x.append(x), held_t.append(t)
                     continue
-                y = torch.sigmoid(cfg.beta * (x @ up.T))
+                y = torch.sigmoid(cfg.beta * (x @ up.T)).double()
                 G.addmm_(y.T, y)
-                B.addmm_(y.T, t)
+                B.addmm_(y.T, t.double())
                 tokens += len(x)
                 if len(fit_x) < 64:
                     fit_x.append(x), fit_t.append(t)
-        G = G.double()
         G.diagonal().add_(cfg.init_ridge * tokens / d_mlp)  # ridge scaled to the number of tokens
-        D = torch.cholesky_solve(B.double(), torch.linalg.cholesky(G)).T  # [d_model, d_mlp], float64 solve
+        L, info = torch.linalg.cholesky_ex(G)
+        solver = "lstsq" if info else "cholesky"
+        if info:  # cannot happen for a positive ridge in exact arithmetic; solve anyway, slower but sure
+            D = torch.linalg.lstsq(G, B, driver="gelsd").solution.T
+        else:
+            D = torch.cholesky_solve(B, L).T  # [d_model, d_mlp]
         parts.down.weight.data.copy_(D.to(parts.down.weight.dtype))
 
         def rel(xs, ts):
@@ -210,7 +216,7 @@ class Conversion:
             err = torch.linalg.norm(torch.sigmoid(cfg.beta * (x @ up.T)) @ D.T.float() - t, dim=1)
             return float((err / torch.linalg.norm(t, dim=1)).median())
 
-        self.log.fit = {"tokens": tokens, "ridge": cfg.init_ridge, "median_rel_error_fit": rel(fit_x, fit_t),
+        self.log.fit = {"tokens": tokens, "ridge": cfg.init_ridge, "solver": solver, "median_rel_error_fit": rel(fit_x, fit_t),
                         "median_rel_error_heldout": rel(held_x, held_t)}
         self.log.seconds["fit"] = time.perf_counter() - t0
         return self.log.fit
