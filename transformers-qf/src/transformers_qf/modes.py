@@ -143,11 +143,11 @@ class QF:
         W' written straight into down_proj. Same rows, folder entries and W' as
         instruct() + update() + solve() + apply()."""
         self._require_no_pending_round()
-        open_tf, closed_tf = prompting.teacher_forced_many(
+        open_tf, closed_tf = (tf.nonzero() for tf in prompting.teacher_forced_many(
             self.tokenizer, [system, ""], user, answer, significance, self.original_tokenization
-        )
-        recs = self._recorder([open_tf.input_ids, closed_tf.input_ids])
-        open_cap, closed_cap = _kept(recs[0], open_tf.nonzero()), _kept(recs[1], closed_tf.nonzero())
+        ))
+        recs = self._recorder([open_tf.through_last_kept(), closed_tf.through_last_kept()])
+        open_cap, closed_cap = _kept(recs[0], open_tf), _kept(recs[1], closed_tf)
         self._save_original_weight()
         self.folder.append({"u": open_cap.u, "v": open_cap.v}, self._round_entry(system, user, answer, significance, open_cap))
         self.folder.append({"up": closed_cap.u, "vp": closed_cap.v}, {"update_rows": int(closed_cap.u.shape[0]), "update_system": ""})
