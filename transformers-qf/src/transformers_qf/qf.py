@@ -169,28 +169,45 @@ def solve(
     return update, report
 
 
+def _host_copy(matrix: torch.Tensor, *scalars: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """A small float64 matrix and some scalars on the host, in one device-to-host copy (one sync)."""
+    flat = torch.cat([matrix.reshape(-1), torch.stack([s.to(torch.float64) for s in scalars])]).cpu()
+    n = matrix.numel()
+    return flat[:n].view(matrix.shape), flat[n:].tolist()
+
+
+def _extreme_eigenvalues(host_matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Eigenvalues (ascending) of a small symmetric host matrix and its condition number (inf if singular)."""
+    eig = torch.linalg.eigvalsh(host_matrix)
+    lo, hi = float(eig[0]), float(eig[-1])
+    return eig, (hi / lo if lo > 0 else float("inf"))
+
+
 def _solve_system(G: torch.Tensor, R: torch.Tensor, weights, ridge: float):
     """coef = G^-1 R (or its ridge / pseudo-inverse form) in float64, where G lives.
 
-    One device-to-host sync: the eigenvalues of G and a finiteness flag, which decide the method.
-    (Solving small systems on the host instead was measured slower and jittery on a GPU host.)
+    The factorisation and the solve run where G lives. One device-to-host sync brings G, a finiteness
+    flag and the Cholesky info flag to the host, where the k x k eigenvalues (condition number, rank,
+    the choice of method) are computed: a GPU's eigensolver is slow for small matrices, and the host
+    needs the numbers anyway.
     """
     k = G.shape[0]
     f64 = dict(dtype=torch.float64, device=G.device)
-    eig = torch.linalg.eigvalsh(G)
+    factor, info = torch.linalg.cholesky_ex(G)
     finite = torch.isfinite(G).all() & torch.isfinite(R).all()
-    lo, hi, ok = torch.stack([eig[0], eig[-1], finite.to(torch.float64)]).tolist()
+    G_host, (ok, not_definite) = _host_copy(G, finite, info)
     if not ok:
         raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
-    cond = hi / lo if lo > 0 else float("inf")
-    rank = int((eig > hi * k * torch.finfo(torch.float64).eps).sum()) if cond >= SINGULAR_COND else k
+    eig, cond = _extreme_eigenvalues(G_host)
+    singular = cond >= SINGULAR_COND or not_definite
+    rank = int((eig > float(eig[-1]) * k * torch.finfo(torch.float64).eps).sum()) if singular else k
     if ridge > 0:
         s = torch.ones(k, **f64) if weights is None else weights.to(**f64).sqrt()
-        M = ridge * torch.eye(k, **f64) + s[:, None] * G * s[None, :]
-        coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)
+        M = ridge * torch.eye(k, **f64) + s[:, None] * G * s[None, :]  # positive definite for ridge > 0
+        coef = s[:, None] * torch.cholesky_solve(s[:, None] * R, torch.linalg.cholesky_ex(M)[0])
         method = "ridge"
-    elif cond < SINGULAR_COND:
-        coef = torch.cholesky_solve(R, torch.linalg.cholesky(G))
+    elif not singular:
+        coef = torch.cholesky_solve(R, factor)
         method = "exact"
     else:
         warnings.warn(
@@ -198,7 +215,7 @@ def _solve_system(G: torch.Tensor, R: torch.Tensor, weights, ridge: float):
             "fell back to the pseudo-inverse; constraints are met in the least-squares sense",
             stacklevel=3,
         )
-        coef = torch.linalg.pinv(G, hermitian=True) @ R
+        coef = torch.linalg.pinv(G_host, hermitian=True).to(G.device) @ R
         method = "pinv"
     return coef, method, cond, rank
 
@@ -256,10 +273,9 @@ class Accumulator:
             Z = Up
         S = Up @ Up.T - L21 @ L21.T
         L22, info = torch.linalg.cholesky_ex(S)
-        eig = torch.linalg.eigvalsh(S)
-        lo, hi, bad = torch.stack([eig[0], eig[-1], info.to(torch.float64)]).tolist()
-        cond = hi / lo if lo > 0 else float("inf")
-        if bad or cond >= SINGULAR_COND or not torch.isfinite(r).all():
+        S_host, (finite, bad) = _host_copy(S, torch.isfinite(r).all() & torch.isfinite(S).all(), info)
+        cond = _extreme_eigenvalues(S_host)[1] if finite else float("nan")
+        if bad or not finite or not cond < SINGULAR_COND:
             raise SolveError(
                 f"the new rows are (nearly) dependent on the earlier ones (cond {cond:.2e}) or not finite: "
                 "re-solve from scratch with solve(), which falls back to the pseudo-inverse"
