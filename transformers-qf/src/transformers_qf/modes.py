@@ -22,7 +22,7 @@ from . import prompting
 from .architectures import locate
 from .models import model_identity
 from .capture import GraphedRecorder, record
-from .qf import Accumulator, SolveError, SolveReport, solve
+from .qf import Accumulator, GraphedSolver, SolveError, SolveReport, solve
 from .store import ParametersError, ParametersFolder
 
 
@@ -83,6 +83,7 @@ class QF:
         self.cuda_graphs = cuda_graphs
         self.compile_capture = compile_capture
         self._graphed: GraphedRecorder | None = None
+        self._solver: GraphedSolver | None = None
         self._one_device: bool | None = None
         self.incremental = incremental  # learn(): extend W' round by round instead of re-solving from W
         self._accumulator: Accumulator | None = None
@@ -183,12 +184,16 @@ class QF:
         self.last_report = report
         return report
 
-    def _solve(self, W: torch.Tensor) -> SolveReport:
-        """Eq. 3 over every row in the folder; W (the original weight) becomes W' in place."""
+    def _solve(self, W: torch.Tensor, in_model: bool = False) -> SolveReport:
+        """Eq. 3 over every row in the folder; W (the original weight, or the model's own with `in_model`)
+        becomes W' in place."""
         f = self.folder
-        weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds])
-        _, report = solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), weights=weights,
-                          ridge=self.ridge, apply=True)
+        rows = (f.load("u"), f.load("up"), f.load("v"), f.load("vp"))
+        if in_model and not self.ridge and self._graphed_solver is not None:
+            _, report = self._graphed_solver(*rows)
+        else:
+            weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds])
+            _, report = solve(W, *rows, weights=weights, ridge=self.ridge, apply=True)
         f.rounds[-1]["solve"] = report.as_dict()
         f.manifest["w_prime_rounds"] = len(f.rounds)
         self.last_report = report
@@ -199,7 +204,7 @@ class QF:
         report = self._extend(weight) if self.incremental and not self.ridge else None
         if report is None:
             weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
-            report = self._solve(weight)
+            report = self._solve(weight, in_model=True)
             self._accumulator = None
         self.folder.save("w_prime", weight)
         self.applied_rounds = len(self.folder.rounds)
@@ -301,9 +306,22 @@ class QF:
         return self._one_device
 
     @property
+    def _graphs_usable(self) -> bool:
+        return self.cuda_graphs and self._device.type == "cuda" and self._on_one_device
+
+    @property
+    def _graphed_solver(self) -> GraphedSolver | None:
+        """The solve into down_proj replayed from CUDA graphs, where the capture is (None elsewhere)."""
+        if not self._graphs_usable:
+            return None
+        if self._solver is None:
+            self._solver = GraphedSolver(self.parts.down.weight.data)
+        return self._solver
+
+    @property
     def _recorder(self):
         """How a batch of sequences is recorded: a CUDA graph replay on CUDA (when enabled), else eager."""
-        if self.cuda_graphs and self._device.type == "cuda" and self._on_one_device:
+        if self._graphs_usable:
             if self._graphed is None:
                 self._graphed = GraphedRecorder(self.model, self.parts, compile=self.compile_capture)
             return self._graphed

@@ -95,6 +95,8 @@ class TeacherForced:
     def nonzero(self) -> "TeacherForced":
         """Only the positions with a positive weight (0 drops a position)."""
         keep = self.weights > 0
+        if keep.all():
+            return self
         return TeacherForced(self.input_ids, self.kept[keep], self.weights[keep], self.targets[keep])
 
     def through_last_kept(self) -> torch.Tensor:
