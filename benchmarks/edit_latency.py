@@ -31,6 +31,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import platform
 import re
 import statistics
@@ -381,6 +382,7 @@ def main(argv=None) -> int:
     default_dtype = pick_device_dtype(str(device))[1]
     name = args.suite if dtype == default_dtype else f"{args.suite}_{str(dtype).replace('torch.', '')}"
     result = {"suite": args.suite, "environment": environment(device, dtype), "fact": [SYSTEM, USER, ANSWER]}
+    load_at_start = os.getloadavg()[0]  # other work on the machine shows here
     rows_grid = [k for k in (10, 100, 1000, 2000, 4000, 8960) if k <= args.max_rows]
     if args.random_shape:
         from transformers import AutoTokenizer
@@ -415,6 +417,7 @@ def main(argv=None) -> int:
         entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
         entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
         result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
+    result["environment"]["load_average_1min"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"performance_{name}.json"
