@@ -192,3 +192,26 @@ def test_incremental_learning_gives_the_re_solved_weight(tiny_qwen2, tokenizer):
     inc.revert()  # the model no longer holds W': the next round re-solves every round once
     third = ("Oxinnovate has one people.", "How many people in Oxinnovate?", "Oxinnovate has one people.")
     assert inc.learn(*third).method == "exact" and inc.last_report.rows == inc.folder.rows("u")
+
+
+def test_a_failed_round_keeps_nothing(tiny_qwen2, tokenizer, tmp_path):
+    """Non-finite activations in the second round: an error, and the folder and down_proj stay as after the first."""
+    qf = QF(tiny_qwen2, tokenizer, layer=2, folder=tmp_path)
+    qf.learn(*FACT)
+    W_first = locate(tiny_qwen2, 2).down.weight.detach().clone()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+
+    def poison(_module, _args, output):
+        output[0][..., 0] = float("nan")
+
+    handle = locate(tiny_qwen2, 0).layer.register_forward_hook(poison)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite values in the recorded v at layer 2"):
+            qf.learn(*FACT2)
+    finally:
+        handle.remove()
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert qf.folder.rows("u") == qf.folder.rows("up") == manifest["rounds"][0]["instruct_rows"]
+    assert torch.equal(locate(tiny_qwen2, 2).down.weight, W_first) and qf.weights_name == "W'"
+    qf.learn(*FACT2)  # and the session goes on
+    assert qf.weights_name == "W''"

@@ -110,9 +110,14 @@ def pack(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, positions
 
 
-def _check_finite(recs: list[Recording], layer: int) -> None:
-    """One device sync for every recorded v and u."""
-    flags = torch.stack([torch.isfinite(getattr(rec, name)).all() for rec in recs for name in ("v", "u")])
+def finite_flags(recs: list[Recording]) -> torch.Tensor:
+    """Whether each recording's v and u are all finite: [2 * len(recs)] booleans on the device (no sync)."""
+    return torch.stack([torch.isfinite(getattr(rec, name)).all() for rec in recs for name in ("v", "u")])
+
+
+def check_finite(recs: list[Recording], layer: int, flags: torch.Tensor | None = None) -> None:
+    """Raise FloatingPointError if a recorded v or u holds a non-finite value (one sync)."""
+    flags = finite_flags(recs) if flags is None else flags
     if not bool(flags.all()):
         name = ("v", "u")[int((~flags).nonzero()[0]) % 2]
         raise FloatingPointError(
@@ -121,10 +126,12 @@ def _check_finite(recs: list[Recording], layer: int) -> None:
 
 
 @torch.no_grad()
-def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = True) -> list[Recording]:
+def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = True, check: bool = True
+           ) -> list[Recording]:
     """One forward of the sequences (1-D token tensors, or one of them), packed; their activations at layer L.
 
-    With stop=False the whole model runs (for checks against an uncut forward).
+    With stop=False the whole model runs (for checks against an uncut forward). With check, non-finite
+    values raise FloatingPointError here; without, the caller checks (`check_finite`).
     """
     if isinstance(sequences, torch.Tensor):
         sequences = [sequences]
@@ -140,7 +147,8 @@ def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = Tr
         recs = hooks.split_packed([len(s) for s in sequences])
     finally:
         hooks.remove()
-    _check_finite(recs, parts.index)
+    if check:
+        check_finite(recs, parts.index)
     return recs
 
 
@@ -158,9 +166,10 @@ class GraphedRecorder:
         self.compile_fallback_reason: str | None = None
 
     @torch.no_grad()
-    def __call__(self, sequences: list[torch.Tensor]) -> list[Recording]:
+    def __call__(self, sequences: list[torch.Tensor], check: bool = True, copy: bool = True) -> list[Recording]:
+        """check: as in `record`; copy: recordings that outlive the next replay (else views of its buffers)."""
         if self.fallback_reason is not None:
-            return record(self.model, self.parts, sequences)
+            return record(self.model, self.parts, sequences, check=check)
         length = -(-max(len(s) for s in sequences) // self.bucket) * self.bucket
         key = (len(sequences), length)
         if key not in self.graphs:
@@ -175,12 +184,15 @@ class GraphedRecorder:
                     self.graphs[key] = self._capture(len(sequences), length, False)
             except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
                 self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                return record(self.model, self.parts, sequences)
+                return record(self.model, self.parts, sequences, check=check)
         graph, static_ids, hooks = self.graphs[key]
         static_ids.copy_(pad_batch(sequences, length), non_blocking=True)
         graph.replay()
-        recs = [Recording(*(t.clone() for t in (r.v, r.x, r.u, r.y))) for r in hooks.split([len(s) for s in sequences])]
-        _check_finite(recs, self.parts.index)
+        recs = hooks.split([len(s) for s in sequences])
+        if copy:
+            recs = [Recording(*(t.clone() for t in (r.v, r.x, r.u, r.y))) for r in recs]
+        if check:
+            check_finite(recs, self.parts.index)
         return recs
 
     def _capture(self, batch: int, length: int, compile: bool):
