@@ -245,7 +245,7 @@ def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = 
     # a breakdown: the one forward of both passes (through the last kept position, as learn runs it), the solve
     seqs = [tf.nonzero().through_last_kept() for tf in teacher_forced_many(tokenizer, [SYSTEM, ""], USER, ANSWER)]
     recorder = qf._recorder
-    row["capture_both_passes"] = timed(lambda: recorder(seqs), device, repeats)
+    row["capture_both_passes"] = timed(lambda: recorder(seqs, check=False, copy=False), device, repeats)
     row["capture_eager_two_forwards"] = timed(lambda: [record(model, parts, s) for s in seqs], device, repeats)
     f = qf.folder
     W = parts.down.weight.data
@@ -284,9 +284,22 @@ def answer_length_scaling(model, tokenizer, layer, repeats, words=(4, 16, 64, 25
         answer = " ".join((base * (n // len(base) + 1))[:n])
 
         t = timed(lambda: qf.learn(SYSTEM, USER, answer), device, repeats, warmup=1, setup=qf.reset)
-        out.append({"answer_words": n, "kept_positions": qf.last_report.rows, **t})
+        out.append({"answer_words": n, "kept_positions": qf.last_report.rows, "method": qf.last_report.method,
+                    **t, **edit_breakdown(qf, answer, repeats)})
     qf.reset()
     return out
+
+
+def edit_breakdown(qf: QF, answer: str, repeats: int) -> dict:
+    """The capture and the solve of the edit of `answer` that `qf` has just made, timed alone."""
+    device = qf._device
+    seqs = [tf.nonzero().through_last_kept() for tf in teacher_forced_many(qf.tokenizer, [SYSTEM, ""], USER, answer)]
+    W = qf.parts.down.weight.data
+    W0 = qf._weight_as_loaded()
+    rows = [qf.folder.load(name) for name in ("u", "up", "v", "vp")]
+    solver = qf._graphed_solver or (lambda *r: solve(W, *r, apply=True))
+    return {"capture": timed(lambda: qf._recorder(seqs, check=False, copy=False), device, repeats),
+            "solve": timed(lambda: (W.copy_(W0), solver(*rows)), device, repeats)}
 
 
 def resolve_scaling(model, layer, rows=(10, 100, 1000, 4000, 8960), repeats=3) -> list[dict]:

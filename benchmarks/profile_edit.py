@@ -47,16 +47,17 @@ def main() -> None:
     for owner, name, tag in [
         (modes.prompting, "teacher_forced_many", "qf.tokenize"),
         (capture.GraphedRecorder, "__call__", "qf.capture"),
+        (modes, "check_finite", "qf.capture.finite_check"),
         (modes, "_kept", "qf.kept_rows"),
         (store.ParametersFolder, "append", "qf.folder_append"),
         (store.ParametersFolder, "save", "qf.folder_save"),
+        (qf_mod.GraphedSolver, "__call__", "qf.solve.graphed"),
+        (qf_mod, "_to_host", "qf.solve.to_host"),
+        (qf_mod, "_conclude", "qf.solve.host_part"),
         (qf_mod, "_times_wt", "qf.solve.W_products"),
-        (qf_mod, "_solve_system", "qf.solve.kxk_system"),
-        (qf_mod, "_host_copy", "qf.solve.kxk_system.to_host"),
-        (qf_mod, "_extreme_eigenvalues", "qf.solve.kxk_system.host_eig"),
-        (capture, "_check_finite", "qf.capture.finite_check"),
+        (qf_mod, "_exact_coefficients", "qf.solve.kxk_system"),
         (qf_mod.Update, "apply_", "qf.solve.apply"),
-        (modes, "solve", "qf.solve"),
+        (modes, "solve", "qf.solve.eager"),
         (modes.QF, "reset", "qf.reset"),
     ]:
         label(owner, name, tag)

@@ -78,9 +78,11 @@ def suite_section(data: dict) -> list[str]:
     lines.append("")
     for name, m in data["models"].items():
         if "answer_length" in m:
-            lines += [f"**Edit time vs answer length** ({name})", "", "| answer words | kept positions | one edit |",
-                      "|---|---|---|"]
-            lines += [f"| {r['answer_words']} | {r['kept_positions']} | {ms(r, unit)} |" for r in m["answer_length"]]
+            lines += [f"**Edit time vs answer length** ({name})", "",
+                      "| answer words | kept positions | method | one edit | its capture alone | its solve alone |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['answer_words']} | {r['kept_positions']} | {r.get('method', '—')} | {ms(r, unit)} | "
+                      f"{ms(r.get('capture'), unit)} | {ms(r.get('solve'), unit)} |" for r in m["answer_length"]]
             lines.append("")
         if "resolve_rows" in m:
             lines += [f"**Re-solve from the original W vs accumulated rows** ({name}; random rows, solve + apply)", "",
