@@ -346,5 +346,11 @@ class QF:
 
 
 def _kept(rec, tf: prompting.TeacherForced) -> Captured:
-    pos = tf.kept.to(rec.u.device)
+    """The kept rows of a recording: a slice when they are consecutive (no significance 0), which needs
+    no index tensor on the device (copying one there from pageable memory waits for the GPU)."""
+    first, last = (int(tf.kept[0]), int(tf.kept[-1])) if len(tf.kept) else (0, -1)
+    if last - first + 1 == len(tf.kept):
+        pos = slice(first, last + 1)
+    else:
+        pos = tf.kept.to(rec.u.device)
     return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)
