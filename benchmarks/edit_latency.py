@@ -360,6 +360,17 @@ def incremental_scaling(model, layer, max_rows: int, per_round: int = 30,
     return out
 
 
+def reference_gflops(device) -> dict:
+    """How fast this machine multiplies right now: one [110, 1536] x [1536, 8960] product (the MLP's up
+    projection of both passes), median of 10, in float32 and bfloat16. A shared or throttled machine shows here."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(110, 1536, dtype=dtype, device=device), torch.randn(8960, 1536, dtype=dtype, device=device)
+        t = timed(lambda: torch.nn.functional.linear(x, w), device, repeats=10, warmup=2)
+        out[str(dtype).replace("torch.", "")] = round(2 * 110 * 1536 * 8960 / t["median_s"] / 1e9, 1)
+    return out
+
+
 def environment(device, dtype) -> dict:
     import transformers
 
@@ -396,6 +407,7 @@ def main(argv=None) -> int:
     name = args.suite if dtype == default_dtype else f"{args.suite}_{str(dtype).replace('torch.', '')}"
     result = {"suite": args.suite, "environment": environment(device, dtype), "fact": [SYSTEM, USER, ANSWER]}
     load_at_start = os.getloadavg()[0]  # other work on the machine shows here
+    speed_at_start = reference_gflops(device)
     rows_grid = [k for k in (10, 100, 1000, 2000, 4000, 8960) if k <= args.max_rows]
     if args.random_shape:
         from transformers import AutoTokenizer
@@ -431,6 +443,7 @@ def main(argv=None) -> int:
         entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
         result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
     result["environment"]["load_average_1min"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
+    result["environment"]["reference_gflops"] = {"start": speed_at_start, "end": reference_gflops(device)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"performance_{name}.json"
