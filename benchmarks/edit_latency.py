@@ -396,6 +396,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results")
     parser.add_argument("--compile", action="store_true", help="also time the 1.5b capture compiled with torch.compile")
     parser.add_argument("--dtype", default=None, help="default: the package's for the suite's device")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the original way and FT-L (CPU suite)")
     parser.add_argument("--peak-rss-of", choices=["plain", "edit", "finetune"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -435,7 +436,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     else:
         loaded = load_model(args.model, str(device), dtype)
-        entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats,
+        entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats, baselines=not args.no_baselines,
                               rss_model=(args.model, str(dtype).replace("torch.", "")))
         entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
                                                        words=(4, 16, 64))
