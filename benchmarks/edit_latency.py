@@ -407,6 +407,14 @@ def main(argv=None) -> int:
     default_dtype = pick_device_dtype(str(device))[1]
     name = args.suite if dtype == default_dtype else f"{args.suite}_{str(dtype).replace('torch.', '')}"
     result = {"suite": args.suite, "environment": environment(device, dtype), "fact": [SYSTEM, USER, ANSWER]}
+    path = Path(args.out) / f"performance_{name}.json"
+
+    def write(result: dict) -> None:
+        """Written after each model and at the end, so a run stopped early keeps what it measured."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}", flush=True)
+
     load_at_start = os.getloadavg()[0]  # other work on the machine shows here
     speed_at_start = reference_gflops(device)
     rows_grid = [k for k in (10, 100, 1000, 2000, 4000, 8960) if k <= args.max_rows]
@@ -425,6 +433,7 @@ def main(argv=None) -> int:
                 entry["resolve_rows"] = resolve_scaling(model, layer, rows_grid)
                 entry["incremental_rows"] = incremental_scaling(model, layer, args.max_rows)
             result["models"][f"random {shape}"] = entry
+            write(result)
             if args.compile and shape == "1.5b":
                 compiled = measure_model(model, tokenizer, layer, args.repeats, baselines=False, compile_capture=True)
                 result["models"][f"random {shape}, compiled capture"] = compiled
@@ -438,18 +447,15 @@ def main(argv=None) -> int:
         loaded = load_model(args.model, str(device), dtype)
         entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats, baselines=not args.no_baselines,
                               rss_model=(args.model, str(dtype).replace("torch.", "")))
+        result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
+        write(result)
         entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
                                                        words=(4, 16, 64))
         entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
         entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
-        result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
     result["environment"]["load_average_1min"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     result["environment"]["reference_gflops"] = {"start": speed_at_start, "end": reference_gflops(device)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"performance_{name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    write(result)
     return 0
 
 

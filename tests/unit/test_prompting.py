@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from transformers_qf import prompting
 from transformers_qf.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
 
 ANSWER = "Oxinnovate was started by Qi."
@@ -64,3 +65,14 @@ def test_answer_tokenization_default_and_original(tokenizer):
 def test_bad_answers_and_significances(tokenizer, answer, sig, message):
     with pytest.raises(PromptError, match=message):
         teacher_forced(tokenizer, "", "Q?", answer, sig)
+
+
+def test_encode_many_gives_the_tokenizers_ids(tokenizer):
+    texts = [prompting.chatml_prompt("a fact", "a question?"), prompting.ANSWER_HEADER, " word", "héllo  wörld\n", ""]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert prompting.encode_many(tokenizer, texts) == expected
+    tokenizer.backend_tokenizer.enable_truncation(max_length=2)  # configured truncation: the wrapper's call decides
+    try:
+        assert prompting.encode_many(tokenizer, texts) == expected
+    finally:
+        tokenizer.backend_tokenizer.no_truncation()

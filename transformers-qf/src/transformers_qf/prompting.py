@@ -32,6 +32,18 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each text, no special tokens added: `tokenizer(texts, add_special_tokens=False)`.
+
+    A fast tokenizer with no truncation or padding configured is called through its Rust backend, one
+    text at a time: the same ids, at about half the time of the wrapper's batch call for an edit's
+    ~20 short texts (no BatchEncoding built, no thread pool woken)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [backend.encode(text, add_special_tokens=False).ids for text in texts]
+
+
 def check_significance(significance, n_words: int) -> list[float]:
     """One finite, non-negative number per whitespace-separated word; None means all ones."""
     if significance is None:
@@ -77,7 +89,7 @@ def answer_tokens(
     """
     words = answer_words(answer, original_tokenization)
     weights = check_significance(significance, len(words))
-    return _join_pieces(tokenizer(words, add_special_tokens=False)["input_ids"], weights)
+    return _join_pieces(encode_many(tokenizer, words), weights)
 
 
 @dataclass
@@ -118,7 +130,7 @@ def teacher_forced_many(
     words = answer_words(answer, original_tokenization)
     word_weights = check_significance(significance, len(words))
     texts = [chatml_prompt(s, user) for s in systems] + [ANSWER_HEADER, ANSWER_CLOSING] + words
-    pieces = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pieces = encode_many(tokenizer, texts)
     prompts, (header, closing) = pieces[:len(systems)], pieces[len(systems):len(systems) + 2]
     ids, w = _join_pieces(pieces[len(systems) + 2:], word_weights)
     targets = torch.tensor(header[1:] + ids + closing[:1], dtype=torch.long)
