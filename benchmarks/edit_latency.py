@@ -398,6 +398,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time the 1.5b capture compiled with torch.compile")
     parser.add_argument("--dtype", default=None, help="default: the package's for the suite's device")
     parser.add_argument("--no-baselines", action="store_true", help="skip the original way and FT-L (CPU suite)")
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="skip answer length, re-solve and incremental scaling (CPU suite)")
     parser.add_argument("--peak-rss-of", choices=["plain", "edit", "finetune"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -450,10 +452,11 @@ def main(argv=None) -> int:
                               rss_model=(args.model, str(dtype).replace("torch.", "")))
         result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
         write(result)
-        entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
-                                                       words=(4, 16, 64))
-        entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
-        entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
+        if not args.no_scaling:
+            entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23,
+                                                           max(1, args.repeats // 2), words=(4, 16, 64))
+            entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
+            entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
     result["environment"]["load_average_1min"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     result["environment"]["reference_gflops"] = {"start": speed_at_start, "end": reference_gflops(device)}
     write(result)
