@@ -70,6 +70,13 @@ def suite_section(data: dict) -> list[str]:
         )
     lines.append("")
     for name, m in data["models"].items():
+        if "original_way" not in m:
+            lines.append(f"- {name}: (a) and (b) not timed for this row (`--no-baselines`, or a compiled-capture row).")
+        rss = memory_ratio(m, "edit", "rss")
+        if rss and rss < 1:
+            lines.append(f"- {name}: the edit's peak RSS is below plain inference's because a resident set counts "
+                         "only the pages touched: the cut forward never reads the layers above L nor the LM head, "
+                         "which stay on disk where the weights are mapped from their file rather than copied.")
         graphs = {k: m[k] for k in ("cuda_graphs", "compiled_capture", "solve_graphs") if k in m}
         if graphs:
             parts = [m.get(k) for k in ("tokenize_both_passes", "capture_both_passes", "solve_and_apply_graphed")]
