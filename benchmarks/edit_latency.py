@@ -8,10 +8,18 @@ memory). Beside it, on the same model, fact and layer:
   (c) one plain forward of the closed-book prompt with its answer (the floor an edit approaches).
 Plus scaling: time vs answer length, the re-solve as accumulated rows grow, and (GPU) model size.
 
-    python benchmarks/edit_latency.py --suite cpu                # the bundled model, real weights
-    python benchmarks/edit_latency.py --suite gpu --random-shape  # random weights of real shapes
+    python benchmarks/edit_latency.py --suite cpu                # the bundled model, real weights, float32
+    python benchmarks/edit_latency.py --suite cpu --dtype bfloat16
+    python benchmarks/edit_latency.py --suite gpu --random-shape  # random weights of real shapes, bfloat16
 
-Writes results/performance_<suite>.json; benchmarks/render_performance.py makes performance.md.
+Writes results/performance_<suite>.json (performance_<suite>_<dtype>.json for a dtype other than the
+suite's default); benchmarks/render_performance.py makes performance.md.
+
+Peak memory: on a GPU, the peak of torch's allocator while the work runs (weights included), both as
+allocated and as reserved (reserved also counts the private memory pools of captured CUDA graphs). On
+the CPU, the peak resident set (VmHWM) of a child process that loads the model, runs the work once
+to warm up, returns freed memory to the system (malloc_trim), resets the peak (/proc/self/clear_refs)
+and runs it again; FT-L's peak is that of 2 Adam steps (its memory does not grow after the first).
 For the GPU suite (no model weights travel to the GPU machine), give it the bundled model's tokenizer:
 copy tokenizer.json, tokenizer_config.json and chat_template.jinja from ~/.cache/transformers_qf/<model>/
 into benchmarks/.tokenizer (git-ignored) and pass --tokenizer benchmarks/.tokenizer.
@@ -20,10 +28,14 @@ into benchmarks/.tokenizer (git-ignored) and pass --tokenizer benchmarks/.tokeni
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
+import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +45,7 @@ import torch
 from transformers_qf import QF, load_model, locate
 from transformers_qf.capture import record
 from transformers_qf.prompting import teacher_forced, teacher_forced_many
+from transformers_qf.models import pick_device_dtype
 from transformers_qf.qf import Accumulator, solve
 from transformers_qf.report import git_commit
 
@@ -71,8 +84,9 @@ def timed(fn, device, repeats: int, warmup: int = 1, setup=None) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def peak_memory(fn, device) -> int | None:
-    """Peak bytes allocated on the GPU while fn runs (weights included); None on CPU."""
+def peak_memory(fn, device) -> dict | None:
+    """Peak bytes of torch's allocator on the GPU while fn runs (weights included), allocated and
+    reserved; None on CPU (see peak_rss_in_child)."""
     if device.type != "cuda":
         return None
     gc.collect()
@@ -81,7 +95,41 @@ def peak_memory(fn, device) -> int | None:
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     sync(device)
-    return torch.cuda.max_memory_allocated(device)
+    return {"allocated": torch.cuda.max_memory_allocated(device), "reserved": torch.cuda.max_memory_reserved(device)}
+
+
+def _resident_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_rss_in_child(what: str, model: str | None, dtype: str) -> dict:
+    """Run `what` (plain, edit, finetune) in a fresh process on the CPU; its peak resident set in bytes."""
+    command = [sys.executable, __file__, "--suite", "cpu", "--dtype", dtype, "--peak-rss-of", what]
+    done = subprocess.run(command + (["--model", model] if model else []), capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_of(what: str, model: str | None, dtype: torch.dtype) -> dict:
+    """The child's side of peak_rss_in_child: load, warm up, trim, reset the peak, run once, read VmHWM."""
+    loaded = load_model(model, "cpu", dtype, progress=False)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    parts = locate(model, 23)
+    W0 = parts.down.weight.detach().clone() if what == "finetune" else None
+
+    def edit():  # a fresh session: its copy of the original W is part of what an edit costs
+        qf = QF(model, tokenizer, layer=23, folder=None)
+        qf.learn(SYSTEM, USER, ANSWER)
+        qf.revert()
+
+    work = {"plain": lambda: plain_forward(model, tokenizer), "edit": edit,
+            "finetune": lambda: finetune_down_proj(model, tokenizer, parts, W0, steps=2)}[what]
+    work()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _resident_kib("VmRSS")
+    work()
+    return {"peak_rss": _resident_kib("VmHWM") * 1024, "rss_before": before * 1024}
 
 
 def random_model(shape: str, device, dtype):
@@ -165,7 +213,10 @@ def plain_forward(model, tokenizer):
 
 
 # -- suites ---------------------------------------------------------------------------------------
-def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = True, compile_capture=False) -> dict:
+def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = True, compile_capture=False,
+                  rss_model: tuple[str | None, str] | None = None) -> dict:
+    """Times (and peak memory) of one edit and its alternatives. rss_model: (model, dtype) to measure the
+    CPU peak resident sets with, in child processes."""
     device = next(model.parameters()).device
     qf = QF(model, tokenizer, layer=layer, folder=None, compile_capture=compile_capture)
     t0 = time.perf_counter()
@@ -180,33 +231,42 @@ def measure_model(model, tokenizer, layer: int, repeats: int, baselines: bool = 
         qf.reset()
         qf.learn(SYSTEM, USER, ANSWER)
 
+    edit_repeats = repeats if device.type == "cpu" else max(repeats, 30)  # a GPU edit's ms are noisy
     row = {"layer": qf.layer, "kept_positions": n_answer, "first_edit_s": first_edit_s,
-           "edit": timed(lambda: qf.learn(SYSTEM, USER, ANSWER), device, repeats, warmup=2, setup=qf.reset)}
+           "edit": timed(lambda: qf.learn(SYSTEM, USER, ANSWER), device, edit_repeats, warmup=3, setup=qf.reset)}
     report = qf.last_report
     row["edit_report"] = report.as_dict()
     if qf._graphed is not None:
         row["cuda_graphs"] = qf._graphed.fallback_reason or "used"
         row["compiled_capture"] = (qf._graphed.compile_fallback_reason or "used") if compile_capture else "no"
+    if qf._solver is not None:
+        row["solve_graphs"] = qf._solver.fallback_reason or "used"
     row["tokenize_both_passes"] = timed(lambda: teacher_forced_many(tokenizer, [SYSTEM, ""], USER, ANSWER),
                                         device, repeats)
-    # a breakdown: the one forward of both passes, and the solve
-    seqs = [teacher_forced(tokenizer, s, USER, ANSWER).input_ids for s in (SYSTEM, "")]
+    # a breakdown: the one forward of both passes (through the last kept position, as learn runs it), the solve
+    seqs = [tf.nonzero().through_last_kept() for tf in teacher_forced_many(tokenizer, [SYSTEM, ""], USER, ANSWER)]
     recorder = qf._recorder
-    row["capture_both_passes"] = timed(lambda: recorder(seqs), device, repeats)
+    row["capture_both_passes"] = timed(lambda: recorder(seqs, check=False, copy=False), device, repeats)
     row["capture_eager_two_forwards"] = timed(lambda: [record(model, parts, s) for s in seqs], device, repeats)
     f = qf.folder
     W = parts.down.weight.data
+    rows = [f.load(name) for name in ("u", "up", "v", "vp")]
 
     def just_solve():
         W.copy_(W0)
-        solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), apply=True)
+        solve(W, *rows, apply=True)
 
     row["solve_and_apply"] = timed(just_solve, device, repeats)
+    if qf._solver is not None:
+        row["solve_and_apply_graphed"] = timed(lambda: (W.copy_(W0), qf._solver(*rows)), device, repeats)
     qf.reset()
     row["plain_forward"] = timed(lambda: plain_forward(model, tokenizer), device, repeats)
     row["peak_bytes_plain_forward"] = peak_memory(lambda: plain_forward(model, tokenizer), device)
     row["peak_bytes_edit"] = peak_memory(edit, device)
     qf.reset()
+    if rss_model is not None:
+        for what in ("plain", "edit") + (("finetune",) if baselines else ()):
+            row[f"peak_rss_{what}"] = peak_rss_in_child(what, *rss_model)
     if baselines:
         row["original_way"] = timed(lambda: original_way_edit(model, tokenizer, parts, W0), device, max(1, repeats // 2))
         row["finetune_25_adam"] = timed(lambda: finetune_down_proj(model, tokenizer, parts, W0), device,
@@ -225,9 +285,22 @@ def answer_length_scaling(model, tokenizer, layer, repeats, words=(4, 16, 64, 25
         answer = " ".join((base * (n // len(base) + 1))[:n])
 
         t = timed(lambda: qf.learn(SYSTEM, USER, answer), device, repeats, warmup=1, setup=qf.reset)
-        out.append({"answer_words": n, "kept_positions": qf.last_report.rows, **t})
+        out.append({"answer_words": n, "kept_positions": qf.last_report.rows, "method": qf.last_report.method,
+                    **t, **edit_breakdown(qf, answer, repeats)})
     qf.reset()
     return out
+
+
+def edit_breakdown(qf: QF, answer: str, repeats: int) -> dict:
+    """The capture and the solve of the edit of `answer` that `qf` has just made, timed alone."""
+    device = qf._device
+    seqs = [tf.nonzero().through_last_kept() for tf in teacher_forced_many(qf.tokenizer, [SYSTEM, ""], USER, answer)]
+    W = qf.parts.down.weight.data
+    W0 = qf._weight_as_loaded()
+    rows = [qf.folder.load(name) for name in ("u", "up", "v", "vp")]
+    solver = qf._graphed_solver or (lambda *r: solve(W, *r, apply=True))
+    return {"capture": timed(lambda: qf._recorder(seqs, check=False, copy=False), device, repeats),
+            "solve": timed(lambda: (W.copy_(W0), solver(*rows)), device, repeats)}
 
 
 def resolve_scaling(model, layer, rows=(10, 100, 1000, 4000, 8960), repeats=3) -> list[dict]:
@@ -288,6 +361,17 @@ def incremental_scaling(model, layer, max_rows: int, per_round: int = 30,
     return out
 
 
+def reference_gflops(device) -> dict:
+    """How fast this machine multiplies right now: one [110, 1536] x [1536, 8960] product (the MLP's up
+    projection of both passes), median of 10, in float32 and bfloat16. A shared or throttled machine shows here."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(110, 1536, dtype=dtype, device=device), torch.randn(8960, 1536, dtype=dtype, device=device)
+        t = timed(lambda: torch.nn.functional.linear(x, w), device, repeats=10, warmup=2)
+        out[str(dtype).replace("torch.", "")] = round(2 * 110 * 1536 * 8960 / t["median_s"] / 1e9, 1)
+    return out
+
+
 def environment(device, dtype) -> dict:
     import transformers
 
@@ -296,6 +380,8 @@ def environment(device, dtype) -> dict:
            "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_native_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return env
 
 
@@ -310,11 +396,30 @@ def main(argv=None) -> int:
     parser.add_argument("--max-rows", type=int, default=8960, help="largest row count in the re-solve scaling")
     parser.add_argument("--out", default="results")
     parser.add_argument("--compile", action="store_true", help="also time the 1.5b capture compiled with torch.compile")
+    parser.add_argument("--dtype", default=None, help="default: the package's for the suite's device")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the original way and FT-L (CPU suite)")
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="skip answer length, re-solve and incremental scaling (CPU suite)")
+    parser.add_argument("--peak-rss-of", choices=["plain", "edit", "finetune"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if args.suite == "gpu" else "cpu")
-    dtype = torch.bfloat16 if args.suite == "gpu" else torch.float32
+    device, dtype = pick_device_dtype("cuda" if args.suite == "gpu" else "cpu", args.dtype)
+    if args.peak_rss_of:  # the child process of peak_rss_in_child
+        print(json.dumps(peak_rss_of(args.peak_rss_of, args.model, dtype)))
+        return 0
+    default_dtype = pick_device_dtype(str(device))[1]
+    name = args.suite if dtype == default_dtype else f"{args.suite}_{str(dtype).replace('torch.', '')}"
     result = {"suite": args.suite, "environment": environment(device, dtype), "fact": [SYSTEM, USER, ANSWER]}
+    path = Path(args.out) / f"performance_{name}.json"
+
+    def write(result: dict) -> None:
+        """Written after each model and at the end, so a run stopped early keeps what it measured."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}", flush=True)
+
+    load_at_start = os.getloadavg()[0]  # other work on the machine shows here
+    speed_at_start = reference_gflops(device)
     rows_grid = [k for k in (10, 100, 1000, 2000, 4000, 8960) if k <= args.max_rows]
     if args.random_shape:
         from transformers import AutoTokenizer
@@ -331,6 +436,7 @@ def main(argv=None) -> int:
                 entry["resolve_rows"] = resolve_scaling(model, layer, rows_grid)
                 entry["incremental_rows"] = incremental_scaling(model, layer, args.max_rows)
             result["models"][f"random {shape}"] = entry
+            write(result)
             if args.compile and shape == "1.5b":
                 compiled = measure_model(model, tokenizer, layer, args.repeats, baselines=False, compile_capture=True)
                 result["models"][f"random {shape}, compiled capture"] = compiled
@@ -342,17 +448,18 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     else:
         loaded = load_model(args.model, str(device), dtype)
-        entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats)
-        entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23, max(1, args.repeats // 2),
-                                                       words=(4, 16, 64))
-        entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
-        entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
+        entry = measure_model(loaded.model, loaded.tokenizer, 23, args.repeats, baselines=not args.no_baselines,
+                              rss_model=(args.model, str(dtype).replace("torch.", "")))
         result["models"] = {f"{loaded.name} ({loaded.quantization})": entry}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"performance_{args.suite}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+        write(result)
+        if not args.no_scaling:
+            entry["answer_length"] = answer_length_scaling(loaded.model, loaded.tokenizer, 23,
+                                                           max(1, args.repeats // 2), words=(4, 16, 64))
+            entry["resolve_rows"] = resolve_scaling(loaded.model, 23, rows_grid)
+            entry["incremental_rows"] = incremental_scaling(loaded.model, 23, args.max_rows)
+    result["environment"]["load_average_1min"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
+    result["environment"]["reference_gflops"] = {"start": speed_at_start, "end": reference_gflops(device)}
+    write(result)
     return 0
 
 

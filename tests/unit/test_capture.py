@@ -33,7 +33,7 @@ def test_cut_and_batched_forwards_record_what_one_full_forward_records(tiny_mode
     parts = locate(tiny_model, 2)
     a, b = torch.arange(3, 20), torch.arange(40, 51)
     full = [record(tiny_model, parts, s, stop=False)[0] for s in (a, b)]
-    both = record(tiny_model, parts, [a, b])  # one forward, right-padded, cut after layer 2
+    both = record(tiny_model, parts, [a, b])  # one forward, packed, cut after layer 2
     for one, batched in zip(full, both):
         for name in ("v", "x", "u", "y"):
             torch.testing.assert_close(getattr(batched, name), getattr(one, name), rtol=1e-5, atol=1e-6)

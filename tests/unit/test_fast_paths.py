@@ -51,6 +51,7 @@ def test_graphed_recorder_matches_eager_record(tiny_model, tokenizer):
 
 @cuda
 def test_learn_on_cuda_with_graphs_matches_the_plain_path_on_cpu(tiny_model, tokenizer, tmp_path):
+    """Capture and solve both replayed from CUDA graphs."""
     reference = _plain_w_prime(tiny_model, tokenizer, tmp_path)
     model = tiny_model.cuda()
     qf = QF(model, tokenizer, layer=2, folder=None, cuda_graphs=True)
@@ -58,5 +59,6 @@ def test_learn_on_cuda_with_graphs_matches_the_plain_path_on_cpu(tiny_model, tok
     qf.reset()
     report = qf.learn(*FACT)  # replayed from the graph
     assert qf._graphed is not None and qf._graphed.fallback_reason is None
+    assert qf._solver is not None and qf._solver.fallback_reason is None and qf._solver.graphs
     assert report.residual_applied < 1e-5
     assert _rel(locate(model, 2).down.weight, reference) < 1e-5

@@ -22,6 +22,11 @@ def _layer_out(model, tokenizer, layer, system, user, answer, sig=None):
     return (rec.v + rec.u @ parts.down.weight.T)[tf.kept]
 
 
+def _rel(a, b) -> float:
+    """||a - b||_F / ||b||_F in float64."""
+    return float(torch.linalg.norm(a.detach().double() - b.double()) / torch.linalg.norm(b.double()))
+
+
 def _learn(qf, fact, sig=None):
     system, user, answer = fact
     qf.instruct(system, user, answer, sig)
@@ -161,14 +166,15 @@ def test_learn_in_one_forward_equals_the_four_steps(tiny_model, tokenizer, tmp_p
     for fact, sig in ((FACT, [0, 1, 1, 1, 1]), (FACT2, None)):
         report = fast.learn(*fact, sig)
     assert fast.weights_name == "W''" and report.rows == slow.last_report.rows
-    torch.testing.assert_close(locate(tiny_model, 2).down.weight, W_slow, rtol=1e-6, atol=1e-7)
+    # the packed forward's masked attention rounds differently from one unmasked sequence (rows agree to ~1e-7)
+    assert _rel(locate(tiny_model, 2).down.weight, W_slow) < 1e-5
     for name in ("u", "up", "v", "vp"):
         torch.testing.assert_close(fast.folder.load(name), slow.folder.load(name), rtol=1e-5, atol=1e-6)
     assert fast.folder.rounds[1]["targets"] == slow.folder.rounds[1]["targets"]
     fast.respond("", FACT[1], qfmode="QF-infer-wp")  # already in place: nothing to reload
     fast.revert()
     fast.apply()
-    torch.testing.assert_close(locate(tiny_model, 2).down.weight, W_slow, rtol=1e-6, atol=1e-7)
+    assert _rel(locate(tiny_model, 2).down.weight, W_slow) < 1e-5
     if in_memory:
         assert not (tmp_path / "fast").exists()
 
@@ -186,3 +192,26 @@ def test_incremental_learning_gives_the_re_solved_weight(tiny_qwen2, tokenizer):
     inc.revert()  # the model no longer holds W': the next round re-solves every round once
     third = ("Oxinnovate has one people.", "How many people in Oxinnovate?", "Oxinnovate has one people.")
     assert inc.learn(*third).method == "exact" and inc.last_report.rows == inc.folder.rows("u")
+
+
+def test_a_failed_round_keeps_nothing(tiny_qwen2, tokenizer, tmp_path):
+    """Non-finite activations in the second round: an error, and the folder and down_proj stay as after the first."""
+    qf = QF(tiny_qwen2, tokenizer, layer=2, folder=tmp_path)
+    qf.learn(*FACT)
+    W_first = locate(tiny_qwen2, 2).down.weight.detach().clone()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+
+    def poison(_module, _args, output):
+        output[0][..., 0] = float("nan")
+
+    handle = locate(tiny_qwen2, 0).layer.register_forward_hook(poison)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite values in the recorded v at layer 2"):
+            qf.learn(*FACT2)
+    finally:
+        handle.remove()
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert qf.folder.rows("u") == qf.folder.rows("up") == manifest["rounds"][0]["instruct_rows"]
+    assert torch.equal(locate(tiny_qwen2, 2).down.weight, W_first) and qf.weights_name == "W'"
+    qf.learn(*FACT2)  # and the session goes on
+    assert qf.weights_name == "W''"

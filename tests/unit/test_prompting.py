@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from transformers_qf import prompting
 from transformers_qf.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
 
 ANSWER = "Oxinnovate was started by Qi."
@@ -80,3 +81,14 @@ def test_the_plain_format_of_the_converted_model(tokenizer):
     weights = dict(zip(tf.targets.tolist(), tf.weights.tolist()))
     assert all(weights[t] == 10.0 for t in qi)
     assert tf.weights[-1] == 1.0 and tf.weights[-2] == 1.0  # the final '.' and the newline count 1
+
+
+def test_encode_many_gives_the_tokenizers_ids(tokenizer):
+    texts = [prompting.chatml_prompt("a fact", "a question?"), prompting.ANSWER_HEADER, " word", "héllo  wörld\n", ""]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert prompting.encode_many(tokenizer, texts) == expected
+    tokenizer.backend_tokenizer.enable_truncation(max_length=2)  # configured truncation: the wrapper's call decides
+    try:
+        assert prompting.encode_many(tokenizer, texts) == expected
+    finally:
+        tokenizer.backend_tokenizer.no_truncation()

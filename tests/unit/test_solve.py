@@ -116,3 +116,84 @@ def test_incremental_rounds_equal_a_solve_from_scratch():
     assert relative_residual(W_inc.double(), Up.double(), Vp.double(), target) < 1e-5
     with pytest.raises(SolveError, match="dependent"):
         acc.add(W_inc, U[:3], Up[:3], V[:3], Vp[:3])  # the same rows again
+
+
+def test_padded_rows_are_inert():
+    """The CUDA-graph solve pads the rows to a bucket: the same solve on the CPU, padded, gives solve()'s W'."""
+    from transformers_qf import qf
+
+    W, U, Up, V, Vp = _rows(k=10)
+    want_W = W.clone()
+    want, want_report = solve(want_W, U, Up, V, Vp, apply=True)
+    padded = [torch.cat([t, torch.zeros(6, t.shape[1])]) for t in (U, Up, V, Vp)]
+    pad = torch.cat([torch.zeros(10), torch.ones(6)]).double()
+    got_W = W.clone()
+    s = qf._system(got_W, *padded, pad=pad)
+    coef, info, gate = qf._exact_coefficients(s)
+    A, numbers = qf._finish(got_W, s, coef, gate, apply=True)
+    spectrum, values = qf._to_host(qf._flatten(s.G, numbers, s.finite, info, gate), s.G.shape)
+    got, report = qf._conclude(got_W, s, coef, A, spectrum, values, 0.0, True, 0.0, rows=10)
+    torch.testing.assert_close(got_W, want_W)
+    torch.testing.assert_close(got.delta(), want.delta())
+    assert (report.rows, report.method, report.rank) == (10, "exact", 10)
+    assert abs(report.cond / want_report.cond - 1) < 1e-9
+    assert report.residual < 1e-12 and abs(report.delta_rel - want_report.delta_rel) < 1e-12
+
+
+def test_a_solve_the_device_does_not_trust_is_finished_by_the_host(monkeypatch):
+    """Between cond(G) and the device's upper bound on it, nothing is written until the host has the eigenvalues."""
+    from transformers_qf import qf
+
+    W, U, Up, V, Vp = _rows()
+    want_W = W.clone()
+    _, want = solve(want_W, U, Up, V, Vp, apply=True)
+    G = Up.double() @ Up.double().T
+    bound = float(torch.linalg.norm(G) * torch.linalg.norm(torch.linalg.inv(torch.linalg.cholesky(G))).square())
+    assert bound > 1.5 * want.cond
+    monkeypatch.setattr(qf, "SINGULAR_COND", (bound * want.cond) ** 0.5)  # above cond(G), below the bound
+    got_W = W.clone()
+    _, report = solve(got_W, U, Up, V, Vp, apply=True)
+    assert report.method == "exact" and report.residual_applied < 1e-5
+    torch.testing.assert_close(got_W, want_W)
+
+
+def test_a_singular_system_applies_the_pseudo_inverse_once():
+    W, U, Up, V, Vp = _rows()
+    dup = lambda t: torch.cat([t, t[:3]])
+    W_new = W.clone()
+    with pytest.warns(UserWarning, match="singular"):
+        update, report = solve(W_new, dup(U), dup(Up), dup(V), dup(Vp), apply=True)
+    assert report.method == "pinv" and report.residual_applied < 1e-5
+    torch.testing.assert_close(W_new, update.applied_to(W))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_solver_matches_solve_on_cuda():
+    from transformers_qf.qf import GraphedSolver
+
+    W, U, Up, V, Vp = (t.cuda() for t in _rows(k=45))
+    solver = GraphedSolver(W.clone(), bucket=16)
+    for k in (10, 45, 7, 10):  # three padded sizes; a smaller round after a larger one in the same bucket
+        want_W = W.clone()
+        want, want_report = solve(want_W, U[:k], Up[:k], V[:k], Vp[:k], apply=True)
+        solver.W.copy_(W)
+        got, report = solver(U[:k], Up[:k], V[:k], Vp[:k])
+        assert solver.fallback_reason is None, solver.fallback_reason
+        torch.testing.assert_close(solver.W, want_W)
+        torch.testing.assert_close(got.delta(), want.delta())
+        assert (report.rows, report.method, report.rank) == (k, "exact", k)
+        assert report.residual_applied < 1e-5 and abs(report.delta_rel - want_report.delta_rel) < 1e-9
+    assert sorted(solver.graphs) == [16, 48]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_many_rows_on_cuda_take_the_eigenvalues_from_the_device():
+    from transformers_qf.qf import HOST_EIGEN_ROWS
+
+    k = HOST_EIGEN_ROWS + 20
+    W, U, Up, V, Vp = _rows(k=k, d_mlp=4 * k)
+    W_cpu, W_gpu = W.clone(), W.cuda()
+    _, want = solve(W_cpu, U, Up, V, Vp, apply=True)
+    _, got = solve(W_gpu, U.cuda(), Up.cuda(), V.cuda(), Vp.cuda(), apply=True)
+    assert got.method == "exact" and abs(got.cond / want.cond - 1) < 1e-6
+    torch.testing.assert_close(W_gpu.cpu(), W_cpu)

@@ -4,10 +4,13 @@
     recs[0].u, recs[0].v                                   # [n, d_mlp], [n, d_model]
 
 The forward is cut after layer L by running the base model with its layer list truncated to
-layers 0..L (nothing above L runs, nor the LM head). Several sequences go through as one batch,
-right-padded: with causal attention a position never sees the padding after it, so the real
-positions get exactly the activations of an unpadded run. Hooks and the truncation are always
-undone on exit. On CUDA, `GraphedRecorder` replays the same forward from a captured CUDA graph.
+layers 0..L (nothing above L runs, nor the LM head). Several sequences go through as one forward,
+packed end to end into a single row with per-sequence positions (0, 1, ... for each): stock
+transformers reads the position restarts as a packed batch and masks attention per sequence, so
+each position gets the activations of its own unpadded run and no padding is computed. Hooks and
+the truncation are always undone on exit. On CUDA, `GraphedRecorder` replays a right-padded batch
+of the same forward from a captured CUDA graph (with causal attention a position never sees the
+padding after it).
 """
 
 from __future__ import annotations
@@ -58,7 +61,13 @@ class _Hooks:
             h.remove()
 
     def split(self, lengths: list[int]) -> list[Recording]:
+        """One Recording per row of a right-padded batch."""
         return [Recording(*(t[i, :n].detach() for t in (self.v, self.x, self.u, self.y))) for i, n in enumerate(lengths)]
+
+    def split_packed(self, lengths: list[int]) -> list[Recording]:
+        """One Recording per sequence of a packed row, in order."""
+        parts = (t[0].detach().split(lengths) for t in (self.v, self.x, self.u, self.y))
+        return [Recording(*fields) for fields in zip(*parts)]
 
 
 def _split_path(dotted: str) -> tuple[str, str]:
@@ -106,36 +115,52 @@ def pad_batch(sequences: list[torch.Tensor], length: int | None = None, pad_id: 
     return batch
 
 
-def _check_finite(recs: list[Recording], layer: int) -> None:
-    for rec in recs:
-        for name in ("v", "u"):
-            if not torch.isfinite(getattr(rec, name)).all():
-                raise FloatingPointError(
-                    f"non-finite values in the recorded {name} at layer {layer}: try --dtype float32 or another layer"
-                )
+def pack(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D token tensors end to end: input_ids [1, total] and position_ids [1, total] restarting at 0 per sequence."""
+    ids = torch.cat(list(sequences)).view(1, -1)
+    positions = torch.cat([torch.arange(len(s)) for s in sequences]).view(1, -1)
+    return ids, positions
+
+
+def finite_flags(recs: list[Recording]) -> torch.Tensor:
+    """Whether each recording's v and u are all finite: [2 * len(recs)] booleans on the device (no sync)."""
+    return torch.stack([torch.isfinite(getattr(rec, name)).all() for rec in recs for name in ("v", "u")])
+
+
+def check_finite(recs: list[Recording], layer: int, flags: torch.Tensor | None = None) -> None:
+    """Raise FloatingPointError if a recorded v or u holds a non-finite value (one sync)."""
+    flags = finite_flags(recs) if flags is None else flags
+    if not bool(flags.all()):
+        name = ("v", "u")[int((~flags).nonzero()[0]) % 2]
+        raise FloatingPointError(
+            f"non-finite values in the recorded {name} at layer {layer}: try --dtype float32 or another layer"
+        )
 
 
 @torch.no_grad()
-def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = True) -> list[Recording]:
-    """One forward of the sequences (1-D token tensors, or one of them) as a batch; their activations at layer L.
+def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = True, check: bool = True
+           ) -> list[Recording]:
+    """One forward of the sequences (1-D token tensors, or one of them), packed; their activations at layer L.
 
-    With stop=False the whole model runs (for checks against an uncut forward).
+    With stop=False the whole model runs (for checks against an uncut forward). With check, non-finite
+    values raise FloatingPointError here; without, the caller checks (`check_finite`).
     """
     if isinstance(sequences, torch.Tensor):
         sequences = [sequences]
     device = next(model.parameters()).device
-    batch = pad_batch(sequences).to(device)
+    ids, positions = (t.to(device) for t in pack(sequences))
     hooks = _Hooks(parts)
     try:
         if stop:
             with truncated(model, parts) as base:
-                base(input_ids=batch, use_cache=False)
+                base(input_ids=ids, position_ids=positions, use_cache=False)
         else:
-            model(input_ids=batch, use_cache=False)
-        recs = hooks.split([len(s) for s in sequences])
+            model(input_ids=ids, position_ids=positions, use_cache=False)
+        recs = hooks.split_packed([len(s) for s in sequences])
     finally:
         hooks.remove()
-    _check_finite(recs, parts.index)
+    if check:
+        check_finite(recs, parts.index)
     return recs
 
 
@@ -155,7 +180,7 @@ def record_from_hidden(model: torch.nn.Module, parts: LayerParts, hidden: list[t
         recs = hooks.split([len(h) for h in hidden])
     finally:
         hooks.remove()
-    _check_finite(recs, parts.index)
+    check_finite(recs, parts.index)
     return recs
 
 
@@ -173,9 +198,10 @@ class GraphedRecorder:
         self.compile_fallback_reason: str | None = None
 
     @torch.no_grad()
-    def __call__(self, sequences: list[torch.Tensor]) -> list[Recording]:
+    def __call__(self, sequences: list[torch.Tensor], check: bool = True, copy: bool = True) -> list[Recording]:
+        """check: as in `record`; copy: recordings that outlive the next replay (else views of its buffers)."""
         if self.fallback_reason is not None:
-            return record(self.model, self.parts, sequences)
+            return record(self.model, self.parts, sequences, check=check)
         length = -(-max(len(s) for s in sequences) // self.bucket) * self.bucket
         key = (len(sequences), length)
         if key not in self.graphs:
@@ -190,12 +216,15 @@ class GraphedRecorder:
                     self.graphs[key] = self._capture(len(sequences), length, False)
             except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
                 self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                return record(self.model, self.parts, sequences)
+                return record(self.model, self.parts, sequences, check=check)
         graph, static_ids, hooks = self.graphs[key]
         static_ids.copy_(pad_batch(sequences, length), non_blocking=True)
         graph.replay()
-        recs = [Recording(*(t.clone() for t in (r.v, r.x, r.u, r.y))) for r in hooks.split([len(s) for s in sequences])]
-        _check_finite(recs, self.parts.index)
+        recs = hooks.split([len(s) for s in sequences])
+        if copy:
+            recs = [Recording(*(t.clone() for t in (r.v, r.x, r.u, r.y))) for r in recs]
+        if check:
+            check_finite(recs, self.parts.index)
         return recs
 
     def _capture(self, batch: int, length: int, compile: bool):

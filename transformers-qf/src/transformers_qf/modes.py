@@ -21,8 +21,8 @@ import torch
 from . import prompting
 from .architectures import locate
 from .models import model_identity
-from .capture import GraphedRecorder, record
-from .qf import Accumulator, SolveError, SolveReport, solve
+from .capture import GraphedRecorder, check_finite, finite_flags, record
+from .qf import Accumulator, GraphedSolver, SolveError, SolveReport, solve
 from .store import ParametersError, ParametersFolder
 
 
@@ -83,6 +83,7 @@ class QF:
         self.cuda_graphs = cuda_graphs
         self.compile_capture = compile_capture
         self._graphed: GraphedRecorder | None = None
+        self._solver: GraphedSolver | None = None
         self._one_device: bool | None = None
         self.incremental = incremental  # learn(): extend W' round by round instead of re-solving from W
         self._accumulator: Accumulator | None = None
@@ -141,17 +142,36 @@ class QF:
     def learn(self, system: str, user: str, answer: str, significance=None) -> SolveReport:
         """One QF round the fast way: both passes in one forward, the solve on the weight's device,
         W' written straight into down_proj. Same rows, folder entries and W' as
-        instruct() + update() + solve() + apply()."""
+        instruct() + update() + solve() + apply(). Nothing is kept unless the whole round succeeds:
+        on any error the folder is as it was and down_proj holds what it held."""
         self._require_no_pending_round()
-        open_tf, closed_tf = prompting.teacher_forced_many(
+        open_tf, closed_tf = (tf.nonzero() for tf in prompting.teacher_forced_many(
             self.tokenizer, [system, ""], user, answer, significance, self.original_tokenization
-        )
-        recs = self._recorder([open_tf.input_ids, closed_tf.input_ids])
-        open_cap, closed_cap = _kept(recs[0], open_tf.nonzero()), _kept(recs[1], closed_tf.nonzero())
+        ))
+        # no sync until the solve's: the finiteness of the recordings is read back after it
+        recs = self._recorder([open_tf.through_last_kept(), closed_tf.through_last_kept()], check=False, copy=False)
+        finite = finite_flags(recs)
+        open_cap, closed_cap = _kept(recs[0], open_tf), _kept(recs[1], closed_tf)
+        new = {"u": open_cap.u, "up": closed_cap.u, "v": open_cap.v, "vp": closed_cap.v}
+        weight = self.parts.down.weight.data
+        try:
+            try:
+                report = self._solve_with(new, open_cap.weights, weight)
+            finally:
+                check_finite(recs, self.layer, finite)  # non-finite recordings are the error to report
+        except BaseException:
+            self._put_back(weight)
+            raise
         self._save_original_weight()
-        self.folder.append({"u": open_cap.u, "v": open_cap.v}, self._round_entry(system, user, answer, significance, open_cap))
-        self.folder.append({"up": closed_cap.u, "vp": closed_cap.v}, {"update_rows": int(closed_cap.u.shape[0]), "update_system": ""})
-        return self._solve_into_model()
+        f = self.folder
+        f.append({"u": open_cap.u, "v": open_cap.v}, self._round_entry(system, user, answer, significance, open_cap))
+        f.append({"up": closed_cap.u, "vp": closed_cap.v}, {"update_rows": int(closed_cap.u.shape[0]), "update_system": "",
+                                                            "solve": report.as_dict()})
+        f.manifest["w_prime_rounds"] = len(f.rounds)
+        f.save("w_prime", weight)
+        self.applied_rounds = len(f.rounds)
+        self.last_report = report
+        return report
 
     def solve(self) -> SolveReport:
         """Eq. 3 over every recorded row, from the W saved at the first instruct; saves w_prime."""
@@ -161,49 +181,51 @@ class QF:
                 f"{f.rows('u')} instruct rows but {f.rows('up')} update rows: finish the pending round with QF-update"
             )
         W = f.load("weight")  # becomes W' in place
-        report = self._solve(W)
-        f.save("w_prime", W)
-        return report
-
-    def _extend(self, weight: torch.Tensor) -> SolveReport | None:
-        """Add the last round to the W' in the model (Accumulator); None when a full re-solve is needed."""
-        f, rounds = self.folder, self.folder.rounds
-        if self._accumulator is None or self.applied_rounds != len(rounds) - 1:
-            if len(rounds) > 1:
-                return None  # the model does not hold the previous rounds' W': re-solve them all once
-            weight.copy_(self._weight_as_loaded())
-            self._accumulator = Accumulator(self._weight_as_loaded())
-        n = rounds[-1]["instruct_rows"]
-        try:
-            report = self._accumulator.add(weight, *(f.load(name)[-n:] for name in ("u", "up", "v", "vp")))
-        except SolveError:
-            return None
-        rounds[-1]["solve"] = report.as_dict()
-        f.manifest["w_prime_rounds"] = len(rounds)
-        self.last_report = report
-        return report
-
-    def _solve(self, W: torch.Tensor) -> SolveReport:
-        """Eq. 3 over every row in the folder; W (the original weight) becomes W' in place."""
-        f = self.folder
         weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds])
         _, report = solve(W, f.load("u"), f.load("up"), f.load("v"), f.load("vp"), weights=weights,
                           ridge=self.ridge, apply=True)
         f.rounds[-1]["solve"] = report.as_dict()
         f.manifest["w_prime_rounds"] = len(f.rounds)
+        f.save("w_prime", W)
         self.last_report = report
         return report
 
-    def _solve_into_model(self) -> SolveReport:
-        weight = self.parts.down.weight.data
-        report = self._extend(weight) if self.incremental and not self.ridge else None
-        if report is None:
-            weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
-            report = self._solve(weight)
-            self._accumulator = None
-        self.folder.save("w_prime", weight)
-        self.applied_rounds = len(self.folder.rounds)
-        return report
+    def _solve_with(self, new: dict[str, torch.Tensor], new_weights: torch.Tensor, weight: torch.Tensor) -> SolveReport:
+        """W' over the folder's rows and the `new` round's (u, up, v, vp) into the model's `weight`;
+        nothing recorded. Incremental sessions extend the W' in the model when they can."""
+        report = self._extend(weight, new) if self.incremental and not self.ridge else None
+        if report is not None:
+            return report
+        self._accumulator = None
+        f = self.folder
+        names = ("u", "up", "v", "vp")
+        rows = [torch.cat([f.load(n).to(new[n].device), new[n].to(torch.float32)]) if f.has(n) else new[n]
+                for n in names]
+        weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
+        if not self.ridge and self._graphed_solver is not None:
+            return self._graphed_solver(*rows)[1]
+        weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds] + [new_weights])
+        return solve(weight, *rows, weights=weights, ridge=self.ridge, apply=True)[1]
+
+    def _extend(self, weight: torch.Tensor, new: dict[str, torch.Tensor]) -> SolveReport | None:
+        """Add the `new` round to the W' in the model (Accumulator); None when a full re-solve is needed."""
+        if self._accumulator is None or self.applied_rounds != len(self.folder.rounds):
+            if self.folder.rounds:
+                return None  # the model does not hold the previous rounds' W': re-solve them all once
+            weight.copy_(self._weight_as_loaded())
+            self._accumulator = Accumulator(self._weight_as_loaded())
+        try:
+            return self._accumulator.add(weight, new["u"], new["up"], new["v"], new["vp"])
+        except SolveError:
+            return None
+
+    def _put_back(self, weight: torch.Tensor) -> None:
+        """After a failed round: down_proj holds again the W' of the rounds applied before it (or W)."""
+        self._accumulator = None
+        if self.applied_rounds and self.folder.has("w_prime"):
+            weight.copy_(self.folder.load("w_prime").to(weight.device, weight.dtype))
+        elif self._original_weight is not None:
+            weight.copy_(self._original_weight)
 
     def apply(self) -> None:
         """Put the latest W' into down_proj (once per solve); the original W is kept for revert()."""
@@ -301,15 +323,34 @@ class QF:
         return self._one_device
 
     @property
+    def _graphs_usable(self) -> bool:
+        return self.cuda_graphs and self._device.type == "cuda" and self._on_one_device
+
+    @property
+    def _graphed_solver(self) -> GraphedSolver | None:
+        """The solve into down_proj replayed from CUDA graphs, where the capture is (None elsewhere)."""
+        if not self._graphs_usable:
+            return None
+        if self._solver is None:
+            self._solver = GraphedSolver(self.parts.down.weight.data)
+        return self._solver
+
+    @property
     def _recorder(self):
         """How a batch of sequences is recorded: a CUDA graph replay on CUDA (when enabled), else eager."""
-        if self.cuda_graphs and self._device.type == "cuda" and self._on_one_device:
+        if self._graphs_usable:
             if self._graphed is None:
                 self._graphed = GraphedRecorder(self.model, self.parts, compile=self.compile_capture)
             return self._graphed
-        return lambda seqs: record(self.model, self.parts, seqs)
+        return lambda seqs, check=True, copy=True: record(self.model, self.parts, seqs, check=check)
 
 
 def _kept(rec, tf: prompting.TeacherForced) -> Captured:
-    pos = tf.kept.to(rec.u.device)
+    """The kept rows of a recording: a slice when they are consecutive (no significance 0), which needs
+    no index tensor on the device (copying one there from pageable memory waits for the GPU)."""
+    first, last = (int(tf.kept[0]), int(tf.kept[-1])) if len(tf.kept) else (0, -1)
+    if last - first + 1 == len(tf.kept):
+        pos = slice(first, last + 1)
+    else:
+        pos = tf.kept.to(rec.u.device)
     return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)

@@ -32,6 +32,18 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each text, no special tokens added: `tokenizer(texts, add_special_tokens=False)`.
+
+    A fast tokenizer with no truncation or padding configured is called through its Rust backend, one
+    text at a time: the same ids, at about half the time of the wrapper's batch call for an edit's
+    ~20 short texts (no BatchEncoding built, no thread pool woken)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [backend.encode(text, add_special_tokens=False).ids for text in texts]
+
+
 def check_significance(significance, n_words: int) -> list[float]:
     """One finite, non-negative number per whitespace-separated word; None means all ones."""
     if significance is None:
@@ -48,6 +60,24 @@ def check_significance(significance, n_words: int) -> list[float]:
     return [float(v) for v in values]
 
 
+def answer_words(answer: str, original_tokenization: bool = False) -> list[str]:
+    """The answer's whitespace-separated words as they are tokenized: with a leading space after the first
+    word, or (original_tokenization) with none, as the original QF code did."""
+    words = answer.split()
+    if not words:
+        raise PromptError("the answer has no tokens: give a non-empty answer to teacher-force")
+    return [word if (i == 0 or original_tokenization) else " " + word for i, word in enumerate(words)]
+
+
+def _join_pieces(pieces: list[list[int]], weights: list[float]) -> tuple[list[int], list[float]]:
+    ids: list[int] = []
+    token_weights: list[float] = []
+    for piece, w in zip(pieces, weights):
+        ids += piece
+        token_weights += [w] * len(piece)
+    return ids, token_weights
+
+
 def answer_tokens(
     tokenizer, answer: str, significance=None, original_tokenization: bool = False, space_first: bool = False
 ) -> tuple[list[int], list[float]]:
@@ -58,20 +88,11 @@ def answer_tokens(
     the words are tokenized with no leading space, as the original QF code did, which teacher-forces
     "Oxinnovatewasstartedby Qi." instead of the sentence.
     """
-    words = answer.split()
-    if not words:
-        raise PromptError("the answer has no tokens: give a non-empty answer to teacher-force")
+    words = answer_words(answer, original_tokenization)
     weights = check_significance(significance, len(words))
-    pieces = tokenizer(
-        [word if original_tokenization or (i == 0 and not space_first) else " " + word for i, word in enumerate(words)],
-        add_special_tokens=False,
-    )["input_ids"]
-    ids: list[int] = []
-    token_weights: list[float] = []
-    for piece, w in zip(pieces, weights):
-        ids += piece
-        token_weights += [w] * len(piece)
-    return ids, token_weights
+    if space_first and not original_tokenization:
+        words[0] = " " + words[0]
+    return _join_pieces(encode_many(tokenizer, words), weights)
 
 
 @dataclass
@@ -89,7 +110,13 @@ class TeacherForced:
     def nonzero(self) -> "TeacherForced":
         """Only the positions with a positive weight (0 drops a position)."""
         keep = self.weights > 0
+        if keep.all():
+            return self
         return TeacherForced(self.input_ids, self.kept[keep], self.weights[keep], self.targets[keep])
+
+    def through_last_kept(self) -> torch.Tensor:
+        """input_ids up to the last kept position: with causal attention no later token changes a kept row."""
+        return self.input_ids[: int(self.kept[-1]) + 1] if len(self.kept) else self.input_ids
 
 
 def teacher_forced(
@@ -102,11 +129,13 @@ def teacher_forced_many(
     tokenizer, systems: list[str], user: str, answer: str, significance=None, original_tokenization: bool = False
 ) -> list[TeacherForced]:
     """The same question and answer after each system prompt (e.g. the fact, then none), tokenized
-    with two tokenizer calls in all."""
-    ids, w = answer_tokens(tokenizer, answer, significance, original_tokenization)
-    *prompts, header, closing = tokenizer(
-        [chatml_prompt(s, user) for s in systems] + [ANSWER_HEADER, ANSWER_CLOSING], add_special_tokens=False
-    )["input_ids"]
+    with one tokenizer call in all (see `answer_tokens` for how the answer is tokenized)."""
+    words = answer_words(answer, original_tokenization)
+    word_weights = check_significance(significance, len(words))
+    texts = [chatml_prompt(s, user) for s in systems] + [ANSWER_HEADER, ANSWER_CLOSING] + words
+    pieces = encode_many(tokenizer, texts)
+    prompts, (header, closing) = pieces[:len(systems)], pieces[len(systems):len(systems) + 2]
+    ids, w = _join_pieces(pieces[len(systems) + 2:], word_weights)
     targets = torch.tensor(header[1:] + ids + closing[:1], dtype=torch.long)
     weights = torch.tensor([1.0] * (len(header) - 1) + w + [1.0], dtype=torch.float64)
     out = []

@@ -21,6 +21,7 @@ how closely each row is met:
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ import torch
 
 SINGULAR_COND = 1e12  # above this, G is treated as singular and solved by pseudo-inverse
 CHUNK = 2048  # columns of W handled at a time in float64
+HOST_EIGEN_ROWS = 128  # up to this many rows G's eigenvalues are computed on the host (a GPU's are slower)
 
 
 class SolveError(ValueError):
@@ -120,6 +122,82 @@ def _times_wt(W: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return out, sq
 
 
+@dataclass
+class _System:
+    """Eq. 3's float64 quantities where W lives. Rows are positions; rows marked in `pad` are all zero
+    and inert (a unit diagonal in G, zero residual), so a padded system solves like the unpadded one.
+
+    Up: [k, d_mlp]; Vp, P (= U' W^T), target (= U W^T + V), R: [k, d_model]; G: [k, k]; w_sq: ||W||_F^2.
+    """
+
+    Up: torch.Tensor
+    Vp: torch.Tensor
+    P: torch.Tensor
+    target: torch.Tensor
+    R: torch.Tensor
+    G: torch.Tensor
+    w_sq: torch.Tensor
+    pad: torch.Tensor | None = None  # [k], 1.0 on padded rows
+
+    @functools.cached_property
+    def finite(self) -> torch.Tensor:
+        return torch.isfinite(self.G).all() & torch.isfinite(self.R).all()
+
+
+def _system(W: torch.Tensor, U, Up, V, Vp, pad: torch.Tensor | None = None) -> _System:
+    f64 = dict(dtype=torch.float64, device=W.device)
+    U, Up, V, Vp = (t.detach().to(**f64) for t in (U, Up, V, Vp))
+    k = U.shape[0]
+    products, w_sq = _times_wt(W, torch.cat([Up, U]))
+    P, Q = products[:k], products[k:]  # U' W^T, U W^T
+    target = Q + V  # W u_t + v_t, the open-book layer output
+    G = Up @ Up.T
+    if pad is not None:
+        G = G + torch.diag(pad)
+    return _System(Up, Vp, P, target, P + Vp - target, G, w_sq, pad)
+
+
+def _exact_coefficients(s: _System) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """coef = G^-1 R through a Cholesky factor, and whether the device may trust it, with no sync.
+
+    Trusted: finite rows, a positive definite G, and ||G||_F ||L^-1||_F^2 < SINGULAR_COND, an upper
+    bound on cond(G); the host's eigenvalues settle the cases this bound leaves open.
+    """
+    factor, info = torch.linalg.cholesky_ex(s.G)
+    half = torch.linalg.solve_triangular(factor, s.R, upper=False)
+    coef = torch.linalg.solve_triangular(factor.T, half, upper=True)
+    inverse = torch.linalg.solve_triangular(factor, torch.eye(len(s.G), dtype=s.G.dtype, device=s.G.device), upper=False)
+    bound = torch.linalg.norm(s.G) * torch.linalg.norm(inverse).square()
+    return coef, info, s.finite & (info == 0) & (bound < SINGULAR_COND)
+
+
+def _ridge_coefficients(s: _System, weights, ridge: float) -> torch.Tensor:
+    k = len(s.G)
+    f64 = dict(dtype=torch.float64, device=s.G.device)
+    w = torch.ones(k, **f64) if weights is None else weights.to(**f64).sqrt()
+    M = ridge * torch.eye(k, **f64) + w[:, None] * s.G * w[None, :]  # positive definite for ridge > 0
+    return w[:, None] * torch.cholesky_solve(w[:, None] * s.R, torch.linalg.cholesky_ex(M)[0])
+
+
+def _finish(W: torch.Tensor, s: _System, coef: torch.Tensor, gate: torch.Tensor | None, apply: bool):
+    """A = -coef^T (zero where `gate` is false, so W stays W), W += A U' when `apply`, and the report's
+    numbers as one device tensor: residual, residual_applied, ||A U'||_F^2, ||W||_F^2."""
+    A = -coef.T
+    if gate is not None:
+        A = torch.where(gate, A, 0.0)
+    A = A.contiguous()
+    # W' u'_t + v'_t = P_t - (G coef)_t + v'_t, and ||A B||_F^2 = trace(A^T A B B^T): no d_model x d_mlp work
+    closed = s.P - s.G @ coef + s.Vp
+    seen = Update(A, s.Up).apply_(W, probe=s.Up) if apply else None
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=W.device)  # no host copy: graph-capturable
+    return A, torch.stack([
+        _max_rel(closed, s.target, s.pad),
+        nan if seen is None else _max_rel(seen + s.Vp, s.target, s.pad),
+        torch.trace((coef @ coef.T) @ s.G),
+        s.w_sq,
+    ])
+
+
 @torch.no_grad()
 def solve(
     W: torch.Tensor,
@@ -135,30 +213,49 @@ def solve(
 
     Works where W lives (CPU or GPU) and never makes a full-size float64 copy of it. With `apply`, W
     is updated in place to W' and the report's `residual_applied` (that of W' as stored in W's dtype)
-    is filled; without it W is left alone and `residual_applied` is nan.
+    is filled; without it W is left alone and `residual_applied` is nan. On a GPU the whole solve is
+    queued at once and read back with one sync, unless G turns out (nearly) singular.
     """
     t0 = time.perf_counter()
     _check_rows(W, U, Up, V, Vp, weights)
-    f64 = dict(dtype=torch.float64, device=W.device)
-    U, Up, V, Vp = (t.detach().to(**f64) for t in (U, Up, V, Vp))
-    k = U.shape[0]
-    products, w_sq = _times_wt(W, torch.cat([Up, U]))  # w_sq stays on the device until the end
-    P, Q = products[:k], products[k:]  # U' W^T, U W^T
-    target = Q + V  # W u_t + v_t, the open-book layer output
-    R = P + Vp - target  # [k, d_model]
-    G = Up @ Up.T  # [k, k]
-    coef, method, cond, rank = _solve_system(G, R, weights, ridge)  # coef: [k, d_model]
-    update = Update(A=-coef.T.contiguous(), B=Up)
-    # W' u'_t + v'_t = P_t - (G coef)_t + v'_t, and ||A B||_F^2 = trace(A^T A B B^T): no d_model x d_mlp work
-    closed = P - G @ coef + Vp
-    seen = update.apply_(W, probe=Up) if apply else None
-    nan = torch.tensor(float("nan"), **f64)
-    residual, residual_applied, delta_sq, w_sq = torch.stack([  # one device-to-host sync for the report
-        _max_rel(closed, target),
-        nan if seen is None else _max_rel(seen + Vp, target),
-        torch.trace((coef @ coef.T) @ G),
-        w_sq,
-    ]).tolist()
+    s = _system(W, U, Up, V, Vp)
+    if ridge > 0:
+        coef, info, gate = _ridge_coefficients(s, weights, ridge), torch.zeros((), device=W.device), s.finite
+    else:
+        coef, info, gate = _exact_coefficients(s)
+    A, numbers = _finish(W, s, coef, gate, apply)
+    source = _spectrum_source(s.G)
+    spectrum, values = _to_host(_flatten(source, numbers, s.finite, info, gate), source.shape)
+    return _conclude(W, s, coef, A, spectrum, values, ridge, apply, t0)
+
+
+def _conclude(W, s: _System, coef, A, spectrum: torch.Tensor, values: list[float], ridge: float, apply: bool,
+              t0: float, rows: int | None = None) -> tuple[Update, SolveReport]:
+    """The host's part of a solve queued by `_finish`, after its one sync: G's eigenvalues, and the rare second
+    pass (a singular G: pseudo-inverse; or one that the device's bound left untrusted). spectrum, values: from
+    `_to_host`; rows: the real rows of a padded system (the first `rows`)."""
+    k = len(s.G) if rows is None else rows
+    residual, residual_applied, delta_sq, w_sq, finite, info, gate = values
+    if not finite:
+        raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
+    eig = _eigenvalues(spectrum[:k, :k] if spectrum.dim() == 2 else spectrum)
+    cond = _condition(eig)
+    singular = ridge == 0 and (cond >= SINGULAR_COND or info != 0)
+    rank = int((eig > float(eig[-1]) * k * torch.finfo(torch.float64).eps).sum()) if singular else k
+    method = "ridge" if ridge > 0 else "pinv" if singular else "exact"
+    if singular:
+        warnings.warn(
+            f"QF system is singular (cond {cond:.2e}, rank {rank} of {k}): "
+            "fell back to the pseudo-inverse; constraints are met in the least-squares sense",
+            stacklevel=3,
+        )
+        G = s.G if s.pad is None else s.G[:k, :k]
+        coef = torch.linalg.pinv(G.cpu(), hermitian=True).to(W.device) @ s.R[:k]
+        if s.pad is not None:
+            coef = torch.cat([coef, torch.zeros_like(s.R[k:])])
+    if not gate:  # nothing was written into W: finish the solve now that the host knows it is sound
+        A, numbers = _finish(W, s, coef, None, apply)
+        residual, residual_applied, delta_sq, w_sq = numbers.tolist()
     report = SolveReport(
         rows=k,
         method=method,
@@ -170,45 +267,116 @@ def solve(
         seconds=time.perf_counter() - t0,
         ridge=ridge,
     )
-    return update, report
+    return Update(A=A[:, :k], B=s.Up[:k]), report
 
 
-def _solve_system(G: torch.Tensor, R: torch.Tensor, weights, ridge: float):
-    """coef = G^-1 R (or its ridge / pseudo-inverse form) in float64, where G lives.
+class GraphedSolver:
+    """`solve(W, U, U', V, V', apply=True)` (exact method) on CUDA, replayed from a CUDA graph.
 
-    One device-to-host sync: the eigenvalues of G and a finiteness flag, which decide the method.
-    (Solving small systems on the host instead was measured slower and jittery on a GPU host.)
+    W is the weight the solves write into; its storage must stay put (a moved W is recaptured). Rows
+    are padded to a multiple of `bucket` with inert rows (see `_System`); each padded count up to
+    `max_rows` captures one graph, once. More rows, or a failed capture, run the eager `solve`, and
+    `fallback_reason` says why the graphs were given up. Gives what `solve` gives (tested).
     """
-    k = G.shape[0]
-    f64 = dict(dtype=torch.float64, device=G.device)
-    eig = torch.linalg.eigvalsh(G)
-    finite = torch.isfinite(G).all() & torch.isfinite(R).all()
-    lo, hi, ok = torch.stack([eig[0], eig[-1], finite.to(torch.float64)]).tolist()
-    if not ok:
-        raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
-    cond = hi / lo if lo > 0 else float("inf")
-    rank = int((eig > hi * k * torch.finfo(torch.float64).eps).sum()) if cond >= SINGULAR_COND else k
-    if ridge > 0:
-        s = torch.ones(k, **f64) if weights is None else weights.to(**f64).sqrt()
-        M = ridge * torch.eye(k, **f64) + s[:, None] * G * s[None, :]
-        coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)
-        method = "ridge"
-    elif cond < SINGULAR_COND:
-        coef = torch.cholesky_solve(R, torch.linalg.cholesky(G))
-        method = "exact"
-    else:
-        warnings.warn(
-            f"QF system is singular (cond {cond:.2e}, rank {rank} of {k}): "
-            "fell back to the pseudo-inverse; constraints are met in the least-squares sense",
-            stacklevel=3,
-        )
-        coef = torch.linalg.pinv(G, hermitian=True) @ R
-        method = "pinv"
-    return coef, method, cond, rank
+
+    def __init__(self, W: torch.Tensor, bucket: int = 32, max_rows: int = HOST_EIGEN_ROWS):
+        self.W, self.bucket, self.max_rows = W, bucket, max_rows
+        self.graphs: dict[int, _SolveGraph] = {}
+        self.fallback_reason: str | None = None
+
+    @torch.no_grad()
+    def __call__(self, U, Up, V, Vp) -> tuple[Update, SolveReport]:
+        t0 = time.perf_counter()
+        k = U.shape[0]
+        if self.fallback_reason is not None or not 0 < k <= self.max_rows:
+            return solve(self.W, U, Up, V, Vp, apply=True)
+        _check_rows(self.W, U, Up, V, Vp, None)
+        padded = -(-k // self.bucket) * self.bucket
+        graph = self.graphs.get(padded)
+        if graph is None or graph.W_address != self.W.data_ptr():
+            try:
+                graph = self.graphs[padded] = _SolveGraph(self.W, padded)
+            except Exception as e:  # noqa: BLE001 - any capture failure means: solve eagerly
+                self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                return solve(self.W, U, Up, V, Vp, apply=True)
+        graph.load(U, Up, V, Vp)
+        graph.graph.replay()
+        spectrum, values = _to_host(graph.flat, graph.system.G.shape)
+        update, report = _conclude(self.W, graph.system, graph.coef, graph.A, spectrum, values, 0.0, True, t0, rows=k)
+        return Update(update.A.clone(), update.B.clone()), report
 
 
-def _max_rel(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (torch.linalg.norm(out - target, dim=1) / torch.linalg.norm(target, dim=1)).max()
+class _SolveGraph:
+    """One captured exact solve of `rows` (padded) rows into W; its inputs and outputs are static tensors."""
+
+    def __init__(self, W: torch.Tensor, rows: int):
+        f64 = dict(dtype=torch.float64, device=W.device)
+        d_model, d_mlp = W.shape
+        self.W, self.W_address = W, W.data_ptr()
+        self.inputs = [torch.zeros(rows, n, **f64) for n in (d_mlp, d_mlp, d_model, d_model)]  # U, U', V, V'
+        self.pad = torch.ones(rows, **f64)
+        self.k = 0  # real rows loaded; all padding solves to a zero update, so warming up leaves W as it is
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._queue()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._queue()
+
+    def _queue(self) -> None:
+        self.system = _system(self.W, *self.inputs, pad=self.pad)
+        self.coef, info, gate = _exact_coefficients(self.system)
+        self.A, numbers = _finish(self.W, self.system, self.coef, gate, apply=True)
+        self.flat = _flatten(self.system.G, numbers, self.system.finite, info, gate)
+
+    def load(self, U, Up, V, Vp) -> None:
+        """Copy in k rows; the rows after them are (made) zero and marked as padding."""
+        k = U.shape[0]
+        for buffer, rows in zip(self.inputs, (U, Up, V, Vp)):
+            buffer[:k].copy_(rows)
+            if k < self.k:
+                buffer[k:self.k].zero_()
+        if k != self.k:
+            self.pad[:k].zero_()
+            self.pad[k:].fill_(1.0)
+        self.k = k
+
+
+def _spectrum_source(G: torch.Tensor) -> torch.Tensor:
+    """What the host needs for G's eigenvalues: G itself when small or on the CPU, else its eigenvalues."""
+    if G.device.type == "cpu" or len(G) <= HOST_EIGEN_ROWS:
+        return G
+    return torch.linalg.eigvalsh(torch.nan_to_num(G))  # non-finite rows are refused by the caller
+
+
+def _eigenvalues(spectrum: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues from what `_spectrum_source` gave, on the host."""
+    return torch.linalg.eigvalsh(spectrum) if spectrum.dim() == 2 else spectrum
+
+
+def _condition(eig: torch.Tensor) -> float:
+    return float(eig[-1]) / float(eig[0]) if eig[0] > 0 else float("inf")
+
+
+def _flatten(spectrum: torch.Tensor, *numbers: torch.Tensor) -> torch.Tensor:
+    """G (or its eigenvalues) and some numbers as one float64 vector, to cross to the host in one copy."""
+    return torch.cat([spectrum.reshape(-1)] + [n.reshape(-1).to(torch.float64) for n in numbers])
+
+
+def _to_host(flat: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, list[float]]:
+    """Undo `_flatten` on the host (one sync): the spectrum source of `shape`, and the numbers."""
+    flat = flat.cpu()
+    n = shape.numel()
+    return flat[:n].view(shape), flat[n:].tolist()
+
+
+def _max_rel(out: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """max_t |out_t - target_t| / |target_t| over the rows that are not padding."""
+    ratio = torch.linalg.norm(out - target, dim=1) / torch.linalg.norm(target, dim=1)
+    return (ratio if pad is None else ratio.masked_fill(pad > 0, 0.0)).max()
 
 
 def relative_residual(W_new: torch.Tensor, Up: torch.Tensor, Vp: torch.Tensor, target: torch.Tensor) -> float:
@@ -260,10 +428,11 @@ class Accumulator:
             Z = Up
         S = Up @ Up.T - L21 @ L21.T
         L22, info = torch.linalg.cholesky_ex(S)
-        eig = torch.linalg.eigvalsh(S)
-        lo, hi, bad = torch.stack([eig[0], eig[-1], info.to(torch.float64)]).tolist()
-        cond = hi / lo if lo > 0 else float("inf")
-        if bad or cond >= SINGULAR_COND or not torch.isfinite(r).all():
+        source = _spectrum_source(S)
+        spectrum, (finite, bad) = _to_host(_flatten(source, torch.isfinite(r).all() & torch.isfinite(S).all(), info),
+                                           source.shape)
+        cond = _condition(_eigenvalues(spectrum)) if finite else float("nan")
+        if bad or not finite or not cond < SINGULAR_COND:
             raise SolveError(
                 f"the new rows are (nearly) dependent on the earlier ones (cond {cond:.2e}) or not finite: "
                 "re-solve from scratch with solve(), which falls back to the pseudo-inverse"
