@@ -6,10 +6,12 @@ round on the saved model. The paper's annealed blend is tested on tiny models (t
 model a short blended run (60 steps, c = 0.9) was measured to raise the loss from 1.36 to 3.4 while
 alpha fell to 0 and to end at 3.1: the shock the closed-form start avoids.
 
-The QF2 round uses lr 1e-4, not the paper's 4e-4: on this small converted model the answer's log p
-without the fact was measured to rise for every lr up to 1e-4 (-25.05 -> -24.86 at 1e-4, significance
-10 on the name) and to fall at 4e-4 (-> -26.03), though the firing agreement with y* rises at every lr:
-the paper's step overshoots here. The test checks the rule's aim at a step size where it holds.
+The QF2 round checks what the rule guarantees: the weight moves by exactly lr * sum_t s_t (y*_t - 0.5)
+x'_t^T computed from the recorded files, and more firings land on y*'s side of 0.5. It does not assert
+that the answer's log p without the fact rises: on this small converted model that was measured to
+depend on the step and on the conversion itself (one conversion: -25.05 -> -24.86 at lr 1e-4 but
+-> -26.03 at the paper's 4e-4; a conversion differing only by float64 instead of float32 sums in the
+closed-form fit: -28.45 -> -28.83 at 1e-4).
 """
 
 import importlib.util
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from transformers_qf import load_model
-from transformers_qf.qf2 import QF2
+from transformers_qf.qf2 import QF2, firing_update
 from transformers_qf.qft import QF2MLP, qf2_config
 
 pytestmark = [
@@ -56,16 +58,17 @@ def test_the_saved_model_reloads_with_its_block_and_learns_one_qf2_round(convert
     qf2 = QF2(lm.model, lm.tokenizer, folder=tmp_path, identity=lm.identity, fresh=True, max_new_tokens=16)
     assert isinstance(qf2.block, QF2MLP) and qf2.block.alpha == 0.0
     fact = ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.")
-    before = qf2.answer_logprob("", fact[1], fact[2])
     up = qf2.parts.up.weight.detach().clone()
     qf2.instruct(*fact, [1, 1, 1, 1, 1, 10])
     qf2.update(fact[1], fact[2], [1, 1, 1, 1, 1, 10])
     report = qf2.solve(lr=1e-4)
     answer = qf2.respond("", fact[1], qfmode="QF-infer-wp")
     assert isinstance(answer, str)
-    assert not torch.equal(qf2.parts.up.weight, up) and 0 < report.delta_rel < 0.01
-    assert report.agreement_after > report.agreement_before
-    after = qf2.answer_logprob("", fact[1], fact[2])
-    assert after > before  # the round makes the taught answer more likely without the fact
+    assert 0 < report.delta_rel < 0.01 and report.agreement_after > report.agreement_before
+    ystar, xp = qf2.folder.load("ystar"), qf2.folder.load("xp")
+    weights = torch.tensor(qf2.folder.rounds[-1]["weights"])
+    expected = up.double() + firing_update(ystar, xp, weights, 1e-4)
+    assert torch.allclose(qf2.parts.up.weight.double(), expected, rtol=0, atol=1e-6)
+    assert torch.isfinite(torch.tensor(qf2.answer_logprob("", fact[1], fact[2])))
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
         f"layer{LAYER}_{n}.safetensors" for n in ("w", "w_prime", "xp", "ystar")]
