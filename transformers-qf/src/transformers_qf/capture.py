@@ -85,6 +85,20 @@ def truncated(model: torch.nn.Module, parts: LayerParts):
         setattr(base, attr, layers)
 
 
+@contextmanager
+def layers_from(model: torch.nn.Module, index: int):
+    """Yield the base model with its decoder layers cut to L..end. Feed it the hidden states entering
+    layer L as `inputs_embeds` (no embedding runs; positions count from 0, as in an unpadded sequence)."""
+    parent_path, attr = _split_path(architecture_of(model).layers)
+    base = _get(model, parent_path)
+    layers = getattr(base, attr)
+    setattr(base, attr, layers[index:])
+    try:
+        yield base
+    finally:
+        setattr(base, attr, layers)
+
+
 def pad_batch(sequences: list[torch.Tensor], length: int | None = None, pad_id: int = 0) -> torch.Tensor:
     """Right-pad 1-D token tensors into [b, length]."""
     length = length or max(len(s) for s in sequences)
@@ -186,3 +200,21 @@ class GraphedRecorder:
         finally:
             hooks.remove()  # the graph keeps the tensors the hooks last saw; replays refill them
         return graph, static_ids, hooks
+
+
+@torch.no_grad()
+def record_layers(model: torch.nn.Module, layers: list[LayerParts], sequences: list[torch.Tensor]) -> dict[int, list[Recording]]:
+    """One forward cut after the deepest of several layers; {layer index: the sequences' recordings there}."""
+    device = next(model.parameters()).device
+    batch = pad_batch(sequences).to(device)
+    hooks = {parts.index: _Hooks(parts) for parts in layers}
+    try:
+        with truncated(model, max(layers, key=lambda p: p.index)) as base:
+            base(input_ids=batch, use_cache=False)
+        recs = {index: h.split([len(s) for s in sequences]) for index, h in hooks.items()}
+    finally:
+        for h in hooks.values():
+            h.remove()
+    for index, r in recs.items():
+        _check_finite(r, index)
+    return recs
