@@ -125,3 +125,45 @@ def test_plain_metric_matches_qf_solve():
     # qf.solve with U = 0, V = target: R = U' W0^T + V' - V, choose V' = R - U'W0^T and V = 0
     update, _ = solve(W0, torch.zeros_like(keys), keys, torch.zeros_like(R), R - keys @ W0.T)
     torch.testing.assert_close(W - W0, update.delta(), rtol=1e-9, atol=1e-9)
+
+
+def test_optimized_targets_raise_the_closed_book_answer(tiny_qwen2, tokenizer):
+    from transformers_qf import QF
+
+    system, user, answer, subject = FACTS[0]
+    probe = QF(tiny_qwen2, tokenizer, layer=2, folder=None)
+    before = probe.answer_logprob("", user, answer)
+    rome = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                                   positions="subject-last"))
+    report = rome.learn(system, user, answer, subject=subject)
+    assert report.rows == 1 and report.residual < 1e-5  # ROME's single key, met exactly (rank one)
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=10,
+                                                      target_lr=0.05, target_decay=0.0))
+    editor.learn(system, user, answer)
+    losses = editor.last_target_losses
+    assert losses[-1] < losses[0] and losses == sorted(losses, reverse=True)
+    assert probe.answer_logprob("", user, answer) > before
+    assert all(p.requires_grad for p in tiny_qwen2.parameters())  # the model's flags are left as they were
+
+
+@pytest.mark.parametrize("ridge, metric", [(0.5, False), (0.5, True), (0.0, False)])
+def test_the_primal_form_continues_the_dual_one(ridge, metric):
+    W0, keys, R = _problem(k=60, d_mlp=40)
+    g = torch.Generator().manual_seed(2)
+    samples = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    km = KeyMetric(samples.T @ samples / 300, shrink=0.2) if metric else None
+    both = KeySolver(W0, km, ridge)  # dual for the first 30 rows, primal after (rounds of 10)
+    both.dual_rows = 30
+    direct = KeySolver(W0, km, ridge, dual_rows=10_000)  # every row in the dual form
+    for start in range(0, 60, 10):
+        for solver in (both, direct):
+            solver.add(keys[start:start + 10], R[start:start + 10], torch.ones(10))
+    W_both, W_direct = W0.clone(), W0.clone()
+    report = both.solve_into(W_both)
+    direct.solve_into(W_direct)
+    assert both.primal is not None and "primal" in report.method
+    if ridge > 0:
+        torch.testing.assert_close(W_both, W_direct, rtol=1e-7, atol=1e-9)
+    else:  # 60 rows in 40 dimensions: the least-squares fit, which the dual form's pseudo-inverse also gives
+        lstsq = torch.linalg.lstsq(keys, -R).solution.T
+        torch.testing.assert_close(W_both - W0, lstsq, rtol=1e-5, atol=1e-6)

@@ -28,10 +28,12 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import record, record_layers
+from .gradtarget import optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
 
-POSITIONS = ("answer", "suffix", "subject")
+POSITIONS = ("answer", "suffix", "subject", "subject-last")
+TARGETS = ("open-book", "optimized")
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,19 @@ class EditConfig:
     gamma: float = 0.0
     ridge: float = 0.0
     covariance: bool = False  # weight the solve by each layer's key covariance (needs `metrics`)
+    cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
+    target: str = "open-book"  # or "optimized": layer-output targets by gradient descent (gradtarget.py)
+    target_steps: int = 20
+    target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
+    target_decay: float = 0.5
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
             raise PromptError(f"unknown positions {self.positions!r}: use one of {', '.join(POSITIONS)}")
         if not self.layers:
             raise PromptError("no layer to edit: give at least one layer")
+        if self.target not in TARGETS:
+            raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -81,6 +90,7 @@ class Editor:
         self.layers = [p.index for p in self.parts]
         if config.covariance and not all(i in (metrics or {}) for i in self.layers):
             raise PromptError("covariance-weighted solve needs a key covariance for every edited layer")
+        self.last_target_losses: list[float] = []
         self.solvers = [
             KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
                       config.ridge)
@@ -99,22 +109,38 @@ class Editor:
         open_tf, closed_tf = prompting.teacher_forced_many(self.tokenizer, [system, ""], user, answer, significance)
         open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject)
         ids = [open_tf.input_ids, closed_tf.input_ids]
+        open_book = self.config.target == "open-book"
         # several layers: the open-book rows of every layer come from the model before this round
-        opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 else None
+        opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
         reports: list[KeySolveReport] = []
         for parts, solver in zip(self.parts, self.solvers):
-            if opened is None:
+            if not open_book:
+                open_rec, closed = None, record(self.model, parts, ids[1:])[0]
+            elif opened is None:
                 open_rec, closed = record(self.model, parts, ids)
             else:
                 open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])[0]
-            u, v = open_rec.u[open_pos], open_rec.v[open_pos]
             up, vp = closed.u[closed_pos], closed.v[closed_pos]
-            y_open = solver.outputs_w0(u, v)
             y_closed = solver.outputs_w0(up, vp)
-            target = y_open + self.config.gamma * (y_open - y_closed)
+            if self.config.target == "optimized":
+                target = self._optimized_target(parts.index, closed, closed_pos, closed_tf)
+            else:
+                y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
+                target = y_open + self.config.gamma * (y_open - y_closed)
             solver.add(up, y_closed - target, torch.linalg.norm(target, dim=1), weights)
             reports.append(solver.solve_into(parts.down.weight.data))
         return EditReport(time.perf_counter() - t0, len(closed_pos), [r.as_dict() for r in reports])
+
+    def _optimized_target(self, layer: int, closed, positions: torch.Tensor, closed_tf) -> torch.Tensor:
+        """Layer L's closed-book output now, plus the deltas that make the model give the answer (float64)."""
+        c = self.config
+        hidden = closed.v + closed.y  # layer L's output at every position
+        answer = closed_tf.kept.to(hidden.device)
+        delta, losses = optimized_deltas(self.model, layer, hidden, positions.to(hidden.device), answer,
+                                         closed_tf.targets.to(hidden.device), c.target_steps, c.target_lr,
+                                         c.target_decay)
+        self.last_target_losses = losses
+        return hidden[positions].to(torch.float64) + delta.to(torch.float64) * (1.0 + c.gamma)
 
     def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None):
         """Kept positions in the open and closed sequences, and their weights."""
@@ -130,6 +156,9 @@ class Editor:
             extra = torch.arange(user_start, int(closed_tf.kept[0]))
         else:
             extra = self._subject_positions(closed_prompt, user, subject)
+            if self.config.positions == "subject-last":  # ROME's single key: the subject's last token
+                last = extra[-1:]
+                return last + shift, last, torch.ones(1, dtype=weights.dtype)
         closed_keep = torch.cat([extra, keep - shift])
         weights = torch.cat([torch.ones(len(extra), dtype=weights.dtype), weights])
         return closed_keep + shift, closed_keep, weights

@@ -14,7 +14,17 @@ With C = I and lambda = 0 this is eq. 3 of the QF paper (`qf.solve`). A covarian
 generic text makes the change smallest where generic keys live, so unrelated inputs move least.
 
 `KeySolver` keeps the rows of every round and re-solves from W0 over all of them (QF's accumulated
-re-solve), growing K by the new rows only.
+re-solve), growing K by the new rows only. When the rows outnumber what the dual form can hold
+(`dual_rows`, by default d_mlp: beyond it K is singular and exact constraints no longer exist), it
+switches once to the primal form and from then on adds each round by recursive least squares:
+
+    P  = (lambda C + U'^T S U')^-1                         [d_mlp, d_mlp], from every row so far, once
+    G  = S_m^-1 + U_m P U_m^T,  E = dW U_m^T + R_m^T      per round of m rows (Woodbury)
+    dW <- dW - E G^-1 U_m P,    P <- P - P U_m^T G^-1 U_m P
+
+which is the same minimiser as solving all rows at once. With lambda = 0 the primal form is the
+least-squares solution (what the pseudo-inverse gives), with a jitter of `PRIMAL_JITTER` trace/d
+added to lambda C to keep P finite.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .qf import CHUNK, SINGULAR_COND, SolveError
+
+PRIMAL_JITTER = 1e-8
 
 
 @dataclass
@@ -69,15 +81,20 @@ class KeySolver:
     """The update above over rows that arrive in rounds; every solve starts from W0.
 
     W0: [d_model, d_mlp] the original weight (kept as given, never changed); metric: None for QF's
-    plain metric (C = I) or a KeyMetric; ridge: lambda (0: exact).
+    plain metric (C = I) or a KeyMetric; ridge: lambda (0: exact); dual_rows: the most rows solved in
+    the dual form (default d_mlp) before switching to the primal one.
     """
 
-    def __init__(self, W0: torch.Tensor, metric: KeyMetric | None = None, ridge: float = 0.0):
+    def __init__(self, W0: torch.Tensor, metric: KeyMetric | None = None, ridge: float = 0.0,
+                 dual_rows: int | None = None):
         if ridge < 0:
             raise SolveError(f"ridge must be >= 0, got {ridge}")
         self.W0 = W0
         self.metric = metric
         self.ridge = ridge
+        self.dual_rows = W0.shape[1] if dual_rows is None else dual_rows
+        self.count = 0
+        self.primal: _Primal | None = None
         f64 = dict(dtype=torch.float64, device=W0.device)
         self.keys = torch.zeros(0, W0.shape[1], **f64)  # U'
         self.B = torch.zeros(0, W0.shape[1], **f64)  # U' C^-1
@@ -85,11 +102,10 @@ class KeySolver:
         self.target_norm = torch.zeros(0, **f64)
         self.weights = torch.zeros(0, **f64)
         self.K = torch.zeros(0, 0, **f64)
-        self._w0_sq = None
 
     @property
     def rows(self) -> int:
-        return self.keys.shape[0]
+        return self.count
 
     def outputs_w0(self, keys: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """W0 u'_t + v'_t in float64, [k, d_model]."""
@@ -110,6 +126,13 @@ class KeySolver:
         if not (torch.isfinite(keys).all() and torch.isfinite(residuals).all()):
             raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
         weights = torch.ones(m, **f64) if weights is None else weights.to(**f64)
+        self.count += m
+        if self.primal is None and self.count > self.dual_rows:
+            self.primal = _Primal(self)
+            self.keys = self.B = self.R = self.K = None  # the dual form's rows are folded into P and dW
+        if self.primal is not None:
+            self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
+            return
         B = keys if self.metric is None else self.metric.apply(keys)
         cross = B @ self.keys.T  # [m, k]: new metric keys against old keys
         new = B @ keys.T
@@ -127,6 +150,8 @@ class KeySolver:
         if self.rows == 0:
             W.copy_(self.W0)
             return KeySolveReport(0, "none", 1.0, 0.0, 0.0, 0.0, self.ridge, self.metric is not None)
+        if self.primal is not None:
+            return self.primal.solve_into(W, t0)
         coef, method, cond = self._coefficients()  # [k, d_model]
         seen = torch.zeros_like(self.R)  # (W' - W0) u'_t as stored
         w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
@@ -161,3 +186,48 @@ class KeySolver:
         if cond < SINGULAR_COND:
             return torch.cholesky_solve(R, torch.linalg.cholesky(K)), "exact", cond
         return torch.linalg.pinv(K, hermitian=True) @ R, "pinv", cond
+
+
+class _Primal:
+    """The primal form of a KeySolver's problem, built once from its dual rows, then extended per round."""
+
+    def __init__(self, solver: KeySolver):
+        self.solver = solver
+        f64 = dict(dtype=torch.float64, device=solver.W0.device)
+        d = solver.W0.shape[1]
+        metric = torch.eye(d, **f64) if solver.metric is None else solver.metric.factor @ solver.metric.factor.T
+        keys, w = solver.keys, solver.weights
+        M = (keys.T * w) @ keys  # U'^T S U'
+        lam = solver.ridge if solver.ridge > 0 else PRIMAL_JITTER * float(torch.trace(M)) / d
+        self.lam = lam
+        M += lam * metric
+        self.P = torch.cholesky_inverse(torch.linalg.cholesky(M))
+        self.dW = -((solver.R.T * w) @ keys) @ self.P  # -R^T S U' P
+        self.method = "ridge (primal)" if solver.ridge > 0 else f"least squares (primal, jitter {lam:.1e})"
+        self.last = (keys[-1:], solver.R[-1:], solver.target_norm[-1:])
+
+    def add(self, keys, residuals, target_norm, weights) -> None:
+        PU = self.P @ keys.T  # [d, m]
+        G = torch.diag(1.0 / weights) + keys @ PU
+        E = self.dW @ keys.T + residuals.T  # [d_model, m]: the new rows' residuals under dW
+        gain = torch.linalg.solve(G, PU.T)  # G^-1 U_m P, [m, d]
+        self.dW -= E @ gain
+        self.P -= PU @ gain
+        self.P = (self.P + self.P.T) / 2
+        self.last = (keys, residuals, target_norm)
+
+    def solve_into(self, W: torch.Tensor, t0: float) -> KeySolveReport:
+        s = self.solver
+        keys, residuals, target_norm = self.last
+        seen = torch.zeros_like(residuals)
+        w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
+        for c in range(0, W.shape[1], CHUNK):
+            block0 = s.W0[:, c:c + CHUNK].to(torch.float64)
+            W[:, c:c + CHUNK].copy_(block0 + self.dW[:, c:c + CHUNK])
+            seen.addmm_(keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
+            w0_sq += block0.square().sum()
+        residual = (torch.linalg.norm(seen + residuals, dim=1) / target_norm).max()
+        residual, delta_sq, w0_sq = torch.stack([residual, self.dW.square().sum(), w0_sq]).tolist()
+        # residual: over the last round's rows only (the earlier rows are no longer kept)
+        return KeySolveReport(s.rows, self.method, float("nan"), residual, (delta_sq / w0_sq) ** 0.5,
+                              time.perf_counter() - t0, s.ridge, s.metric is not None)

@@ -12,8 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..editor import EditConfig, POSITIONS
+from ..editor import POSITIONS, TARGETS, EditConfig
 from ..errors import USER_ERRORS
+from ..keysolve import KeyMetric
+from ..keystats import generic_texts, key_covariance
 from ..models import LoadedModel, load_model
 from ..report import git_commit, write_json
 from ..scriptargs import add_model_args, parse_layers
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=32, help="prompts per generate call (default 32)")
     p.add_argument("--checkpoints", type=_counts, default=(10, 30, 100, 300),
                    help="sequential: score every fact learned so far after these many edits (default 10,30,100,300)")
+    p.add_argument("--fluency-tokens", type=_positive, default=64, help="length of the free answers for fluency")
+    p.add_argument("--no-immediate", action="store_true",
+                   help="sequential: do not score each fact right after its edit (only at the checkpoints)")
     p.add_argument("--controls-per-edit", type=_positive, default=4, help="single: controls scored per edit")
     p.add_argument("--seed", type=int, default=0)
     qf = p.add_argument_group("qf and ft options")
@@ -73,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--positions", choices=POSITIONS, default=None, help="qf: which positions are constrained")
     qf.add_argument("--gamma", type=float, default=None, help="qf: push the target past the open-book output")
     qf.add_argument("--ridge", type=float, default=None, help="qf: ridge lambda (0: exact)")
+    qf.add_argument("--covariance", action=argparse.BooleanOptionalAction, default=None,
+                    help="qf: weight the solve by the key covariance of generic text (EMMET/MEMIT form)")
+    qf.add_argument("--cov-shrink", type=float, default=None, help="qf: shrink the covariance towards its mean "
+                    "variance, in (0, 1]")
+    qf.add_argument("--target", choices=TARGETS, default=None,
+                    help="qf: the layer output to aim at: the open-book pass (QF) or one optimised by gradient "
+                    "descent (ROME/MEMIT's v*)")
+    qf.add_argument("--target-steps", type=_positive, default=None)
+    qf.add_argument("--target-lr", type=float, default=None)
+    qf.add_argument("--target-decay", type=float, default=None)
+    qf.add_argument("--cov-texts", type=_positive, default=256, help="qf: generic texts to estimate it on")
     qf.add_argument("--ft-steps", type=_positive, default=25)
     qf.add_argument("--ft-lr", type=float, default=5e-4)
     qf.add_argument("--ft-norm-constraint", type=float, default=None)
@@ -87,7 +103,12 @@ def edit_config(args) -> EditConfig:
         positions=args.positions or base.positions,
         gamma=base.gamma if args.gamma is None else args.gamma,
         ridge=base.ridge if args.ridge is None else args.ridge,
-        covariance=base.covariance,
+        covariance=base.covariance if args.covariance is None else args.covariance,
+        cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
+        target=args.target or base.target,
+        target_steps=args.target_steps or base.target_steps,
+        target_lr=base.target_lr if args.target_lr is None else args.target_lr,
+        target_decay=base.target_decay if args.target_decay is None else args.target_decay,
     )
 
 
@@ -99,7 +120,26 @@ def build_method(args, lm: LoadedModel):
     if args.method == "ft":
         layer = args.layer if args.layer is not None else DEFAULT_QF.layers[0]
         return FineTune(lm.model, lm.tokenizer, layer, args.ft_steps, args.ft_lr, args.ft_norm_constraint)
-    return QFEdit(lm.model, lm.tokenizer, edit_config(args), label="qf-paper" if args.paper else "qf")
+    config = edit_config(args)
+    metrics = key_metrics(lm, config, args.cov_texts) if config.covariance else None
+    return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if args.paper else "qf")
+
+
+def key_metrics(lm: LoadedModel, config: EditConfig, count: int) -> dict[int, KeyMetric]:
+    """The key covariance of each edited layer on generic text (made by the model once, cached)."""
+    from ..architectures import locate
+
+    answerer = Answerer(lm.model, lm.tokenizer)
+    name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
+    print(f"bench: key covariance of layers {list(config.layers)} on {count} generic texts (cached after the "
+          "first run) ...", file=sys.stderr, flush=True)
+    texts = generic_texts(answerer.answers, count, cache_key=name)
+    metrics = {}
+    for layer in config.layers:
+        parts = locate(lm.model, layer)
+        covariance, _ = key_covariance(lm.model, parts, lm.tokenizer, texts, cache_key=name)
+        metrics[parts.index] = KeyMetric(covariance, config.cov_shrink)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +163,17 @@ def run(args, argv: list[str]) -> int:
     data = read_facts(args.facts)  # a bad file fails before the model loads
     if args.limit:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
-    if args.method != "qf" and (args.paper or args.positions or args.gamma is not None or args.ridge is not None
-                                or args.layers):
-        raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers are qf options, not {args.method}'s")
+    qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
+               args.covariance is not None, args.cov_shrink is not None, args.target)
+    if args.method != "qf" and any(qf_only):
+        raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
+                             f"not {args.method}'s")
     out = Path(args.out)
     lm = load(args.model, args.device, args.dtype)
     method = build_method(args, lm)
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
-                         controls_per_edit=args.controls_per_edit, seed=args.seed)
+                         controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
+                         fluency_tokens=args.fluency_tokens, seed=args.seed)
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},

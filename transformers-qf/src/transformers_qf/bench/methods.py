@@ -123,7 +123,7 @@ class FineTune(NoEdit):
                         with torch.no_grad():
                             delta.copy_((self.total + delta).clamp(-self.norm_constraint, self.norm_constraint)
                                         - self.total)
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
         finally:
             handle.remove()
         with torch.no_grad():

@@ -54,6 +54,7 @@ class RunOptions:
     controls_per_edit: int = 4  # single protocol
     fluency_edits: int = 3  # single protocol: fluency after this many edits, spread over the facts
     fluency_tokens: int = 64
+    immediate: bool = True  # sequential: score each fact right after its edit
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -227,7 +228,8 @@ class Runner:
             if all(self._checkpoint_done(c) for c in later) and f"edit/{i}" in self.cases:
                 continue
             self._edit(i)  # again, unscored, when resuming
-            self.score(self.fact_asks(f"after/{i}", i))
+            if self.options.immediate:
+                self.score(self.fact_asks(f"after/{i}", i))
             if i + 1 in checkpoints:
                 self.checkpoint(i + 1, final=i + 1 == n)
 
