@@ -63,6 +63,20 @@ def test_subject_positions_need_the_subject_in_the_question(tiny_qwen2, tokenize
     assert editor.learn(system, user, answer, subject=subject).rows > plain.learn(system, user, answer).rows
 
 
+def test_answer_words_leave_out_the_positions_that_predict_the_turn_header(tiny_qwen2, tokenizer):
+    from transformers_qf.prompting import ANSWER_HEADER, encode, teacher_forced
+
+    system, user, answer, _ = FACTS[0]
+    answer_rows = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(1,))).learn(system, user, answer).rows
+    words = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="answer-words"))
+    open_tf = teacher_forced(tokenizer, system, user, answer)
+    open_pos, closed_pos, _ = words._positions(open_tf, teacher_forced(tokenizer, "", user, answer), system, user, None)
+    header = encode(tokenizer, ANSWER_HEADER)
+    dropped = len(header) - 1  # every header position but its last, which predicts the answer's first token
+    assert open_tf.input_ids[open_pos[0] - dropped: open_pos[0] + 1].tolist() == list(header)
+    assert words.learn(system, user, answer).rows == answer_rows - dropped == len(closed_pos)
+
+
 def test_several_layers_in_turn_and_reset(tiny_qwen2, tokenizer):
     original = {i: _down(tiny_qwen2, i).detach().clone() for i in range(4)}
     editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 3), gamma=0.5))

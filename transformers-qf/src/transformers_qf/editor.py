@@ -8,8 +8,10 @@ One round, for each layer L of `config.layers` in turn:
 1. the open-book pass (fact in the system turn) and the closed-book pass (no fact) are teacher-forced
    through the model as it is now, cut after L (both in one forward);
 2. rows are kept at `positions`: "answer" (the positions that predict the answer turn, as the paper),
-   "suffix" (every position the two passes share from the user turn on, so the question's tokens
-   carry the fact too) or "subject" (the user turn's tokens of the fact's subject, plus the answer);
+   "answer-words" (the same less the two that predict the turn's header "assistant\n", whose keys are
+   nearly the same for every question), "suffix" (every position the two passes share from the user turn
+   on, so the question's tokens carry the fact too) or "subject" (the user turn's tokens of the fact's
+   subject, plus the answer);
 3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
    `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output;
 4. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
@@ -32,7 +34,7 @@ from .gradtarget import optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
 
-POSITIONS = ("answer", "suffix", "subject", "subject-last")
+POSITIONS = ("answer", "answer-words", "suffix", "subject", "subject-last")
 TARGETS = ("open-book", "optimized")
 
 
@@ -150,6 +152,10 @@ class Editor:
         weights = answer_open.weights
         if self.config.positions == "answer":
             return keep, keep - shift, weights
+        if self.config.positions == "answer-words":  # not the positions that predict "assistant" and "\n"
+            header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
+            words = answer_open.kept >= int(open_tf.kept[header])
+            return keep[words], keep[words] - shift, weights[words]
         closed_prompt = prompting.chatml_prompt("", user)
         user_start = len(prompting.encode(self.tokenizer, closed_prompt.split("<|im_start|>user")[0]))
         if self.config.positions == "suffix":
