@@ -209,6 +209,32 @@ def test_a_stopped_sequential_run_resumes_where_it_stopped(bench_model, facts_fi
             assert resumed[key]["answer"] == row["answer"], key
 
 
+def test_the_unedited_models_answers_are_reused_from_a_matching_run_only(bench_model, facts_file, tmp_path, capsys):
+    common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "3"]
+    assert cli.main([*common, "--method", "none", "--out", str(tmp_path / "a")]) == 0
+    first = {json.loads(line)["key"]: json.loads(line) for line in (tmp_path / "a" / "cases.jsonl").read_text().splitlines()}
+    assert cli.main([*common, "--method", "qf", "--layer", "2", "--out", str(tmp_path / "b"),
+                     "--before-from", str(tmp_path / "a")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "b" / "cases.jsonl").read_text().splitlines()]
+    before = [r for r in rows if r["key"].startswith("before/")]
+    assert before and all(r == first[r["key"]] for r in before)
+    assert [r["key"] for r in rows[1:len(before) + 1]] == [r["key"] for r in before]  # copied, not asked again
+    capsys.readouterr()
+    assert cli.main([*common, "--method", "none", "--max-new-tokens", "4", "--out", str(tmp_path / "c"),
+                     "--before-from", str(tmp_path / "a")]) == 2
+    assert "differs in max_new_tokens" in capsys.readouterr().err
+
+
+def test_paraphrases_limits_the_paraphrases_scored(bench_model, facts_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["--facts", str(facts_file), "--method", "none", "--protocol", "sequential", "--out", str(out),
+                     "--max-new-tokens", "3", "--checkpoints", "3", "--paraphrases", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    scored = sorted(r["key"] for r in rows if r.get("kind") == "paraphrase" and r["key"].startswith("checkpoint/"))
+    assert scored == [f"checkpoint/3/fact/{i}/p0" for i in range(3)]
+    assert json.loads((out / "summary.json").read_text())["options"]["paraphrases"] == 1
+
+
 def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "assistant": ""}) + "\n")

@@ -69,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fluency-tokens", type=_positive, default=64, help="length of the free answers for fluency")
     p.add_argument("--no-immediate", action="store_true",
                    help="sequential: do not score each fact right after its edit (only at the checkpoints)")
+    p.add_argument("--paraphrases", type=_positive, default=None,
+                   help="score only each fact's first N paraphrases (default: all; fewer answers, less CPU)")
     p.add_argument("--controls-per-edit", type=_positive, default=4, help="single: controls scored per edit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--before-from", default=None, metavar="DIR",
+                   help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
     qf = p.add_argument_group("qf and ft options")
     qf.add_argument("--layer", type=int, default=None, help="layer to edit")
     qf.add_argument("--layers", type=parse_layers, default=None, help="qf: several layers edited in turn, e.g. 20,23,27")
@@ -173,7 +177,7 @@ def run(args, argv: list[str]) -> int:
     method = build_method(args, lm)
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
                          controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
-                         fluency_tokens=args.fluency_tokens, seed=args.seed)
+                         fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases)
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},
@@ -187,6 +191,9 @@ def run(args, argv: list[str]) -> int:
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     cases = Cases(out / "cases.jsonl", header)
+    if args.before_from:
+        copied = cases.adopt_before(Path(args.before_from) / "cases.jsonl")
+        print(f"bench: {copied} answers of the unedited model taken from {args.before_from}", file=sys.stderr)
     answerer = Answerer(lm.model, lm.tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     Runner(method, data, answerer, cases, options).run()
     summary = summarize(cases, data, cases.rows["header"])

@@ -55,6 +55,7 @@ class RunOptions:
     fluency_edits: int = 3  # single protocol: fluency after this many edits, spread over the facts
     fluency_tokens: int = 64
     immediate: bool = True  # sequential: score each fact right after its edit
+    paraphrases: int | None = None  # score only each fact's first N paraphrases (None: all)
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -68,11 +69,7 @@ class Cases:
         self.path = path
         self.rows: dict[str, dict] = {}
         if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            try:
-                rows = [json.loads(line) for line in lines if line.strip()]
-            except json.JSONDecodeError:
-                rows = [json.loads(line) for line in lines[:-1] if line.strip()]  # a last line cut by a kill
+            rows = _read_rows(path)
             if rows and rows[0].get("key") != "header":
                 raise CasesFileError(f"{path} does not start with a header row: delete it or choose another --out")
             if rows and _comparable(rows[0]) != _comparable(header):
@@ -96,6 +93,36 @@ class Cases:
 
     def with_prefix(self, prefix: str) -> list[dict]:
         return [r for k, r in self.rows.items() if k.startswith(prefix)]
+
+    def adopt_before(self, other: Path) -> int:
+        """Copy the unedited model's rows ("before/...") from another run's cases file, if that run asked
+        the same model (and dtype) the same questions the same way; returns how many rows were copied."""
+        if not other.is_file():
+            raise CasesFileError(f"--before-from: {other} does not exist: give the folder of a run made before")
+        rows = {r["key"]: r for r in _read_rows(other)}
+        header = rows.get("header", {})
+        same = ("model", "dtype", "facts_file", "n_facts")
+        mine = self.rows["header"]
+        differ = [k for k in same if header.get(k) != mine.get(k)]
+        differ += [k for k in ("max_new_tokens", "fluency_tokens")
+                   if header.get("options", {}).get(k) != mine.get("options", {}).get(k)]
+        if differ:
+            raise CasesFileError(f"--before-from: {other} differs in {', '.join(differ)}: its answers of the "
+                                 "unedited model cannot be reused here")
+        copied = 0
+        for key, row in rows.items():
+            if key.startswith("before/") and key not in self.rows:
+                self.add(row)
+                copied += 1
+        return copied
+
+
+def _read_rows(path: Path) -> list[dict]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in lines[:-1] if line.strip()]  # a last line cut by a kill
 
 
 def _comparable(header: dict) -> dict:
@@ -145,7 +172,8 @@ class Runner:
         asks = [Ask(f"{prefix}/fact/{index}/q", system, fact.user, fact.target, {"fact": index, "kind": "question"})]
         if paraphrases:
             asks += [Ask(f"{prefix}/fact/{index}/p{j}", system, p, fact.target,
-                         {"fact": index, "kind": "paraphrase"}) for j, p in enumerate(fact.paraphrases)]
+                         {"fact": index, "kind": "paraphrase"})
+                     for j, p in enumerate(fact.paraphrases[:self.options.paraphrases])]
         return asks
 
     def control_asks(self, prefix: str, indices, context: Fact | None) -> list[Ask]:
