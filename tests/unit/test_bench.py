@@ -256,3 +256,21 @@ def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_pat
     assert cli.main([*common, "--method", "in-context"]) == 2
     err = capsys.readouterr().err
     assert "was written by another run (method: 'none' there, 'in-context' now" in err
+
+
+def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):
+    from transformers_qf.bench import report
+
+    runs = tmp_path / "runs"
+    common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "1,3"]
+    for name, extra in {"seq-qf": ["--method", "qf", "--layer", "2"], "seq-none": ["--method", "none"],
+                        "sweep-L01": ["--method", "qf", "--layer", "1"], "sweep-L03": ["--method", "qf", "--layer", "3"]}.items():
+        assert cli.main([*common, *extra, "--out", str(runs / name)]) == 0
+    out = tmp_path / "results"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    text = (out / "benchmark.md").read_text()
+    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf |" in text and "| seq-none | none |" in text
+    assert "## Layer sweep" in text and "| sweep-L01 |" in text
+    assert "`seq-qf`: `python -m transformers_qf.bench --facts" in text
+    assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
+    assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4

@@ -149,6 +149,9 @@ def render(runs: list[dict], out: Path, command: str) -> str:
             lines.append(f"| {_cell(r['label'])} | " + " | ".join(
                 f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}" for c in r["checkpoints"]) + " |")
         lines += ["", "Each cell: efficacy over the facts learned so far / specificity, after that many edits.", ""]
+    lines += ["## The runs", "", "Each run's command (`python -m transformers_qf.bench ...`; `--before-from` only reuses "
+              "the unedited model's answers of an identical earlier run):", ""]
+    lines += [f"- `{r['label']}`: `{r.get('command') or '(not recorded)'}`" for r in sorted(runs, key=lambda r: r["label"])]
     return "\n".join(lines)
 
 

@@ -80,6 +80,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "options": header["options"],
         "facts_file": header["facts_file"],
         "commit": header.get("commit"),
+        "command": header.get("command"),
     }
     return summary
 
