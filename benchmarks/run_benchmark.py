@@ -34,12 +34,12 @@ def runs() -> dict[str, list[str]]:
         plan[f"sweep-L{layer:02d}"] = ["--facts", FACTS.format(n=100), "--limit", str(SWEEP_FACTS), "--method", "qf",
                                        "--paper", "--layer", str(layer), "--protocol", "sequential", "--no-immediate",
                                        "--checkpoints", str(SWEEP_FACTS), "--fluency-tokens", "32", "--paraphrases", "1"]
-    methods = {
-        "none": ["--method", "none"],
-        "in-context": ["--method", "in-context"],
+    methods = {  # in the order they run: the most telling first
         "qf-paper": ["--method", "qf", "--paper"],
         "qf-L27": ["--method", "qf", "--layer", "27"],  # the qf CLI's layer (the model's last) until this benchmark
+        "in-context": ["--method", "in-context"],
         "ft": ["--method", "ft", "--layer", "23"],
+        "none": ["--method", "none"],
     }
     unchanged = ("none", "in-context")  # the model never changes: one scoring after the last "edit" says it all
     for name, args in methods.items():
@@ -57,11 +57,12 @@ def runs() -> dict[str, list[str]]:
 
 
 def donor(name: str) -> str:
-    """The run whose unedited-model answers (controls, fluency, log p) this one reuses: the first of its group."""
+    """The run whose unedited-model answers (controls, fluency, log p) this one reuses: the paper's QF run of the
+    same size (in the sweep, its first layer), which runs first."""
     if name.startswith("sweep-"):
         return f"sweep-L{SWEEP_LAYERS[0]:02d}"
     size = "1000" if "1000-" in name else "100"
-    return f"sequential{size}-none" if size == "100" else "sequential1000-qf-paper"
+    return f"sequential{size}-qf-paper"
 
 
 def done(out: Path) -> bool:
