@@ -79,6 +79,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     prefixes = tuple(p for p in args.only.split(",") if p)
     chosen = {k: v for k, v in runs().items() if not prefixes or k.startswith(prefixes)}
+    plan_file = ROOT / args.runs_dir / "plan.json"  # the report lists the planned runs that have not been made
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps({k: " ".join(["python -m transformers_qf.bench", *v, *COMMON])
+                                     for k, v in runs().items()}, indent=1))
     start = time.time()
     for name, run_args in chosen.items():
         out = ROOT / args.runs_dir / name

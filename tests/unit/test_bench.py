@@ -266,11 +266,14 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
     for name, extra in {"seq-qf": ["--method", "qf", "--layer", "2"], "seq-none": ["--method", "none"],
                         "sweep-L01": ["--method", "qf", "--layer", "1"], "sweep-L03": ["--method", "qf", "--layer", "3"]}.items():
         assert cli.main([*common, *extra, "--out", str(runs / name)]) == 0
+    (runs / "plan.json").write_text(json.dumps({"seq-qf": "python -m transformers_qf.bench ...",
+                                                "later": "python -m transformers_qf.bench --later"}))
     out = tmp_path / "results"
     assert report.main([str(runs), "--out", str(out)]) == 0
     text = (out / "benchmark.md").read_text()
     assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf |" in text and "| seq-none | none |" in text
     assert "## Layer sweep" in text and "| sweep-L01 |" in text
     assert "`seq-qf`: `python -m transformers_qf.bench --facts" in text
+    assert text.split("## Planned but not run (or not finished)")[1].strip() == "- `later`: `python -m transformers_qf.bench --later`"
     assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
     assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4

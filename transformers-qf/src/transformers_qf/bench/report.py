@@ -117,7 +117,17 @@ def retention_plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def render(runs: list[dict], out: Path, command: str) -> str:
+def not_run(root: Path) -> dict[str, str]:
+    """Runs of the folder's plan.json (if any) that have no complete summary.json: name -> command."""
+    plan_file = root / "plan.json"
+    if not plan_file.is_file():
+        return {}
+    plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    done = {r["label"] for r in load_runs(root) if r.get("complete")}
+    return {name: command for name, command in plan.items() if name not in done}
+
+
+def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | None = None) -> str:
     sweep = [r for r in runs if r["label"].startswith("sweep-")]
     others = [r for r in runs if not r["label"].startswith("sweep-")]
     lines = ["# The facts benchmark", "", f"Written by `{command}` from the runs' summary.json files; "
@@ -152,6 +162,9 @@ def render(runs: list[dict], out: Path, command: str) -> str:
     lines += ["## The runs", "", "Each run's command (`python -m transformers_qf.bench ...`; `--before-from` only reuses "
               "the unedited model's answers of an identical earlier run):", ""]
     lines += [f"- `{r['label']}`: `{r.get('command') or '(not recorded)'}`" for r in sorted(runs, key=lambda r: r["label"])]
+    if missing:
+        lines += ["", "## Planned but not run (or not finished)", ""]
+        lines += [f"- `{name}`: `{command}`" for name, command in missing.items()]
     return "\n".join(lines)
 
 
@@ -168,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = render(runs, out, "python -m transformers_qf.bench.report " + " ".join(argv))
+    text = render(runs, out, "python -m transformers_qf.bench.report " + " ".join(argv), not_run(Path(args.runs)))
     if args.extra:
         text += "\n" + Path(args.extra).read_text(encoding="utf-8")
     (out / "benchmark.md").write_text(text + "\n", encoding="utf-8")
