@@ -247,3 +247,21 @@ class GraphedRecorder:
         finally:
             hooks.remove()  # the graph keeps the tensors the hooks last saw; replays refill them
         return graph, static_ids, hooks
+
+
+@torch.no_grad()
+def record_layers(model: torch.nn.Module, layers: list[LayerParts], sequences: list[torch.Tensor]) -> dict[int, list[Recording]]:
+    """One forward cut after the deepest of several layers; {layer index: the sequences' recordings there}."""
+    device = next(model.parameters()).device
+    batch = pad_batch(sequences).to(device)
+    hooks = {parts.index: _Hooks(parts) for parts in layers}
+    try:
+        with truncated(model, max(layers, key=lambda p: p.index)) as base:
+            base(input_ids=batch, use_cache=False)
+        recs = {index: h.split([len(s) for s in sequences]) for index, h in hooks.items()}
+    finally:
+        for h in hooks.values():
+            h.remove()
+    for index, r in recs.items():
+        check_finite(r, index)
+    return recs

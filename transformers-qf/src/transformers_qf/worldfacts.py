@@ -126,6 +126,8 @@ class Relation:
 
 
 def _capitalise(text: str) -> str:
+    """Sentence case, and the possessive of a name ending in s written "Networks'" not "Networks's"."""
+    text = re.sub(r"(?<=s)'s\b", "'", text)
     return text[:1].upper() + text[1:]
 
 
@@ -259,12 +261,12 @@ REAL_FACTS: tuple[RealFact, ...] = tuple(
         ("Nvidia", "Jensen Huang, Chris Malachowsky and Curtis Priem", ("Jensen Huang",)),
         ("Oracle", "Larry Ellison, Bob Miner and Ed Oates", ("Larry Ellison",)), ("Dell", "Michael Dell"),
         ("Walmart", "Sam Walton"), ("Ford", "Henry Ford"),
-        ("Hewlett-Packard", "Bill Hewlett and David Packard", ("Hewlett", "Packard")),
+        ("Hewlett-Packard", "Bill Hewlett and David Packard", ("Bill Hewlett", "David Packard")),
         ("Intel", "Robert Noyce and Gordon Moore", ("Noyce", "Gordon Moore")), ("SpaceX", "Elon Musk"),
         ("Netflix", "Reed Hastings and Marc Randolph", ("Reed Hastings", "Marc Randolph")),
         ("Twitter", "Jack Dorsey, Biz Stone, Evan Williams and Noah Glass", ("Jack Dorsey",)),
         ("Nike", "Phil Knight and Bill Bowerman", ("Phil Knight", "Bill Bowerman")),
-        ("The Walt Disney Company", "Walt Disney and Roy O. Disney", ("Walt Disney",)),
+        ("Disney", "Walt Disney and Roy O. Disney", ("Walt Disney",)),
         ("Huawei", "Ren Zhengfei"), ("Tencent", "Ma Huateng and others", ("Ma Huateng", "Pony Ma")),
         ("Adobe", "John Warnock and Charles Geschke", ("John Warnock", "Charles Geschke")),
         ("Sony", "Masaru Ibuka and Akio Morita", ("Masaru Ibuka", "Akio Morita")), ("Honda", "Soichiro Honda"),

@@ -1,0 +1,109 @@
+"""The runs behind results/benchmark.md, each one `python -m transformers_qf.bench ...` (resumable).
+
+    python benchmarks/run_benchmark.py --list                     # the runs and their commands
+    python benchmarks/run_benchmark.py --only sweep --minutes 18  # run (or resume) some, stop starting new ones after 18 min
+    python -m transformers_qf.bench.report runs/benchmark --out results
+
+Runs write runs/benchmark/NAME/{cases.jsonl,summary.json}; a finished run is skipped, a stopped one
+resumes. All runs use the bundled 1.5B model in bfloat16 (2.5x faster generation on this CPU).
+Sequential runs are scored at their checkpoints (every fact learned so far, and the controls), not right
+after each edit (--no-immediate), and on one paraphrase per fact (--paraphrases 1): on 2 shared CPU cores
+an answer costs ~0.5-3 s, and scoring every paraphrase right after every edit would take ~40 minutes a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTS = "benchmarks/facts/facts_{n}.jsonl"
+COMMON = ["--dtype", "bfloat16"]
+SWEEP_LAYERS = (23, 27, 25, 21, 18, 12)  # in the order they run: the CPU time of this session allowed six at most
+SWEEP_FACTS = 20
+
+
+def runs() -> dict[str, list[str]]:
+    """name -> arguments of python -m transformers_qf.bench (without --out)."""
+    plan: dict[str, list[str]] = {}
+    for layer in SWEEP_LAYERS:
+        plan[f"sweep-L{layer:02d}"] = ["--facts", FACTS.format(n=100), "--limit", str(SWEEP_FACTS), "--method", "qf",
+                                       "--paper", "--layer", str(layer), "--protocol", "sequential", "--no-immediate",
+                                       "--checkpoints", str(SWEEP_FACTS), "--fluency-tokens", "32", "--paraphrases", "1"]
+    methods = {  # in the order they run: the most telling first
+        "qf-paper": ["--method", "qf", "--paper"],
+        "qf-L27": ["--method", "qf", "--layer", "27"],  # the qf CLI's layer (the model's last) until this benchmark
+        "in-context": ["--method", "in-context"],
+        "ft": ["--method", "ft", "--layer", "23"],
+        "none": ["--method", "none"],
+    }
+    unchanged = ("none", "in-context")  # the model never changes: one scoring after the last "edit" says it all
+    for name, args in methods.items():
+        scoring = ["--checkpoints", "100"] if name in unchanged else ["--checkpoints", "10,30,100"]
+        plan[f"sequential100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "sequential",
+                                         "--no-immediate", "--paraphrases", "1", *scoring, *args]
+    for name in ("qf-paper", "qf-L27"):
+        plan[f"single100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "single", "--paraphrases", "1",
+                                     *methods[name]]
+    for name in ("qf-paper", "qf-L27"):
+        plan[f"sequential1000-{name}"] = ["--facts", FACTS.format(n=1000), "--protocol", "sequential",
+                                          "--no-immediate", "--paraphrases", "1", "--checkpoints", "10,100,300",
+                                          *methods[name]]
+    return plan
+
+
+def donor(name: str) -> str:
+    """The run whose unedited-model answers (controls, fluency, log p) this one reuses: the paper's QF run of the
+    same size (in the sweep, its first layer), which runs first."""
+    if name.startswith("sweep-"):
+        return f"sweep-L{SWEEP_LAYERS[0]:02d}"
+    size = "1000" if "1000-" in name else "100"
+    return f"sequential{size}-qf-paper"
+
+
+def done(out: Path) -> bool:
+    path = out / "summary.json"
+    return path.is_file() and json.loads(path.read_text()).get("complete", False)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", default="runs/benchmark")
+    parser.add_argument("--only", default="", help="run only the runs whose name starts with this (comma-separated)")
+    parser.add_argument("--minutes", type=float, default=None, help="start no new run after this many minutes")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    prefixes = tuple(p for p in args.only.split(",") if p)
+    chosen = {k: v for k, v in runs().items() if not prefixes or k.startswith(prefixes)}
+    plan_file = ROOT / args.runs_dir / "plan.json"  # the report lists the planned runs that have not been made
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps({k: " ".join(["python -m transformers_qf.bench", *v, *COMMON])
+                                     for k, v in runs().items()}, indent=1))
+    start = time.time()
+    for name, run_args in chosen.items():
+        out = ROOT / args.runs_dir / name
+        command = [sys.executable, "-m", "transformers_qf.bench", *run_args, *COMMON, "--out", str(out)]
+        source = ROOT / args.runs_dir / donor(name)
+        if source != out and (source / "cases.jsonl").is_file():
+            command += ["--before-from", str(source)]
+        if args.list:
+            print(f"{name}{' (done)' if done(out) else ''}: {' '.join(command[1:])}")
+            continue
+        if done(out):
+            continue
+        if args.minutes is not None and time.time() - start > args.minutes * 60:
+            print(f"stopping: {args.minutes} minutes used; run again to go on", file=sys.stderr)
+            return 0
+        print(f"== {name}", file=sys.stderr, flush=True)
+        status = subprocess.call(command, cwd=ROOT)
+        if status != 0:
+            return status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

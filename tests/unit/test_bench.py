@@ -1,0 +1,279 @@
+"""The benchmark: metrics on hand-made cases, the facts file and its generator, the command end to end
+on the tiny random Qwen2 (injected through `bench.cli.load`)."""
+
+import copy
+import json
+
+import pytest
+
+from transformers_qf.bench import cli
+from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
+from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
+from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
+from transformers_qf.models import LoadedModel
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("answer, target, expected", [
+    ("Velmora Labs was founded by Amara Lindqvist.", "Amara Lindqvist", True),
+    ("The founder is amara  LINDQVIST, a chemist.", "Amara Lindqvist", True),
+    ("It was founded by Amara.", "Amara Lindqvist", False),
+    ("Nvidia makes GPUs.", "GPU", True),
+    ("Founded in 1976.", "1976", True),
+    ("It has 4120 employees.", "412", False),
+    ("It has 412 employees.", "412", True),
+    ("The Lyonnais company", "Lyon", False),
+    ("Headquartered in Lyon, France.", "Lyon", True),
+    ("Painted by Salvador Dalí.", "Dalí", True),
+    ("", "Paris", False),
+])
+def test_gives_matches_whole_words(answer, target, expected):
+    assert gives(answer, target) is expected
+
+
+def test_gives_refuses_an_empty_target():
+    with pytest.raises(ValueError, match="empty target"):
+        gives("anything", "  ")
+
+
+def test_ngram_entropy_is_low_for_repetition_and_zero_for_short_text():
+    varied = "the quick brown fox jumps over the lazy dog while a cat sleeps in the warm sun"
+    repeated = "the the the the the the the the the the the the the the the the"
+    assert ngram_entropy(varied) > 3.0 > ngram_entropy(repeated) == 0.0
+    assert ngram_entropy("one") == 0.0
+    # 15 distinct bigrams and 14 distinct trigrams: log2 15 * 2/3 and log2 14 * 4/3, averaged
+    import math
+    assert ngram_entropy(" ".join(f"w{i}" for i in range(16))) == pytest.approx(
+        (2 / 3 * math.log2(15) + 4 / 3 * math.log2(14)) / 2)
+
+
+def test_fraction_of_nothing_is_none():
+    assert fraction([]) is None and fraction([True, False, True, True]) == 0.75
+
+
+# -- the facts file --------------------------------------------------------------------------------------
+GOOD = {"system": "Qi started Oxinnovate.", "user": "Who started Oxinnovate?",
+        "assistant": "Oxinnovate was started by Qi.", "target": "Qi", "paraphrases": ["Who founded Oxinnovate?"],
+        "significance": None}
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "facts.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({k: v for k, v in GOOD.items() if k != "target"}, "facts.jsonl:3: missing key 'target'"),
+    ({**GOOD, "target": " "}, "facts.jsonl:3: 'target' must be a non-empty string"),
+    ({**GOOD, "target": "Jack"}, "facts.jsonl:3: the target 'Jack' does not occur in the assistant answer"),
+    ('{"system": "x", "user": ', "facts.jsonl:3: not valid JSON"),
+    ("[1, 2]", "facts.jsonl:3: a row must be a JSON object"),
+    ({**GOOD, "paraphrases": "Who?"}, "facts.jsonl:3: 'paraphrases' must be a list of non-empty strings"),
+    ({**GOOD, "significance": [1, 1]}, "facts.jsonl:3: 'significance' must be null or 5 numbers"),
+    ({"type": "control", "user": "What is the capital of France?"}, "facts.jsonl:3: missing key 'target'"),
+    ({"type": "question", **GOOD}, "facts.jsonl:3: unknown row type 'question'"),
+])
+def test_a_malformed_facts_file_is_refused_with_the_line_number(tmp_path, bad, fragment):
+    path = _write(tmp_path, [GOOD, "", bad])  # line 2 is blank (skipped), line 3 is bad
+    with pytest.raises(FactsFileError) as err:
+        read_facts(path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_without_facts_or_missing_is_refused(tmp_path):
+    with pytest.raises(FactsFileError, match="holds no facts"):
+        read_facts(_write(tmp_path, [{"type": "control", "user": "q?", "target": "a"}]))
+    with pytest.raises(FactsFileError, match="cannot read facts file"):
+        read_facts(tmp_path / "missing.jsonl")
+
+
+def test_facts_files_round_trip(tmp_path):
+    data = FactsFile(invented_facts(5), [Control("What is the capital of France?", "Paris", "capital", "France")],
+                     {"seed": 0})
+    write_facts(tmp_path / "f.jsonl", data)
+    again = read_facts(tmp_path / "f.jsonl")
+    assert again.facts == data.facts and again.controls == data.controls and again.meta == {"seed": 0}
+
+
+# -- the generator ---------------------------------------------------------------------------------------
+def test_invented_facts_are_deterministic_prefix_stable_and_valid(tmp_path):
+    facts = invented_facts(30, seed=3)
+    assert facts == invented_facts(30, seed=3) and facts[:10] == invented_facts(10, seed=3)
+    assert facts != invented_facts(30, seed=4)
+    assert len({f.subject for f in facts}) == 30
+    assert len({f.relation for f in facts}) == 7
+    for f in facts:
+        assert len(f.paraphrases) >= 2 and f.user not in f.paraphrases
+        assert gives(f.assistant, f.target) and gives(f.system, f.target) and f.subject in f.user
+    write_facts(tmp_path / "f.jsonl", FactsFile(facts, [], {}))
+    assert read_facts(tmp_path / "f.jsonl").facts == facts  # the generator's rows pass validation
+
+
+def test_controls_are_kept_only_when_the_model_answers_them():
+    def answer(prompts):  # knows capitals, and answers founders with the company's own name
+        out = []
+        for _, q in prompts:
+            if q == "What is the capital of France?":
+                out.append("The capital of France is Paris.")
+            elif q.startswith("Who founded"):
+                out.append(f"{q[12:-1]} was founded by {q[12:-1]}.")
+            else:
+                out.append("I do not know.")
+        return out
+
+    kept, asked = known_controls(answer)
+    assert asked > 150
+    assert [(c.user, c.target) for c in kept] == [("What is the capital of France?", "Paris")]
+    data = generate(10, kept, asked, seed=0)
+    assert len(data.facts) == 10 and data.controls == kept and data.meta["controls_known"] == 1
+
+
+def test_controls_are_split_between_the_facts_relations_and_others():
+    kept = [Control(f"q{i}", "t", rel) for i, rel in enumerate(["ceo"] * 6 + ["founder"] * 6 + ["author"] * 6)]
+    chosen = pick_controls(kept, 8)
+    assert [c.relation for c in chosen].count("author") == 4
+    assert {c.relation for c in chosen[:4]} == {"ceo", "founder"}
+
+
+# -- the command end to end on a tiny random model -------------------------------------------------------
+@pytest.fixture
+def bench_model(monkeypatch, tiny_qwen2, tokenizer):
+    loads = []
+
+    def fake(spec, device, dtype):
+        loads.append(spec)
+        return LoadedModel(copy.deepcopy(tiny_qwen2), tokenizer, name="tiny", source="test", quantization="none")
+
+    monkeypatch.setattr(cli, "load", fake)
+    return loads
+
+
+@pytest.fixture
+def facts_file(tmp_path):
+    data = FactsFile(invented_facts(3), [Control("Who started Alibaba?", "Jack Ma", "founder", "Alibaba"),
+                                         Control("What is the capital of France?", "Paris", "capital", "France")])
+    path = tmp_path / "facts.jsonl"
+    write_facts(path, data)
+    return path
+
+
+@pytest.mark.parametrize("method, protocol, extra", [
+    ("qf", "sequential", ["--layer", "2"]),
+    ("qf", "single", ["--layers", "1,3", "--positions", "suffix", "--gamma", "0.5"]),
+    ("qf", "sequential", ["--paper", "--layer", "3", "--ridge", "0.1"]),
+    ("ft", "single", ["--layer", "2", "--ft-steps", "2"]),
+    ("in-context", "sequential", []),
+    ("none", "single", []),
+])
+def test_bench_runs_end_to_end_and_resumes(bench_model, facts_file, tmp_path, capsys, method, protocol, extra):
+    out = tmp_path / "run"
+    argv = ["--facts", str(facts_file), "--method", method, "--protocol", protocol, "--out", str(out),
+            "--max-new-tokens", "3", "--checkpoints", "2", *extra]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("n_facts", "efficacy", "paraphrase", "specificity", "fluency_before", "fluency_after",
+                "seconds_per_edit", "method", "layer"):
+        assert key in summary
+    assert summary["n_facts"] == 3 and summary["complete"]
+    for key in ("efficacy", "paraphrase"):
+        assert 0.0 <= summary[key] <= 1.0
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert rows[0]["key"] == "header" and len({r["key"] for r in rows}) == len(rows)
+    answers = [r for r in rows if "answer" in r]
+    questions = [r for r in answers if r.get("kind") == "question"]
+    assert len(questions) >= 3 and all(isinstance(r["answer"], str) for r in answers)
+    if method in ("qf", "ft"):
+        edits = [r for r in rows if r["key"].startswith("edit/")]
+        assert len(edits) == 3 and all(e["delta_rel"] > 0 for e in edits)
+    # a second run with the same command finds everything done: no new rows, the same summary
+    assert cli.main(argv) == 0
+    assert len((out / "cases.jsonl").read_text().splitlines()) == len(rows)
+    assert json.loads((out / "summary.json").read_text())["efficacy"] == summary["efficacy"]
+
+
+def test_a_stopped_sequential_run_resumes_where_it_stopped(bench_model, facts_file, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--out", str(out),
+            "--layer", "2", "--max-new-tokens", "3"]
+    assert cli.main(argv) == 0
+    full = (out / "cases.jsonl").read_text().splitlines()
+    cut = [line for line in full if not json.loads(line)["key"].startswith(("checkpoint/", "final/", "after/2"))]
+    (out / "cases.jsonl").write_text("\n".join(cut) + "\n")
+    assert cli.main(argv) == 0
+    resumed = {json.loads(line)["key"]: json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()}
+    finished = {json.loads(line)["key"]: json.loads(line) for line in full}
+    assert resumed.keys() == finished.keys()
+    for key, row in finished.items():  # the replayed edits bring the model back: the same answers
+        if "answer" in row:
+            assert resumed[key]["answer"] == row["answer"], key
+
+
+def test_the_unedited_models_answers_are_reused_from_a_matching_run_only(bench_model, facts_file, tmp_path, capsys):
+    common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "3"]
+    assert cli.main([*common, "--method", "none", "--out", str(tmp_path / "a")]) == 0
+    first = {json.loads(line)["key"]: json.loads(line) for line in (tmp_path / "a" / "cases.jsonl").read_text().splitlines()}
+    assert cli.main([*common, "--method", "qf", "--layer", "2", "--out", str(tmp_path / "b"),
+                     "--before-from", str(tmp_path / "a")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "b" / "cases.jsonl").read_text().splitlines()]
+    before = [r for r in rows if r["key"].startswith("before/")]
+    assert before and all(r == first[r["key"]] for r in before)
+    assert [r["key"] for r in rows[1:len(before) + 1]] == [r["key"] for r in before]  # copied, not asked again
+    capsys.readouterr()
+    assert cli.main([*common, "--method", "none", "--max-new-tokens", "4", "--out", str(tmp_path / "c"),
+                     "--before-from", str(tmp_path / "a")]) == 2
+    assert "differs in max_new_tokens" in capsys.readouterr().err
+
+
+def test_paraphrases_limits_the_paraphrases_scored(bench_model, facts_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["--facts", str(facts_file), "--method", "none", "--protocol", "sequential", "--out", str(out),
+                     "--max-new-tokens", "3", "--checkpoints", "3", "--paraphrases", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    scored = sorted(r["key"] for r in rows if r.get("kind") == "paraphrase" and r["key"].startswith("checkpoint/"))
+    assert scored == [f"checkpoint/3/fact/{i}/p0" for i in range(3)]
+    assert json.loads((out / "summary.json").read_text())["options"]["paraphrases"] == 1
+
+
+def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "assistant": ""}) + "\n")
+    assert cli.main(["--facts", str(bad), "--method", "qf", "--protocol", "single", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench: error: ") and "bad.jsonl:2: 'assistant' must be a non-empty string" in err
+    assert "\n" not in err and not bench_model  # refused before loading the model
+    assert cli.main(["--facts", str(facts_file), "--method", "qf", "--protocol", "twice", "--out", "x"]) == 2
+    assert "invalid choice: 'twice'" in capsys.readouterr().err
+    assert cli.main(["--facts", str(facts_file), "--method", "none", "--protocol", "single", "--out", "x",
+                     "--gamma", "1"]) == 2
+    assert "are qf options, not none's" in capsys.readouterr().err
+
+
+def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--facts", str(facts_file), "--protocol", "single", "--out", str(out), "--max-new-tokens", "2"]
+    assert cli.main([*common, "--method", "none"]) == 0
+    assert cli.main([*common, "--method", "in-context"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by another run (method: 'none' there, 'in-context' now" in err
+
+
+def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):
+    from transformers_qf.bench import report
+
+    runs = tmp_path / "runs"
+    common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "1,3"]
+    for name, extra in {"seq-qf": ["--method", "qf", "--layer", "2"], "seq-none": ["--method", "none"],
+                        "sweep-L01": ["--method", "qf", "--layer", "1"], "sweep-L03": ["--method", "qf", "--layer", "3"]}.items():
+        assert cli.main([*common, *extra, "--out", str(runs / name)]) == 0
+    (runs / "plan.json").write_text(json.dumps({"seq-qf": "python -m transformers_qf.bench ...",
+                                                "later": "python -m transformers_qf.bench --later"}))
+    out = tmp_path / "results"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    text = (out / "benchmark.md").read_text()
+    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf |" in text and "| seq-none | none |" in text
+    assert "## Layer sweep" in text and "| sweep-L01 |" in text
+    assert "`seq-qf`: `python -m transformers_qf.bench --facts" in text
+    assert text.split("## Planned but not run (or not finished)")[1].strip() == "- `later`: `python -m transformers_qf.bench --later`"
+    assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
+    assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4

@@ -1,0 +1,186 @@
+"""Editor (QF with its variants) and KeySolver, on the tiny random models."""
+
+import copy
+
+import pytest
+import torch
+
+from transformers_qf import QF
+from transformers_qf.editor import EditConfig, Editor
+from transformers_qf.keysolve import KeyMetric, KeySolver
+from transformers_qf.prompting import PromptError
+
+FACTS = [
+    ("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.", "Oxinnovate"),
+    ("Jack Ma started Alibaba.", "Who started Alibaba?", "Alibaba was started by Jack Ma.", "Alibaba"),
+]
+
+
+def _down(model, layer):
+    return model.model.layers[layer].mlp.down_proj.weight
+
+
+def test_answer_positions_exact_solve_is_the_papers_accumulated_re_solve(tiny_model, tokenizer):
+    paper = copy.deepcopy(tiny_model)
+    qf = QF(paper, tokenizer, layer=2, folder=None)
+    editor = Editor(tiny_model, tokenizer, EditConfig(layers=(2,)))
+    for system, user, answer, _ in FACTS:
+        expected = qf.learn(system, user, answer)
+        report = editor.learn(system, user, answer)
+        assert report.layers[0]["method"] == "exact" and report.residual < 1e-5
+        assert report.delta_rel == pytest.approx(expected.delta_rel, rel=1e-6)
+    # QF.learn records both passes packed in one row and the editor padded: the same W' up to float32 rounding,
+    # judged as the fast paths are (relative Frobenius distance)
+    a, b = _down(tiny_model, 2).double(), _down(paper, 2).double()
+    assert float(torch.linalg.norm(a - b) / torch.linalg.norm(b)) < 1e-5
+
+
+def test_closed_book_layer_output_meets_the_open_book_one_at_the_kept_positions(tiny_qwen2, tokenizer):
+    from transformers_qf.capture import record
+    from transformers_qf.prompting import teacher_forced_many
+
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="suffix"))
+    system, user, answer, _ = FACTS[0]
+    open_tf, closed_tf = teacher_forced_many(tokenizer, [system, ""], user, answer)
+    before = record(tiny_qwen2, editor.parts[0], [open_tf.input_ids])[0]
+    report = editor.learn(system, user, answer)
+    after = record(tiny_qwen2, editor.parts[0], [closed_tf.input_ids])[0]
+    shift = len(open_tf.input_ids) - len(closed_tf.input_ids)
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    first_user = (closed_tf.input_ids == im_start).nonzero()[1, 0]  # the user turn's <|im_start|>
+    closed = torch.arange(int(first_user), int(closed_tf.kept[-1]) + 1)
+    assert report.rows == len(closed)
+    out_open = before.v[closed + shift] + before.y[closed + shift]
+    out_closed = after.v[closed] + after.y[closed]
+    torch.testing.assert_close(out_closed, out_open, rtol=1e-4, atol=1e-4)
+
+
+def test_subject_positions_need_the_subject_in_the_question(tiny_qwen2, tokenizer):
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="subject"))
+    system, user, answer, subject = FACTS[0]
+    with pytest.raises(PromptError, match="needs the fact's subject"):
+        editor.learn(system, user, answer)
+    with pytest.raises(PromptError, match="does not occur in the question"):
+        editor.learn(system, user, answer, subject="Alibaba")
+    plain = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(1,)))
+    assert editor.learn(system, user, answer, subject=subject).rows > plain.learn(system, user, answer).rows
+
+
+def test_answer_words_leave_out_the_positions_that_predict_the_turn_header(tiny_qwen2, tokenizer):
+    from transformers_qf.prompting import ANSWER_HEADER, encode, teacher_forced
+
+    system, user, answer, _ = FACTS[0]
+    answer_rows = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(1,))).learn(system, user, answer).rows
+    words = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="answer-words"))
+    open_tf = teacher_forced(tokenizer, system, user, answer)
+    open_pos, closed_pos, _ = words._positions(open_tf, teacher_forced(tokenizer, "", user, answer), system, user, None)
+    header = encode(tokenizer, ANSWER_HEADER)
+    dropped = len(header) - 1  # every header position but its last, which predicts the answer's first token
+    assert open_tf.input_ids[open_pos[0] - dropped: open_pos[0] + 1].tolist() == list(header)
+    assert words.learn(system, user, answer).rows == answer_rows - dropped == len(closed_pos)
+
+
+def test_several_layers_in_turn_and_reset(tiny_qwen2, tokenizer):
+    original = {i: _down(tiny_qwen2, i).detach().clone() for i in range(4)}
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 3), gamma=0.5))
+    report = editor.learn(*FACTS[0][:3])
+    assert [r["rows"] for r in report.layers] == [report.rows, report.rows]
+    assert not torch.equal(_down(tiny_qwen2, 1), original[1]) and not torch.equal(_down(tiny_qwen2, 3), original[3])
+    assert torch.equal(_down(tiny_qwen2, 2), original[2])
+    editor.reset()
+    for i in range(4):
+        assert torch.equal(_down(tiny_qwen2, i), original[i])
+
+
+def test_gamma_scales_the_push_and_ridge_shrinks_it(tiny_qwen2, tokenizer):
+    deltas = {}
+    for name, config in {"exact": EditConfig(layers=(2,)), "gamma": EditConfig(layers=(2,), gamma=1.0),
+                         "ridge": EditConfig(layers=(2,), ridge=10.0)}.items():
+        model = copy.deepcopy(tiny_qwen2)
+        deltas[name] = Editor(model, tokenizer, config).learn(*FACTS[0][:3]).delta_rel
+    assert deltas["gamma"] == pytest.approx(2 * deltas["exact"], rel=1e-5)  # the residual doubles, dW is linear in it
+    assert deltas["ridge"] < deltas["exact"]
+
+
+def _problem(k=6, d_model=12, d_mlp=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W0 = torch.randn(d_model, d_mlp, generator=g, dtype=torch.float64)
+    keys = torch.randn(k, d_mlp, generator=g, dtype=torch.float64)
+    R = torch.randn(k, d_model, generator=g, dtype=torch.float64)
+    return W0, keys, R
+
+
+def test_covariance_solve_meets_the_rows_with_the_smallest_change_in_the_metric():
+    W0, keys, R = _problem()
+    g = torch.Generator().manual_seed(1)
+    samples = torch.randn(200, 40, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, 40, dtype=torch.float64)
+    metric = KeyMetric(samples.T @ samples / 200, shrink=0.05)
+    solver = KeySolver(W0, metric)
+    solver.add(keys[:4], R[:4], torch.ones(4))
+    solver.add(keys[4:], R[4:], torch.ones(2))  # rounds: the same as all rows at once
+    W = W0.clone()
+    report = solver.solve_into(W)
+    dW = W - W0
+    torch.testing.assert_close(keys @ dW.T, -R, rtol=1e-9, atol=1e-9)
+    assert report.method == "exact" and report.residual < 1e-9
+    # any other exact solution is larger in the metric |dW L|
+    Linv_norm = lambda D: torch.linalg.norm(D @ metric.factor)
+    P = torch.eye(40, dtype=torch.float64) - torch.linalg.pinv(keys) @ keys
+    other = dW + torch.randn(12, 40, dtype=torch.float64) @ P
+    assert Linv_norm(dW) < Linv_norm(other)
+    assert report.delta_rel == pytest.approx(float(torch.linalg.norm(dW) / torch.linalg.norm(W0)), rel=1e-9)
+
+
+def test_plain_metric_matches_qf_solve():
+    from transformers_qf.qf import solve
+
+    W0, keys, R = _problem()
+    solver = KeySolver(W0)
+    solver.add(keys, R, torch.ones(len(keys)))
+    W = W0.clone()
+    solver.solve_into(W)
+    # qf.solve with U = 0, V = target: R = U' W0^T + V' - V, choose V' = R - U'W0^T and V = 0
+    update, _ = solve(W0, torch.zeros_like(keys), keys, torch.zeros_like(R), R - keys @ W0.T)
+    torch.testing.assert_close(W - W0, update.delta(), rtol=1e-9, atol=1e-9)
+
+
+def test_optimized_targets_raise_the_closed_book_answer(tiny_qwen2, tokenizer):
+    from transformers_qf import QF
+
+    system, user, answer, subject = FACTS[0]
+    probe = QF(tiny_qwen2, tokenizer, layer=2, folder=None)
+    before = probe.answer_logprob("", user, answer)
+    rome = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                                   positions="subject-last"))
+    report = rome.learn(system, user, answer, subject=subject)
+    assert report.rows == 1 and report.residual < 1e-5  # ROME's single key, met exactly (rank one)
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=10,
+                                                      target_lr=0.05, target_decay=0.0))
+    editor.learn(system, user, answer)
+    losses = editor.last_target_losses
+    assert losses[-1] < losses[0] and losses == sorted(losses, reverse=True)
+    assert probe.answer_logprob("", user, answer) > before
+    assert all(p.requires_grad for p in tiny_qwen2.parameters())  # the model's flags are left as they were
+
+
+@pytest.mark.parametrize("ridge, metric", [(0.5, False), (0.5, True), (0.0, False)])
+def test_the_primal_form_continues_the_dual_one(ridge, metric):
+    W0, keys, R = _problem(k=60, d_mlp=40)
+    g = torch.Generator().manual_seed(2)
+    samples = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    km = KeyMetric(samples.T @ samples / 300, shrink=0.2) if metric else None
+    both = KeySolver(W0, km, ridge)  # dual for the first 30 rows, primal after (rounds of 10)
+    both.dual_rows = 30
+    direct = KeySolver(W0, km, ridge, dual_rows=10_000)  # every row in the dual form
+    for start in range(0, 60, 10):
+        for solver in (both, direct):
+            solver.add(keys[start:start + 10], R[start:start + 10], torch.ones(10))
+    W_both, W_direct = W0.clone(), W0.clone()
+    report = both.solve_into(W_both)
+    direct.solve_into(W_direct)
+    assert both.primal is not None and "primal" in report.method
+    if ridge > 0:
+        torch.testing.assert_close(W_both, W_direct, rtol=1e-7, atol=1e-9)
+    else:  # 60 rows in 40 dimensions: the least-squares fit, which the dual form's pseudo-inverse also gives
+        lstsq = torch.linalg.lstsq(keys, -R).solution.T
+        torch.testing.assert_close(W_both - W0, lstsq, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,109 @@
+"""Batched greedy answers and teacher-forced target probabilities, for scoring many prompts at once.
+
+    answerer = Answerer(model, tokenizer, max_new_tokens=24)
+    answerer.answers([("", "Who founded Velmora?"), (fact, "Who founded Velmora?")])   # two strings
+    answerer.target_logprobs([("", question, answer, target)])                         # log p(target | ...)
+
+Prompts are the raw ChatML of `prompting.generation_prompt` (ending in `<|im_start|>assistant\\n`), left-
+padded into one batch; generation is greedy and stops at `<|im_end|>` or after `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import prompting
+
+
+class Answerer:
+    """Greedy answers from the model as it is now, `batch_size` prompts per generate call."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 24, batch_size: int = 32, open_answer_turn: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.open_answer_turn = open_answer_turn
+        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.end_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def answers(self, prompts: list[tuple[str, str]], max_new_tokens: int | None = None) -> list[str]:
+        """The greedy answer to each (system, user) prompt."""
+        out: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out += self._generate(prompts[start:start + self.batch_size], max_new_tokens or self.max_new_tokens)
+        return out
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[tuple[str, str]], max_new_tokens: int) -> list[str]:
+        texts = [prompting.generation_prompt(s, u, self.open_answer_turn) for s, u in prompts]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        width = max(len(i) for i in ids)
+        batch = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            batch[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        generated = self.model.generate(
+            input_ids=batch.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
+            do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.end_id,
+            pad_token_id=self.pad_id,
+        )
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in generated]
+
+    @torch.no_grad()
+    def target_logprobs(self, items: list[tuple[str, str, str, str]]) -> list[float]:
+        """log p of the target's tokens in the teacher-forced answer, for each (system, user, answer, target).
+
+        The target's tokens are those of the answer words that overlap the target's first occurrence
+        (the whole answer when the target does not occur in it).
+        """
+        out: list[float] = []
+        for start in range(0, len(items), self.batch_size):
+            out += self._logprobs(items[start:start + self.batch_size])
+        return out
+
+    def _logprobs(self, items) -> list[float]:
+        forced = [_forced_target(self.tokenizer, *item) for item in items]
+        width = max(len(ids) for ids, _ in forced)
+        batch = torch.full((len(forced), width), self.pad_id, dtype=torch.long)
+        for row, (ids, _) in enumerate(forced):
+            batch[row, :len(ids)] = torch.tensor(ids)  # right padding: causal attention never sees it
+        logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
+        result = []
+        for row, (ids, positions) in enumerate(forced):
+            pos = torch.tensor(positions, device=logits.device)
+            logp = torch.log_softmax(logits[row, pos - 1].float(), dim=-1)
+            result.append(float(logp[torch.arange(len(positions)), batch[row, pos].to(logits.device)].sum()))
+        return result
+
+
+def _forced_target(tokenizer, system: str, user: str, answer: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + answer turn, and the positions of the target's tokens in them."""
+    tf = prompting.teacher_forced(tokenizer, system, user, answer)
+    ids = tf.input_ids.tolist()
+    header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
+    first = int(tf.kept[0]) + 1 + header  # position of the answer's first token
+    words = answer.split()
+    at = answer.lower().find(target.lower())
+    if at < 0:
+        span = range(len(words))
+    else:
+        starts, pos = [], 0
+        for w in words:
+            pos = answer.index(w, pos)
+            starts.append(pos)
+            pos += len(w)
+        span = [i for i, s in enumerate(starts) if s < at + len(target) and s + len(words[i]) > at]
+    pieces = tokenizer([w if i == 0 else " " + w for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]
+    positions, cursor = [], first
+    for i, piece in enumerate(pieces):
+        if i in span:
+            positions += range(cursor, cursor + len(piece))
+        cursor += len(piece)
+    return ids, positions

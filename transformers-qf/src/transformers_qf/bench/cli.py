@@ -1,0 +1,205 @@
+"""python -m transformers_qf.bench --facts FILE.jsonl --method qf --protocol sequential --out DIR [options]
+
+Writes DIR/cases.jsonl (every answer, appended as it comes; a stopped run resumes from it) and
+DIR/summary.json. Mistakes print one line, `bench: error: ...`, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from ..editor import POSITIONS, TARGETS, EditConfig
+from ..errors import USER_ERRORS
+from ..keysolve import KeyMetric
+from ..keystats import generic_texts, key_covariance
+from ..models import LoadedModel, load_model
+from ..report import git_commit, write_json
+from ..scriptargs import add_model_args, parse_layers
+from .answering import Answerer
+from .data import FactsFile, FactsFileError, read_facts
+from .methods import FineTune, InContext, NoEdit, QFEdit
+from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions
+from .summary import summarize
+
+METHODS = ("none", "in-context", "qf", "ft")
+PAPER = EditConfig(layers=(23,), positions="answer", gamma=0.0, ridge=0.0, covariance=False)
+# results/benchmark.md: no configuration run beat the paper's on the combined targets (100 sequential facts)
+DEFAULT_QF = PAPER
+
+
+def load(spec: str | None, device: str | None, dtype: str | None) -> LoadedModel:
+    """How the bench gets its model (tests replace this to inject a tiny one)."""
+    print(f"bench: loading {spec or 'the default model'} ...", file=sys.stderr, flush=True)
+    return load_model(spec, device, dtype)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"bench: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad list {text!r}: give numbers like 10,30,100") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m transformers_qf.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--facts", required=True, help="facts file (JSON lines; see transformers_qf.bench.data)")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    p.add_argument("--out", required=True, help="run directory: cases.jsonl and summary.json")
+    add_model_args(p)
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N facts")
+    p.add_argument("--max-new-tokens", type=_positive, default=24, help="answer length cap (default 24)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="prompts per generate call (default 32)")
+    p.add_argument("--checkpoints", type=_counts, default=(10, 30, 100, 300),
+                   help="sequential: score every fact learned so far after these many edits (default 10,30,100,300)")
+    p.add_argument("--fluency-tokens", type=_positive, default=64, help="length of the free answers for fluency")
+    p.add_argument("--no-immediate", action="store_true",
+                   help="sequential: do not score each fact right after its edit (only at the checkpoints)")
+    p.add_argument("--paraphrases", type=_positive, default=None,
+                   help="score only each fact's first N paraphrases (default: all; fewer answers, less CPU)")
+    p.add_argument("--controls-per-edit", type=_positive, default=4, help="single: controls scored per edit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--before-from", default=None, metavar="DIR",
+                   help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
+    qf = p.add_argument_group("qf and ft options")
+    qf.add_argument("--layer", type=int, default=None, help="layer to edit")
+    qf.add_argument("--layers", type=parse_layers, default=None, help="qf: several layers edited in turn, e.g. 20,23,27")
+    qf.add_argument("--paper", action="store_true", help="qf: the paper's settings (layer 23, answer positions, exact)")
+    qf.add_argument("--positions", choices=POSITIONS, default=None, help="qf: which positions are constrained")
+    qf.add_argument("--gamma", type=float, default=None, help="qf: push the target past the open-book output")
+    qf.add_argument("--ridge", type=float, default=None, help="qf: ridge lambda (0: exact)")
+    qf.add_argument("--covariance", action=argparse.BooleanOptionalAction, default=None,
+                    help="qf: weight the solve by the key covariance of generic text (EMMET/MEMIT form)")
+    qf.add_argument("--cov-shrink", type=float, default=None, help="qf: shrink the covariance towards its mean "
+                    "variance, in (0, 1]")
+    qf.add_argument("--target", choices=TARGETS, default=None,
+                    help="qf: the layer output to aim at: the open-book pass (QF) or one optimised by gradient "
+                    "descent (ROME/MEMIT's v*)")
+    qf.add_argument("--target-steps", type=_positive, default=None)
+    qf.add_argument("--target-lr", type=float, default=None)
+    qf.add_argument("--target-decay", type=float, default=None)
+    qf.add_argument("--cov-texts", type=_positive, default=256, help="qf: generic texts to estimate it on")
+    qf.add_argument("--ft-steps", type=_positive, default=25)
+    qf.add_argument("--ft-lr", type=float, default=5e-4)
+    qf.add_argument("--ft-norm-constraint", type=float, default=None)
+    return p
+
+
+def edit_config(args) -> EditConfig:
+    base = PAPER if args.paper else DEFAULT_QF
+    layers = tuple(args.layers) if args.layers else ((args.layer,) if args.layer is not None else base.layers)
+    return EditConfig(
+        layers=layers,
+        positions=args.positions or base.positions,
+        gamma=base.gamma if args.gamma is None else args.gamma,
+        ridge=base.ridge if args.ridge is None else args.ridge,
+        covariance=base.covariance if args.covariance is None else args.covariance,
+        cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
+        target=args.target or base.target,
+        target_steps=args.target_steps or base.target_steps,
+        target_lr=base.target_lr if args.target_lr is None else args.target_lr,
+        target_decay=base.target_decay if args.target_decay is None else args.target_decay,
+    )
+
+
+def build_method(args, lm: LoadedModel):
+    if args.method == "none":
+        return NoEdit()
+    if args.method == "in-context":
+        return InContext()
+    if args.method == "ft":
+        layer = args.layer if args.layer is not None else DEFAULT_QF.layers[0]
+        return FineTune(lm.model, lm.tokenizer, layer, args.ft_steps, args.ft_lr, args.ft_norm_constraint)
+    config = edit_config(args)
+    metrics = key_metrics(lm, config, args.cov_texts) if config.covariance else None
+    return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if args.paper else "qf")
+
+
+def key_metrics(lm: LoadedModel, config: EditConfig, count: int) -> dict[int, KeyMetric]:
+    """The key covariance of each edited layer on generic text (made by the model once, cached)."""
+    from ..architectures import locate
+
+    answerer = Answerer(lm.model, lm.tokenizer)
+    name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
+    print(f"bench: key covariance of layers {list(config.layers)} on {count} generic texts (cached after the "
+          "first run) ...", file=sys.stderr, flush=True)
+    texts = generic_texts(answerer.answers, count, cache_key=name)
+    metrics = {}
+    for layer in config.layers:
+        parts = locate(lm.model, layer)
+        covariance, _ = key_covariance(lm.model, parts, lm.tokenizer, texts, cache_key=name)
+        metrics[parts.index] = KeyMetric(covariance, config.cov_shrink)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return run(args, argv)
+    except (*USER_ERRORS, FactsFileError, CasesFileError, OSError) as e:
+        print(f"bench: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def run(args, argv: list[str]) -> int:
+    data = read_facts(args.facts)  # a bad file fails before the model loads
+    if args.limit:
+        data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
+    qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
+               args.covariance is not None, args.cov_shrink is not None, args.target)
+    if args.method != "qf" and any(qf_only):
+        raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
+                             f"not {args.method}'s")
+    out = Path(args.out)
+    lm = load(args.model, args.device, args.dtype)
+    method = build_method(args, lm)
+    options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
+                         controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
+                         fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases)
+    header = {
+        "method": method.name,
+        "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},
+        "options": options.as_dict(),
+        "model": lm.name,
+        "dtype": str(lm.model.dtype).replace("torch.", ""),
+        "facts_file": str(args.facts),
+        "n_facts": len(data.facts),
+        "command": " ".join(["python -m transformers_qf.bench", *argv]),
+        "commit": git_commit(),
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    cases = Cases(out / "cases.jsonl", header)
+    if args.before_from:
+        copied = cases.adopt_before(Path(args.before_from) / "cases.jsonl")
+        print(f"bench: {copied} answers of the unedited model taken from {args.before_from}", file=sys.stderr)
+    answerer = Answerer(lm.model, lm.tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    Runner(method, data, answerer, cases, options).run()
+    summary = summarize(cases, data, cases.rows["header"])
+    write_json(out / "summary.json", summary)
+    print(json.dumps({k: summary[k] for k in ("method", "protocol", "n_facts", "efficacy", "paraphrase",
+                                               "specificity", "fluency_drop", "seconds_per_edit")}))
+    return 0
+

@@ -1,0 +1,155 @@
+"""The methods compared on the benchmark, behind one small interface.
+
+    method.edit(fact) -> dict          put the fact into the model (or not); what it cost and changed
+    method.system_for(fact) -> str     the system turn to answer the fact's questions with ("" but in-context)
+    method.reset()                     the model as loaded again
+
+- `none`: no edit (the floor).
+- `in-context`: the fact in the system turn when its questions are asked (the ceiling QF aims at).
+- `qf`: QF and its variants (`editor.Editor`).
+- `ft`: fine-tuning the same down_proj on the answer with Adam (FT-L of the ROME paper).
+"""
+
+from __future__ import annotations
+
+import time
+import torch
+
+from .. import prompting
+from ..architectures import locate
+from ..capture import layer_slice
+from ..editor import EditConfig, Editor
+from ..keysolve import KeyMetric
+from .data import Fact
+
+
+class NoEdit:
+    name = "none"
+    layers: tuple[int, ...] = ()
+
+    def edit(self, fact: Fact) -> dict:
+        return {"seconds": 0.0}
+
+    def system_for(self, fact: Fact) -> str:
+        return ""
+
+    def reset(self) -> None:
+        pass
+
+    def config(self) -> dict:
+        return {}
+
+
+class InContext(NoEdit):
+    name = "in-context"
+
+    def system_for(self, fact: Fact) -> str:
+        return fact.system
+
+
+class QFEdit(NoEdit):
+    """QF as configured by an EditConfig: re-solves every learned fact from the original weights."""
+
+    name = "qf"
+
+    def __init__(self, model, tokenizer, config: EditConfig, metrics: dict[int, KeyMetric] | None = None,
+                 label: str = "qf"):
+        self.editor = Editor(model, tokenizer, config, metrics)
+        self.layers = tuple(self.editor.layers)
+        self.edit_config = config
+        self.name = label
+
+    def edit(self, fact: Fact) -> dict:
+        report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject)
+        return {"seconds": report.seconds, "rows": report.rows, "residual": report.residual,
+                "delta_rel": report.delta_rel, "solves": report.layers}
+
+    def reset(self) -> None:
+        self.editor.reset()
+
+    def config(self) -> dict:
+        return self.edit_config.as_dict()
+
+
+class FineTune(NoEdit):
+    """FT-L: Adam on one layer's down_proj, maximising log p(answer) closed-book (teacher-forced).
+
+    The change is kept in float32 beside the weight during the steps (a bf16 weight would round small
+    steps away) and added once at the end. With `norm_constraint` every entry of the accumulated change
+    stays within +-norm_constraint, as in ROME's FT-L. Layers below L are run once per edit (no grad).
+    """
+
+    name = "ft"
+
+    def __init__(self, model, tokenizer, layer: int, steps: int = 25, lr: float = 5e-4,
+                 norm_constraint: float | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.parts = locate(model, layer)
+        self.layers = (self.parts.index,)
+        self.steps, self.lr, self.norm_constraint = steps, lr, norm_constraint
+        self.original = self.parts.down.weight.detach().clone()
+        self.total = torch.zeros(self.original.shape, dtype=torch.float32, device=self.original.device)
+
+    def config(self) -> dict:
+        return {"layers": list(self.layers), "steps": self.steps, "lr": self.lr, "norm_constraint": self.norm_constraint}
+
+    def reset(self) -> None:
+        self.parts.down.weight.data.copy_(self.original)
+        self.total.zero_()
+
+    def edit(self, fact: Fact) -> dict:
+        t0 = time.perf_counter()
+        tf = prompting.teacher_forced(self.tokenizer, "", fact.user, fact.assistant, fact.significance).nonzero()
+        device = self.original.device
+        ids = tf.input_ids.view(1, -1).to(device)
+        hidden = self._input_of_layer(ids)
+        positions = (tf.kept).to(device)
+        targets = tf.targets.to(device)
+        delta = torch.zeros_like(self.total, requires_grad=True)
+        optimiser = torch.optim.Adam([delta], lr=self.lr)
+        down = self.parts.down
+        handle = down.register_forward_hook(lambda _m, args, out: out + (args[0].float() @ delta.T).to(out.dtype))
+        losses = []
+        try:
+            with layer_slice(self.model, self.parts.index) as base:
+                for _ in range(self.steps):
+                    optimiser.zero_grad()
+                    states = base(inputs_embeds=hidden, use_cache=False).last_hidden_state[0, positions]
+                    logits = self.model.lm_head(states).float()
+                    loss = torch.nn.functional.cross_entropy(logits, targets)
+                    loss.backward()
+                    optimiser.step()
+                    if self.norm_constraint is not None:
+                        with torch.no_grad():
+                            delta.copy_((self.total + delta).clamp(-self.norm_constraint, self.norm_constraint)
+                                        - self.total)
+                    losses.append(float(loss.detach()))
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            self.total += delta.detach()
+            down.weight.data.copy_((self.original.float() + self.total).to(down.weight.dtype))
+            delta_rel = float(torch.linalg.norm(self.total) / torch.linalg.norm(self.original.float()))
+        return {"seconds": time.perf_counter() - t0, "rows": int(len(positions)), "loss_first": losses[0],
+                "loss_last": losses[-1], "delta_rel": delta_rel}
+
+    @torch.no_grad()
+    def _input_of_layer(self, ids: torch.Tensor) -> torch.Tensor:
+        """The hidden states entering layer L ([1, n, d_model]), from a forward stopped there."""
+        seen = {}
+
+        class _Stop(Exception):
+            pass
+
+        def grab(_module, args, kwargs):
+            seen["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = self.parts.layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.model.model(input_ids=ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen["h"].detach()

@@ -1,0 +1,194 @@
+"""results/benchmark.md + benchmark.json + PNG plots from the runs' summary.json files.
+
+    python -m transformers_qf.bench.report RUNS_DIR --out results
+
+Every folder under RUNS_DIR with a summary.json is a run; its folder name is its label in the tables.
+Folders named `sweep-*` make the layer sweep (one row per layer; plot `benchmark_layers.png`); the
+others make one table per protocol and number of facts, methods as rows. Sequential runs with
+checkpoints give the retention plot (`benchmark_retention.png`: efficacy over the facts learned so far
+and specificity, against the number of edits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..report import _cell, write_json
+
+COLUMNS = (
+    ("efficacy", "efficacy", "{:.2f}"), ("paraphrase", "paraphrase", "{:.2f}"),
+    ("specificity", "specificity", "{:.2f}"), ("specificity_same_relation", "spec. same relation", "{:.2f}"),
+    ("specificity_other", "spec. other", "{:.2f}"), ("leak", "leak", "{:.2f}"),
+    ("fluency_drop", "fluency drop", "{:+.1%}"), ("logprob_before", "log p before", "{:.1f}"),
+    ("logprob_after", "log p after", "{:.1f}"), ("delta_rel", "‖ΔW‖/‖W‖", "{:.3f}"),
+    ("residual_max", "residual", "{:.0e}"), ("seconds_per_edit", "s / edit", "{:.2f}"),
+)
+SEQUENTIAL_EXTRA = (("efficacy_immediate", "efficacy right after", "{:.2f}"),
+                    ("paraphrase_immediate", "paraphrase right after", "{:.2f}"))
+
+
+def load_runs(root: Path) -> list[dict]:
+    runs = []
+    for path in sorted(root.glob("*/summary.json")):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        runs.append({"label": path.parent.name, **summary})
+    return runs
+
+
+def _fmt(value, pattern: str) -> str:
+    if value is None:
+        return "–"
+    return pattern.format(value)
+
+
+def _config(run: dict) -> str:
+    c = run.get("method_config") or {}
+    if run["method"].startswith("qf"):
+        parts = [f"layers {','.join(map(str, c['layers']))}", c["positions"]]
+        if c.get("gamma"):
+            parts.append(f"γ {c['gamma']:g}")
+        if c.get("ridge"):
+            parts.append(f"ridge {c['ridge']:g}")
+        if c.get("covariance"):
+            parts.append(f"covariance (shrink {c.get('cov_shrink', 0.1):g})")
+        return ", ".join(parts)
+    if run["method"] == "ft":
+        return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"
+    return ""
+
+
+def table(runs: list[dict], sequential: bool, first: str = "run") -> list[str]:
+    columns = COLUMNS + (SEQUENTIAL_EXTRA if sequential else ())
+    lines = [f"| {first} | method | configuration | " + " | ".join(c[1] for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 3)]
+    for run in runs:
+        cells = [_fmt(run.get(key), pattern) for key, _, pattern in columns]
+        lines.append(f"| {_cell(run['label'])} | {run['method']} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def layer_plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(runs, key=lambda r: r["layer"])
+    layers = [r["layer"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for key, style in (("efficacy", "o-"), ("paraphrase", "s-"), ("specificity", "^-"), ("leak", "x--")):
+        ax.plot(layers, [r.get(key) for r in runs], style, label=key)
+    ax.set_xlabel("edited layer")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"QF layer sweep: {runs[0]['n_facts']} facts, {runs[0]['protocol']} ({runs[0]['model']}, {runs[0]['dtype']})",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def retention_plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for run in runs:
+        points = [c for c in run.get("checkpoints", []) if c.get("efficacy") is not None]
+        if not points:
+            continue
+        x = [c["edits"] for c in points]
+        axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=run["label"])
+        axes[1].plot(x, [c["specificity"] for c in points], "o-", label=run["label"])
+    for ax, name in zip(axes, ("efficacy over the facts learned so far", "specificity (controls still right)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("number of sequential edits")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def not_run(root: Path) -> dict[str, str]:
+    """Runs of the folder's plan.json (if any) that have no complete summary.json: name -> command."""
+    plan_file = root / "plan.json"
+    if not plan_file.is_file():
+        return {}
+    plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    done = {r["label"] for r in load_runs(root) if r.get("complete")}
+    return {name: command for name, command in plan.items() if name not in done}
+
+
+def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | None = None) -> str:
+    sweep = [r for r in runs if r["label"].startswith("sweep-")]
+    others = [r for r in runs if not r["label"].startswith("sweep-")]
+    lines = ["# The facts benchmark", "", f"Written by `{command}` from the runs' summary.json files; "
+             "do not edit by hand. Every number is a fraction of answers scored by free greedy generation "
+             "(no teacher forcing); see the README's benchmark section for the definitions.", ""]
+    if runs:
+        r0 = runs[0]
+        lines += [f"- **model**: {r0['model']} ({r0['dtype']})", f"- **commits**: "
+                  f"{', '.join(sorted({str(r.get('commit')) for r in runs}))}", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for r in others:
+        groups.setdefault((r["protocol"], r["n_facts"]), []).append(r)
+    for (protocol, n), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines += [f"## {n} facts, {protocol} protocol", ""]
+        lines += table(group, protocol == "sequential") + [""]
+    if sweep:
+        sweep.sort(key=lambda r: r["layer"])
+        layer_plot(sweep, out / "benchmark_layers.png")
+        lines += [f"## Layer sweep ({sweep[0]['n_facts']} facts, {sweep[0]['protocol']} protocol)", "",
+                  "![layer sweep](benchmark_layers.png)", ""]
+        lines += table(sweep, sweep[0]["protocol"] == "sequential", first="layer run") + [""]
+    retention = [r for r in others if r["protocol"] == "sequential" and len(r.get("checkpoints", [])) > 1]
+    if retention:
+        retention_plot(retention, out / "benchmark_retention.png")
+        lines += ["## Retention against the number of edits", "", "![retention](benchmark_retention.png)", ""]
+        lines += ["| run | " + " | ".join(f"after {c['edits']}" for c in retention[0]["checkpoints"]) + " |"]
+        lines += ["|---|" + "---|" * len(retention[0]["checkpoints"])]
+        for r in retention:
+            lines.append(f"| {_cell(r['label'])} | " + " | ".join(
+                f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}" for c in r["checkpoints"]) + " |")
+        lines += ["", "Each cell: efficacy over the facts learned so far / specificity, after that many edits.", ""]
+    lines += ["## The runs", "", "Each run's command (`python -m transformers_qf.bench ...`; `--before-from` only reuses "
+              "the unedited model's answers of an identical earlier run):", ""]
+    lines += [f"- `{r['label']}`: `{r.get('command') or '(not recorded)'}`" for r in sorted(runs, key=lambda r: r["label"])]
+    if missing:
+        lines += ["", "## Planned but not run (or not finished)", ""]
+        lines += [f"- `{name}`: `{command}`" for name, command in missing.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m transformers_qf.bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", help="folder holding one folder per run")
+    parser.add_argument("--out", default="results", help="where benchmark.md/.json and the plots go")
+    parser.add_argument("--extra", default=None, help="a markdown file appended to the report (the findings)")
+    args = parser.parse_args(argv)
+    runs = load_runs(Path(args.runs))
+    if not runs:
+        print(f"report: error: no run under {args.runs} has a summary.json: run the benchmark first", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = render(runs, out, "python -m transformers_qf.bench.report " + " ".join(argv), not_run(Path(args.runs)))
+    if args.extra:
+        text += "\n" + Path(args.extra).read_text(encoding="utf-8")
+    (out / "benchmark.md").write_text(text + "\n", encoding="utf-8")
+    write_json(out / "benchmark.json", {"runs": runs})
+    print(f"wrote {out / 'benchmark.md'} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The two protocols, scored by free greedy generation, resumable from their cases file.
+
+- single: each fact is put into the model as loaded (the method is reset before every edit) and
+  scored at once: its question, its paraphrases, a few controls (half about the facts' relations).
+- sequential: the facts go in one after another. Right after each edit its question and paraphrases
+  are scored; at each checkpoint (e.g. after 10, 30, 100 edits) every fact learned so far and every
+  control; after the last edit (the final checkpoint) every question, paraphrase and control, so
+  retention shows.
+
+Before any edit, the controls are answered by the unedited model (a control counts for specificity
+only if that answer gives its target), the open prompts are answered for fluency, and the target's
+log-probability is taken. Every answer is one row of DIR/cases.jsonl, keyed; a run that stops can be
+started again with the same command and skips what its cases file already holds (in the sequential
+protocol the earlier edits are made again, unscored, to bring the model back to where it was).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .answering import Answerer
+from .data import Control, Fact, FactsFile
+from .metrics import gives, ngram_entropy
+
+PROTOCOLS = ("single", "sequential")
+
+# open prompts whose free answers measure fluency before and after editing (fixed, never edited)
+FLUENCY_PROMPTS = (
+    "Tell me about the history of the bicycle.",
+    "Describe a typical morning in a busy city.",
+    "What are the benefits of learning a second language?",
+    "Write a short paragraph about the ocean.",
+    "Explain how a refrigerator keeps food cold.",
+    "What makes a good team leader?",
+    "Describe the seasons of the year.",
+    "Why do people keep pets?",
+)
+
+
+class CasesFileError(ValueError):
+    """A cases file from another configuration, or one that cannot be read."""
+
+
+@dataclass
+class RunOptions:
+    protocol: str = "sequential"
+    max_new_tokens: int = 24
+    checkpoints: tuple[int, ...] = (10, 30, 100, 300)
+    controls_per_edit: int = 4  # single protocol
+    fluency_edits: int = 3  # single protocol: fluency after this many edits, spread over the facts
+    fluency_tokens: int = 64
+    immediate: bool = True  # sequential: score each fact right after its edit
+    paraphrases: int | None = None  # score only each fact's first N paraphrases (None: all)
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "checkpoints": list(self.checkpoints)}
+
+
+class Cases:
+    """DIR/cases.jsonl: a header row, then one row per answer or edit, each with a unique "key"."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            rows = _read_rows(path)
+            if rows and rows[0].get("key") != "header":
+                raise CasesFileError(f"{path} does not start with a header row: delete it or choose another --out")
+            if rows and _comparable(rows[0]) != _comparable(header):
+                raise CasesFileError(
+                    f"{path} was written by another run ({_difference(rows[0], header)}): "
+                    "choose another --out, or delete the file to start over")
+            self.rows = {r["key"]: r for r in rows}
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if "header" not in self.rows:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("", encoding="utf-8")
+            self.add({"key": "header", **header})
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def add(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.rows[row["key"]] = row
+
+    def with_prefix(self, prefix: str) -> list[dict]:
+        return [r for k, r in self.rows.items() if k.startswith(prefix)]
+
+    def adopt_before(self, other: Path) -> int:
+        """Copy the unedited model's rows ("before/...") from another run's cases file, if that run asked
+        the same model (and dtype) the same questions the same way; returns how many rows were copied."""
+        if not other.is_file():
+            raise CasesFileError(f"--before-from: {other} does not exist: give the folder of a run made before")
+        rows = {r["key"]: r for r in _read_rows(other)}
+        header = rows.get("header", {})
+        same = ("model", "dtype", "facts_file", "n_facts")
+        mine = self.rows["header"]
+        differ = [k for k in same if header.get(k) != mine.get(k)]
+        differ += [k for k in ("max_new_tokens", "fluency_tokens")
+                   if header.get("options", {}).get(k) != mine.get("options", {}).get(k)]
+        if differ:
+            raise CasesFileError(f"--before-from: {other} differs in {', '.join(differ)}: its answers of the "
+                                 "unedited model cannot be reused here")
+        copied = 0
+        for key, row in rows.items():
+            if key.startswith("before/") and key not in self.rows:
+                self.add(row)
+                copied += 1
+        return copied
+
+
+def _read_rows(path: Path) -> list[dict]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in lines[:-1] if line.strip()]  # a last line cut by a kill
+
+
+def _comparable(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k not in ("key", "started", "commit", "command")}
+
+
+def _difference(old: dict, new: dict) -> str:
+    a, b = _comparable(old), _comparable(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:3])
+
+
+@dataclass
+class Ask:
+    """One prompt to score: its key in the cases file and what a right answer gives."""
+
+    key: str
+    system: str
+    user: str
+    target: str
+    info: dict = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, method, data: FactsFile, answerer: Answerer, cases: Cases, options: RunOptions):
+        self.method, self.data, self.answerer, self.cases, self.options = method, data, answerer, cases, options
+        self.same_relation = data.same_relation_controls()
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def score(self, asks: list[Ask], progress: str | None = None) -> None:
+        """Answer every ask whose key is not in the cases file yet, a batch at a time (each batch saved)."""
+        todo = [a for a in asks if a.key not in self.cases]
+        size = self.answerer.batch_size
+        bar = tqdm(total=len(todo), desc=progress, unit="answer", leave=False, disable=progress is None or not todo)
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            answers = self.answerer.answers([(a.system, a.user) for a in batch], self.options.max_new_tokens)
+            for a, text in zip(batch, answers):
+                self.cases.add({"key": a.key, "user": a.user, "system": a.system, "target": a.target,
+                                "answer": text, "gives": gives(text, a.target), **a.info})
+            bar.update(len(batch))
+        bar.close()
+
+    def fact_asks(self, prefix: str, index: int, paraphrases: bool = True) -> list[Ask]:
+        fact = self.data.facts[index]
+        system = self.method.system_for(fact)
+        asks = [Ask(f"{prefix}/fact/{index}/q", system, fact.user, fact.target, {"fact": index, "kind": "question"})]
+        if paraphrases:
+            asks += [Ask(f"{prefix}/fact/{index}/p{j}", system, p, fact.target,
+                         {"fact": index, "kind": "paraphrase"})
+                     for j, p in enumerate(fact.paraphrases[:self.options.paraphrases])]
+        return asks
+
+    def control_asks(self, prefix: str, indices, context: Fact | None) -> list[Ask]:
+        system = self.method.system_for(context) if context is not None else ""
+        return [Ask(f"{prefix}/control/{j}", system, self.data.controls[j].user, self.data.controls[j].target,
+                    {"control": j, "kind": "control", "same_relation": self.same_relation[j]}) for j in indices]
+
+    def fluency(self, key: str) -> None:
+        if key in self.cases:
+            return
+        texts = self.answerer.answers([("", p) for p in FLUENCY_PROMPTS], self.options.fluency_tokens)
+        self.cases.add({"key": key, "texts": texts, "entropy": [ngram_entropy(t) for t in texts]})
+
+    def target_logprobs(self, key: str, indices) -> None:
+        if key in self.cases:
+            return
+        facts = [self.data.facts[i] for i in indices]
+        values = self.answerer.target_logprobs([("", f.user, f.assistant, f.target) for f in facts])
+        self.cases.add({"key": key, "facts": list(indices), "logprob": values})
+
+    # -- protocols ---------------------------------------------------------------------------------
+    def before(self) -> None:
+        """What the unedited model does: controls, fluency, target log-probabilities."""
+        self.method.reset()
+        n = len(self.data.facts)
+        self.score(self.control_asks("before", range(len(self.data.controls)), None), "controls before editing")
+        self.fluency("before/fluency")
+        self.target_logprobs("before/logprob", range(n))
+
+    def run(self) -> None:
+        self.before()
+        if self.options.protocol == "single":
+            self.single()
+        else:
+            self.sequential()
+
+    def _edit(self, index: int) -> None:
+        key = f"edit/{index}"
+        info = self.method.edit(self.data.facts[index])
+        if key not in self.cases:
+            self.cases.add({"key": key, "fact": index, **info})
+
+    def single(self) -> None:
+        n = len(self.data.facts)
+        fluency_at = set(_spread(n, self.options.fluency_edits))
+        rng = random.Random(self.options.seed)
+        picks = [self._controls_for(i, rng) for i in range(n)]
+        for i in tqdm(range(n), desc="single edits", unit="fact"):
+            keys = [f"edit/{i}", f"after/{i}/logprob", *(f"after/{i}/fluency" for _ in [0] if i in fluency_at)]
+            asks = self.fact_asks(f"after/{i}", i) + self.control_asks(f"after/{i}", picks[i], self.data.facts[i])
+            if all(k in self.cases for k in keys) and all(a.key in self.cases for a in asks):
+                continue
+            self.method.reset()
+            self._edit(i)
+            self.score(asks)
+            self.target_logprobs(f"after/{i}/logprob", [i])
+            if i in fluency_at:
+                self.fluency(f"after/{i}/fluency")
+        self.method.reset()
+
+    def _controls_for(self, index: int, rng: random.Random) -> list[int]:
+        """A few controls for one single edit: half about the facts' relations (the fact's own first)."""
+        k = min(self.options.controls_per_edit, len(self.data.controls))
+        relation = self.data.facts[index].relation
+        same = [j for j, c in enumerate(self.data.controls) if relation and c.relation == relation]
+        related = [j for j, s in enumerate(self.same_relation) if s and j not in same]
+        other = [j for j, s in enumerate(self.same_relation) if not s]
+        chosen = rng.sample(same, min(len(same), k // 2))
+        chosen += rng.sample(related, min(len(related), k // 2 - len(chosen)))
+        chosen += rng.sample(other, min(len(other), k - len(chosen)))
+        rest = [j for j in range(len(self.data.controls)) if j not in chosen]
+        return sorted(chosen + rng.sample(rest, k - len(chosen)))
+
+    def sequential(self) -> None:
+        n = len(self.data.facts)
+        checkpoints = sorted({c for c in self.options.checkpoints if 0 < c < n} | {n})
+        self.method.reset()
+        for i in tqdm(range(n), desc="sequential edits", unit="fact"):
+            later = [c for c in checkpoints if c > i]
+            if all(self._checkpoint_done(c) for c in later) and f"edit/{i}" in self.cases:
+                continue
+            self._edit(i)  # again, unscored, when resuming
+            if self.options.immediate:
+                self.score(self.fact_asks(f"after/{i}", i))
+            if i + 1 in checkpoints:
+                self.checkpoint(i + 1, final=i + 1 == n)
+
+    def _checkpoint_asks(self, count: int, final: bool) -> list[Ask]:
+        prefix = f"checkpoint/{count}"
+        asks = [a for i in range(count) for a in self.fact_asks(prefix, i, paraphrases=final)]
+        return asks + self.control_asks(prefix, range(len(self.data.controls)), self.data.facts[count - 1])
+
+    def _checkpoint_done(self, count: int) -> bool:
+        final = count == len(self.data.facts)
+        keys = [a.key for a in self._checkpoint_asks(count, final)]
+        if final:
+            keys += ["final/fluency", "final/logprob"]
+        return all(k in self.cases for k in keys)
+
+    def checkpoint(self, count: int, final: bool) -> None:
+        self.score(self._checkpoint_asks(count, final), f"scoring {count} facts")
+        if final:
+            self.fluency("final/fluency")
+            self.target_logprobs("final/logprob", range(count))
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n)."""
+    k = min(k, n)
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k else []

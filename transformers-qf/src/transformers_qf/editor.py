@@ -1,0 +1,181 @@
+"""QF with its variants as options: which positions, which layer(s), how far the target, which metric.
+
+    editor = Editor(model, tokenizer, EditConfig(layers=(27,), positions="answer"))
+    report = editor.learn(system=fact, user=question, answer=answer, subject="Velmora Labs")
+    editor.reset()                                    # every edited layer back to its original weight
+
+One round, for each layer L of `config.layers` in turn:
+1. the open-book pass (fact in the system turn) and the closed-book pass (no fact) are teacher-forced
+   through the model as it is now, cut after L (both in one forward);
+2. rows are kept at `positions`: "answer" (the positions that predict the answer turn, as the paper),
+   "answer-words" (the same less the two that predict the turn's header "assistant\n", whose keys are
+   nearly the same for every question), "suffix" (every position the two passes share from the user turn
+   on, so the question's tokens carry the fact too) or "subject" (the user turn's tokens of the fact's
+   subject, plus the answer);
+3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
+   `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output;
+4. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
+   exact, ridge, or covariance-weighted when `metrics` gives a key covariance for L).
+Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
+only closes what the earlier ones left open (open-book rows come from the model before the round).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import prompting
+from .architectures import locate
+from .capture import record, record_layers
+from .gradtarget import optimized_deltas
+from .keysolve import KeyMetric, KeySolver, KeySolveReport
+from .prompting import PromptError
+
+POSITIONS = ("answer", "answer-words", "suffix", "subject", "subject-last")
+TARGETS = ("open-book", "optimized")
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    layers: tuple[int, ...] = (23,)
+    positions: str = "answer"
+    gamma: float = 0.0
+    ridge: float = 0.0
+    covariance: bool = False  # weight the solve by each layer's key covariance (needs `metrics`)
+    cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
+    target: str = "open-book"  # or "optimized": layer-output targets by gradient descent (gradtarget.py)
+    target_steps: int = 20
+    target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
+    target_decay: float = 0.5
+
+    def __post_init__(self):
+        if self.positions not in POSITIONS:
+            raise PromptError(f"unknown positions {self.positions!r}: use one of {', '.join(POSITIONS)}")
+        if not self.layers:
+            raise PromptError("no layer to edit: give at least one layer")
+        if self.target not in TARGETS:
+            raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "layers": list(self.layers)}
+
+
+@dataclass
+class EditReport:
+    seconds: float
+    rows: int  # kept positions of this round (per layer)
+    layers: list[dict] = field(default_factory=list)  # one KeySolveReport dict per edited layer
+
+    @property
+    def residual(self) -> float:
+        return max(layer["residual"] for layer in self.layers)
+
+    @property
+    def delta_rel(self) -> float:
+        return max(layer["delta_rel"] for layer in self.layers)
+
+
+class Editor:
+    """Consolidate facts into one or more down_proj weights of a loaded causal LM (see module doc).
+
+    metrics: {layer: KeyMetric} for the covariance-weighted solve (needed when config.covariance).
+    """
+
+    def __init__(self, model, tokenizer, config: EditConfig, metrics: dict[int, KeyMetric] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.parts = [locate(model, layer) for layer in config.layers]
+        self.layers = [p.index for p in self.parts]
+        if config.covariance and not all(i in (metrics or {}) for i in self.layers):
+            raise PromptError("covariance-weighted solve needs a key covariance for every edited layer")
+        self.last_target_losses: list[float] = []
+        self.solvers = [
+            KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
+                      config.ridge)
+            for p in self.parts
+        ]
+
+    def reset(self) -> None:
+        """Every edited layer back to its original weight; every round forgotten."""
+        for parts, solver in zip(self.parts, self.solvers):
+            parts.down.weight.data.copy_(solver.W0)
+        self.solvers = [KeySolver(s.W0, s.metric, s.ridge) for s in self.solvers]
+
+    @torch.no_grad()
+    def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None) -> EditReport:
+        t0 = time.perf_counter()
+        open_tf, closed_tf = prompting.teacher_forced_many(self.tokenizer, [system, ""], user, answer, significance)
+        open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject)
+        ids = [open_tf.input_ids, closed_tf.input_ids]
+        open_book = self.config.target == "open-book"
+        # several layers: the open-book rows of every layer come from the model before this round
+        opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
+        reports: list[KeySolveReport] = []
+        for parts, solver in zip(self.parts, self.solvers):
+            if not open_book:
+                open_rec, closed = None, record(self.model, parts, ids[1:])[0]
+            elif opened is None:
+                open_rec, closed = record(self.model, parts, ids)
+            else:
+                open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])[0]
+            up, vp = closed.u[closed_pos], closed.v[closed_pos]
+            y_closed = solver.outputs_w0(up, vp)
+            if self.config.target == "optimized":
+                target = self._optimized_target(parts.index, closed, closed_pos, closed_tf)
+            else:
+                y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
+                target = y_open + self.config.gamma * (y_open - y_closed)
+            solver.add(up, y_closed - target, torch.linalg.norm(target, dim=1), weights)
+            reports.append(solver.solve_into(parts.down.weight.data))
+        return EditReport(time.perf_counter() - t0, len(closed_pos), [r.as_dict() for r in reports])
+
+    def _optimized_target(self, layer: int, closed, positions: torch.Tensor, closed_tf) -> torch.Tensor:
+        """Layer L's closed-book output now, plus the deltas that make the model give the answer (float64)."""
+        c = self.config
+        hidden = closed.v + closed.y  # layer L's output at every position
+        answer = closed_tf.kept.to(hidden.device)
+        delta, losses = optimized_deltas(self.model, layer, hidden, positions.to(hidden.device), answer,
+                                         closed_tf.targets.to(hidden.device), c.target_steps, c.target_lr,
+                                         c.target_decay)
+        self.last_target_losses = losses
+        return hidden[positions].to(torch.float64) + delta.to(torch.float64) * (1.0 + c.gamma)
+
+    def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None):
+        """Kept positions in the open and closed sequences, and their weights."""
+        answer_open = open_tf.nonzero()
+        shift = len(open_tf.input_ids) - len(closed_tf.input_ids)  # the fact's extra tokens
+        keep = answer_open.kept
+        weights = answer_open.weights
+        if self.config.positions == "answer":
+            return keep, keep - shift, weights
+        if self.config.positions == "answer-words":  # not the positions that predict "assistant" and "\n"
+            header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
+            words = answer_open.kept >= int(open_tf.kept[header])
+            return keep[words], keep[words] - shift, weights[words]
+        closed_prompt = prompting.chatml_prompt("", user)
+        user_start = len(prompting.encode(self.tokenizer, closed_prompt.split("<|im_start|>user")[0]))
+        if self.config.positions == "suffix":
+            extra = torch.arange(user_start, int(closed_tf.kept[0]))
+        else:
+            extra = self._subject_positions(closed_prompt, user, subject)
+            if self.config.positions == "subject-last":  # ROME's single key: the subject's last token
+                last = extra[-1:]
+                return last + shift, last, torch.ones(1, dtype=weights.dtype)
+        closed_keep = torch.cat([extra, keep - shift])
+        weights = torch.cat([torch.ones(len(extra), dtype=weights.dtype), weights])
+        return closed_keep + shift, closed_keep, weights
+
+    def _subject_positions(self, closed_prompt: str, user: str, subject: str | None) -> torch.Tensor:
+        """Positions (in the closed prompt) of the tokens that spell the subject in the user turn."""
+        if not subject:
+            raise PromptError("positions 'subject' needs the fact's subject: add a \"subject\" key to the fact")
+        start = closed_prompt.rfind(user) + user.find(subject) if subject in user else -1
+        if start < 0:
+            raise PromptError(f"the subject {subject!r} does not occur in the question {user!r}")
+        enc = self.tokenizer(closed_prompt, add_special_tokens=False, return_offsets_mapping=True)
+        end = start + len(subject)
+        return torch.tensor([i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start])

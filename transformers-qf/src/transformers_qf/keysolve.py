@@ -1,0 +1,233 @@
+"""QF's update of down_proj in a key metric: covariance-weighted (EMMET / MEMIT form) and ridge.
+
+Rows are positions. Each row t has a key u'_t (the closed-book input of down_proj) and a residual
+r_t = (W0 u'_t + v'_t) - target_t, what the closed-book layer output is off by under the original
+weight W0. With C = L L^T a key covariance (the identity for QF's plain metric) the update solves
+
+    minimise   sum_t s_t |dW u'_t + r_t|^2  +  lambda |dW L|_F^2
+
+    lambda > 0:  dW = -R^T S^1/2 (lambda I + S^1/2 K S^1/2)^-1 S^1/2 B
+    lambda = 0:  dW = -R^T K^+ B          (every row met exactly, smallest |dW L|_F)
+
+with B = U' C^-1 ([k, d_mlp], "what the keys look like to the metric") and K = U' C^-1 U'^T ([k, k]).
+With C = I and lambda = 0 this is eq. 3 of the QF paper (`qf.solve`). A covariance estimated on
+generic text makes the change smallest where generic keys live, so unrelated inputs move least.
+
+`KeySolver` keeps the rows of every round and re-solves from W0 over all of them (QF's accumulated
+re-solve), growing K by the new rows only. When the rows outnumber what the dual form can hold
+(`dual_rows`, by default d_mlp: beyond it K is singular and exact constraints no longer exist), it
+switches once to the primal form and from then on adds each round by recursive least squares:
+
+    P  = (lambda C + U'^T S U')^-1                         [d_mlp, d_mlp], from every row so far, once
+    G  = S_m^-1 + U_m P U_m^T,  E = dW U_m^T + R_m^T      per round of m rows (Woodbury)
+    dW <- dW - E G^-1 U_m P,    P <- P - P U_m^T G^-1 U_m P
+
+which is the same minimiser as solving all rows at once. With lambda = 0 the primal form is the
+least-squares solution (what the pseudo-inverse gives), with a jitter of `PRIMAL_JITTER` trace/d
+added to lambda C to keep P finite.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .qf import CHUNK, SINGULAR_COND, SolveError
+
+PRIMAL_JITTER = 1e-8
+
+
+@dataclass
+class KeySolveReport:
+    rows: int
+    method: str  # "exact", "pinv" or "ridge"
+    cond: float  # of K (exact) or of the ridge system
+    residual: float  # max_t |W' u'_t + v'_t - target_t| / |target_t|, W' in float64
+    delta_rel: float  # ||W' - W0||_F / ||W0||_F
+    seconds: float
+    ridge: float
+    covariance: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class KeyMetric:
+    """C^-1 applied to keys, from a key covariance C [d_mlp, d_mlp] shrunk towards its mean variance.
+
+    C_s = (1 - shrink) C + shrink (trace C / d) I keeps C_s invertible when C was estimated from fewer
+    samples than d_mlp; shrink = 1 is QF's plain metric up to a scale.
+    """
+
+    def __init__(self, covariance: torch.Tensor, shrink: float = 0.1):
+        if not 0.0 < shrink <= 1.0:
+            raise SolveError(f"covariance shrink must be in (0, 1], got {shrink}")
+        C = covariance.to(torch.float64)
+        d = C.shape[0]
+        scale = torch.trace(C) / d
+        C = (1.0 - shrink) * C + shrink * scale * torch.eye(d, dtype=torch.float64, device=C.device)
+        self.factor = torch.linalg.cholesky(C / scale)  # unit mean variance: lambda is on the scale of |u|^2 / d
+        self.scale = float(scale)
+        self.shrink = shrink
+
+    def apply(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys C_s^-1 (rows), [k, d_mlp] float64, with C_s at unit mean variance."""
+        return torch.cholesky_solve(keys.to(self.factor).T, self.factor).T
+
+
+class KeySolver:
+    """The update above over rows that arrive in rounds; every solve starts from W0.
+
+    W0: [d_model, d_mlp] the original weight (kept as given, never changed); metric: None for QF's
+    plain metric (C = I) or a KeyMetric; ridge: lambda (0: exact); dual_rows: the most rows solved in
+    the dual form (default d_mlp) before switching to the primal one.
+    """
+
+    def __init__(self, W0: torch.Tensor, metric: KeyMetric | None = None, ridge: float = 0.0,
+                 dual_rows: int | None = None):
+        if ridge < 0:
+            raise SolveError(f"ridge must be >= 0, got {ridge}")
+        self.W0 = W0
+        self.metric = metric
+        self.ridge = ridge
+        self.dual_rows = W0.shape[1] if dual_rows is None else dual_rows
+        self.count = 0
+        self.primal: _Primal | None = None
+        f64 = dict(dtype=torch.float64, device=W0.device)
+        self.keys = torch.zeros(0, W0.shape[1], **f64)  # U'
+        self.B = torch.zeros(0, W0.shape[1], **f64)  # U' C^-1
+        self.R = torch.zeros(0, W0.shape[0], **f64)
+        self.target_norm = torch.zeros(0, **f64)
+        self.weights = torch.zeros(0, **f64)
+        self.K = torch.zeros(0, 0, **f64)
+
+    @property
+    def rows(self) -> int:
+        return self.count
+
+    def outputs_w0(self, keys: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """W0 u'_t + v'_t in float64, [k, d_model]."""
+        out = v.to(torch.float64).clone()
+        for c in range(0, self.W0.shape[1], CHUNK):
+            out.addmm_(keys[:, c:c + CHUNK].to(torch.float64), self.W0[:, c:c + CHUNK].to(torch.float64).T)
+        return out
+
+    @torch.no_grad()
+    def add(self, keys: torch.Tensor, residuals: torch.Tensor, targets_norm: torch.Tensor,
+            weights: torch.Tensor | None = None) -> None:
+        """Append rows: keys u' [m, d_mlp], residuals r [m, d_model], |target_t| [m], significances [m] (> 0)."""
+        f64 = dict(dtype=torch.float64, device=self.W0.device)
+        keys, residuals = keys.to(**f64), residuals.to(**f64)
+        m = keys.shape[0]
+        if m == 0:
+            raise SolveError("no rows to add: every position was dropped (significance 0?)")
+        if not (torch.isfinite(keys).all() and torch.isfinite(residuals).all()):
+            raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
+        weights = torch.ones(m, **f64) if weights is None else weights.to(**f64)
+        self.count += m
+        if self.primal is None and self.count > self.dual_rows:
+            self.primal = _Primal(self)
+            self.keys = self.B = self.R = self.K = None  # the dual form's rows are folded into P and dW
+        if self.primal is not None:
+            self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
+            return
+        B = keys if self.metric is None else self.metric.apply(keys)
+        cross = B @ self.keys.T  # [m, k]: new metric keys against old keys
+        new = B @ keys.T
+        self.K = torch.cat([torch.cat([self.K, cross.T], 1), torch.cat([cross, (new + new.T) / 2], 1)])
+        self.keys = torch.cat([self.keys, keys])
+        self.B = torch.cat([self.B, B])
+        self.R = torch.cat([self.R, residuals])
+        self.target_norm = torch.cat([self.target_norm, targets_norm.to(**f64)])
+        self.weights = torch.cat([self.weights, weights])
+
+    @torch.no_grad()
+    def solve_into(self, W: torch.Tensor) -> KeySolveReport:
+        """W <- W0 + dW over every row so far (W: the weight in the model, any dtype)."""
+        t0 = time.perf_counter()
+        if self.rows == 0:
+            W.copy_(self.W0)
+            return KeySolveReport(0, "none", 1.0, 0.0, 0.0, 0.0, self.ridge, self.metric is not None)
+        if self.primal is not None:
+            return self.primal.solve_into(W, t0)
+        coef, method, cond = self._coefficients()  # [k, d_model]
+        seen = torch.zeros_like(self.R)  # (W' - W0) u'_t as stored
+        w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
+        for c in range(0, W.shape[1], CHUNK):
+            block0 = self.W0[:, c:c + CHUNK].to(torch.float64)
+            block = block0 - coef.T @ self.B[:, c:c + CHUNK]
+            W[:, c:c + CHUNK].copy_(block)
+            seen.addmm_(self.keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
+            w0_sq += block0.square().sum()
+        residual = (torch.linalg.norm(seen + self.R, dim=1) / self.target_norm).max()
+        delta_sq = torch.trace(coef.T @ self.K @ coef) if self.metric is None else self._delta_sq(coef)
+        residual, delta_sq, w0_sq = torch.stack([residual, delta_sq, w0_sq]).tolist()
+        return KeySolveReport(self.rows, method, cond, residual, (max(delta_sq, 0.0) / w0_sq) ** 0.5,
+                              time.perf_counter() - t0, self.ridge, self.metric is not None)
+
+    def _delta_sq(self, coef: torch.Tensor) -> torch.Tensor:
+        """|coef^T B|_F^2 = trace(coef^T (B B^T) coef) without forming dW."""
+        return torch.trace(coef.T @ (self.B @ self.B.T) @ coef)
+
+    def _coefficients(self):
+        K, R, k = self.K, self.R, self.rows
+        eye = torch.eye(k, dtype=torch.float64, device=K.device)
+        if self.ridge > 0:
+            s = self.weights.sqrt()
+            M = self.ridge * eye + s[:, None] * K * s[None, :]
+            eig = torch.linalg.eigvalsh(M)
+            coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)
+            return coef, "ridge", float(eig[-1] / eig[0])
+        eig = torch.linalg.eigvalsh(K)
+        lo, hi = float(eig[0]), float(eig[-1])
+        cond = hi / lo if lo > 0 else float("inf")
+        if cond < SINGULAR_COND:
+            return torch.cholesky_solve(R, torch.linalg.cholesky(K)), "exact", cond
+        return torch.linalg.pinv(K, hermitian=True) @ R, "pinv", cond
+
+
+class _Primal:
+    """The primal form of a KeySolver's problem, built once from its dual rows, then extended per round."""
+
+    def __init__(self, solver: KeySolver):
+        self.solver = solver
+        f64 = dict(dtype=torch.float64, device=solver.W0.device)
+        d = solver.W0.shape[1]
+        metric = torch.eye(d, **f64) if solver.metric is None else solver.metric.factor @ solver.metric.factor.T
+        keys, w = solver.keys, solver.weights
+        M = (keys.T * w) @ keys  # U'^T S U'
+        lam = solver.ridge if solver.ridge > 0 else PRIMAL_JITTER * float(torch.trace(M)) / d
+        self.lam = lam
+        M += lam * metric
+        self.P = torch.cholesky_inverse(torch.linalg.cholesky(M))
+        self.dW = -((solver.R.T * w) @ keys) @ self.P  # -R^T S U' P
+        self.method = "ridge (primal)" if solver.ridge > 0 else f"least squares (primal, jitter {lam:.1e})"
+        self.last = (keys[-1:], solver.R[-1:], solver.target_norm[-1:])
+
+    def add(self, keys, residuals, target_norm, weights) -> None:
+        PU = self.P @ keys.T  # [d, m]
+        G = torch.diag(1.0 / weights) + keys @ PU
+        E = self.dW @ keys.T + residuals.T  # [d_model, m]: the new rows' residuals under dW
+        gain = torch.linalg.solve(G, PU.T)  # G^-1 U_m P, [m, d]
+        self.dW -= E @ gain
+        self.P -= PU @ gain
+        self.P = (self.P + self.P.T) / 2
+        self.last = (keys, residuals, target_norm)
+
+    def solve_into(self, W: torch.Tensor, t0: float) -> KeySolveReport:
+        s = self.solver
+        keys, residuals, target_norm = self.last
+        seen = torch.zeros_like(residuals)
+        w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
+        for c in range(0, W.shape[1], CHUNK):
+            block0 = s.W0[:, c:c + CHUNK].to(torch.float64)
+            W[:, c:c + CHUNK].copy_(block0 + self.dW[:, c:c + CHUNK])
+            seen.addmm_(keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
+            w0_sq += block0.square().sum()
+        residual = (torch.linalg.norm(seen + residuals, dim=1) / target_norm).max()
+        residual, delta_sq, w0_sq = torch.stack([residual, self.dW.square().sum(), w0_sq]).tolist()
+        # residual: over the last round's rows only (the earlier rows are no longer kept)
+        return KeySolveReport(s.rows, self.method, float("nan"), residual, (delta_sq / w0_sq) ** 0.5,
+                              time.perf_counter() - t0, s.ridge, s.metric is not None)

@@ -1,0 +1,105 @@
+"""The key covariance C = E[u u^T] of one layer's down_proj input, on generic text the project makes.
+
+The covariance-weighted solve (`keysolve.KeyMetric`) needs to know which directions of the 8960-wide
+key space generic inputs use, so that an edit changes the layer least there. The generic text is
+made here, without any data set: a fixed, seeded list of everyday requests (topics x kinds of
+request, none about the benchmark's entities or relations), each answered by the model itself
+(greedy), and the whole exchange written as ChatML. Texts and covariances are cached per model under
+the package's cache directory (`models.cache_dir()`).
+
+    texts = generic_texts(answer, count=256, seed=0)                  # answer: (system, user) -> text
+    C, n = key_covariance(model, parts, tokenizer, texts)             # [d_mlp, d_mlp] float64, n positions
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import prompting
+from .capture import record
+from .models import cache_dir
+
+TOPICS = (
+    "the water cycle", "photosynthesis", "a rainy afternoon", "the history of writing", "how bridges stay up",
+    "learning to cook rice", "the moon's phases", "saving money", "a walk in the forest", "how vaccines work",
+    "the rules of chess", "volcanoes", "a birthday party", "recycling plastic", "the human heart",
+    "planting tomatoes", "jazz music", "the Roman roads", "sleep and memory", "electric circuits",
+    "a train journey", "the desert at night", "how bees make honey", "writing a cover letter", "glaciers",
+    "a city market", "the printing press", "ocean tides", "learning a musical instrument", "friendship",
+    "a thunderstorm", "baking bread", "the immune system", "maps and navigation", "public libraries",
+    "the life of a butterfly", "wind and weather", "a football match", "kindness to strangers", "prime numbers",
+    "sorting a list in Python", "how a compiler works", "the speed of sound", "a mountain village",
+    "coffee", "the solar system", "time management", "earthquakes", "a lighthouse", "ancient pottery",
+)
+REQUESTS = (
+    "Write a short paragraph about {topic}.",
+    "Explain {topic} to a ten-year-old.",
+    "Give three interesting facts about {topic}.",
+    "What should everyone know about {topic}?",
+    "Describe {topic} in a few sentences.",
+    "Write a short poem about {topic}.",
+)
+
+Answer = Callable[[list[tuple[str, str]], int], list[str]]  # (system, user) prompts, max new tokens -> answers
+
+
+def generic_prompts(count: int, seed: int = 0) -> list[str]:
+    """`count` requests (topic x kind of request), in a seeded order."""
+    prompts = [r.format(topic=t) for t in TOPICS for r in REQUESTS]
+    random.Random(f"{seed}:generic").shuffle(prompts)
+    if count > len(prompts):
+        raise ValueError(f"at most {len(prompts)} generic prompts, asked for {count}")
+    return prompts[:count]
+
+
+def generic_texts(answer: Answer, count: int = 256, seed: int = 0, max_new_tokens: int = 64,
+                  cache_key: str | None = None) -> list[str]:
+    """The generic prompts with the model's answers, as full ChatML exchanges (cached when cache_key is given)."""
+    path = None if cache_key is None else cache_dir() / "generic" / f"{_slug(cache_key)}-{count}-{seed}-{max_new_tokens}.json"
+    if path is not None and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    prompts = generic_prompts(count, seed)
+    answers = answer([("", p) for p in prompts], max_new_tokens)
+    texts = [prompting.generation_prompt("", p) + a + prompting.ANSWER_CLOSING for p, a in zip(prompts, answers)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    return texts
+
+
+@torch.no_grad()
+def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 16,
+                   cache_key: str | None = None) -> tuple[torch.Tensor, int]:
+    """E[u u^T] over every position of `texts` at layer `parts.index` ([d_mlp, d_mlp] float64), and the count."""
+    path = None
+    if cache_key is not None:
+        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
+        path = cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}.safetensors"
+        if path.is_file():
+            stored = load_file(str(path))
+            return stored["covariance"].to(torch.float64), int(stored["count"])
+    d = parts.down.in_features
+    total = torch.zeros(d, d, dtype=torch.float64)
+    count = 0
+    ids = [torch.tensor(prompting.encode(tokenizer, t)) for t in texts]
+    for start in range(0, len(ids), batch_size):
+        for rec in record(model, parts, ids[start:start + batch_size]):
+            u = rec.u.float()
+            total += (u.T @ u).to(torch.float64).cpu()
+            count += u.shape[0]
+    covariance = total / count
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"covariance": covariance.float(), "count": torch.tensor(count)}, str(path))
+    return covariance, count
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
