@@ -43,7 +43,26 @@ class Captured:
     weights: torch.Tensor
 
 
-class QF:
+class Respond:
+    """The original's single entry point, shared by QF and QF2: `respond(..., qfmode=...)` dispatches to
+    instruct / update / apply + generate / generate."""
+
+    def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
+        """Dispatch on `qfmode` (QF-instruct, QF-update, QF-infer-w, QF-infer-wp)."""
+        try:
+            mode = QFMode(qfmode)
+        except ValueError:
+            raise ValueError(f"unknown qfmode {qfmode!r}: use one of {[m.value for m in QFMode]}") from None
+        if mode is QFMode.INSTRUCT:
+            return self.instruct(system, user, answer, significance)
+        if mode is QFMode.UPDATE:
+            return self.update(user, answer, significance, system=system)
+        if mode is QFMode.INFER_WP:
+            self.apply()
+        return self.generate(system, user)
+
+
+class QF(Respond):
     """qfmode for one layer of a loaded causal LM.
 
     model, tokenizer: as loaded by transformers; identity: a dict naming the model (recorded in the
@@ -89,20 +108,6 @@ class QF:
         self._accumulator: Accumulator | None = None
 
     # -- the four modes ---------------------------------------------------------------------------
-    def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
-        """The original's single entry point: dispatch on `qfmode`."""
-        try:
-            mode = QFMode(qfmode)
-        except ValueError:
-            raise ValueError(f"unknown qfmode {qfmode!r}: use one of {[m.value for m in QFMode]}") from None
-        if mode is QFMode.INSTRUCT:
-            return self.instruct(system, user, answer, significance)
-        if mode is QFMode.UPDATE:
-            return self.update(user, answer, significance, system=system)
-        if mode is QFMode.INFER_WP:
-            self.apply()
-        return self.generate(system, user)
-
     def instruct(self, system: str, user: str, answer: str, significance=None) -> Captured:
         """Open-book pass: record u, v; save W at the first round."""
         self._require_no_pending_round()

@@ -23,7 +23,7 @@ from .architectures import locate
 from .capture import record
 from .generation import greedy_batch
 from .models import model_identity
-from .modes import QFMode
+from .modes import Respond
 from .qft import block_of
 from .store import ParametersError, ParametersFolder
 
@@ -69,7 +69,7 @@ def _closeness(ystar: torch.Tensor, firing: torch.Tensor) -> tuple[float, float]
     return float((firing - ystar).abs().mean()), float(((firing > 0.5) == (ystar > 0.5)).double().mean())
 
 
-class QF2:
+class QF2(Respond):
     """qfmode on the firing block of a QFt-converted model (see qft.py); sequential Hebbian rounds."""
 
     def __init__(self, model, tokenizer, folder: str | os.PathLike | None = "parameters", identity: dict | None = None,
@@ -87,19 +87,6 @@ class QF2:
         self.last_report: FiringReport | None = None
 
     # -- the modes ----------------------------------------------------------------------------------
-    def respond(self, system: str, user: str, answer: str = "", significance=None, qfmode: str = "QF-infer-w"):
-        try:
-            mode = QFMode(qfmode)
-        except ValueError:
-            raise ValueError(f"unknown qfmode {qfmode!r}: use one of {[m.value for m in QFMode]}") from None
-        if mode is QFMode.INSTRUCT:
-            return self.instruct(system, user, answer, significance)
-        if mode is QFMode.UPDATE:
-            return self.update(user, answer, significance, system=system)
-        if mode is QFMode.INFER_WP:
-            self.apply()
-        return self.generate(system, user)
-
     def instruct(self, system: str, user: str, answer: str, significance=None) -> torch.Tensor:
         """Open-book pass: record y* at the kept positions; save up_proj's W at the first round."""
         rounds = self.folder.rounds
