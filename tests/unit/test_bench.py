@@ -10,7 +10,10 @@ from transformers_qf.bench import cli
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
 from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
+from transformers_qf import keystats
+from transformers_qf.keystats import known_fact_prompts
 from transformers_qf.models import LoadedModel
+from transformers_qf.worldfacts import real_facts
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
@@ -138,7 +141,8 @@ def test_controls_are_split_between_the_facts_relations_and_others():
 
 # -- the command end to end on a tiny random model -------------------------------------------------------
 @pytest.fixture
-def bench_model(monkeypatch, tiny_qwen2, tokenizer):
+def bench_model(monkeypatch, tiny_qwen2, tokenizer, tmp_path):
+    monkeypatch.setenv("QF_CACHE", str(tmp_path / "cache"))  # key statistics of the tiny model stay out of ~/.cache
     loads = []
 
     def fake(spec, device, dtype):
@@ -159,8 +163,9 @@ def facts_file(tmp_path):
 
 
 @pytest.mark.parametrize("method, protocol, extra", [
-    ("qf", "sequential", ["--layer", "2"]),
-    ("qf", "single", ["--layers", "1,3", "--positions", "suffix", "--gamma", "0.5"]),
+    ("qf", "sequential", ["--layer", "2", "--cov-texts", "4", "--cov-fact-texts", "4"]),  # the default config
+    ("qf", "sequential", ["--paper", "--layer", "2"]),
+    ("qf", "single", ["--layers", "1,3", "--positions", "suffix", "--gamma", "0.5", "--no-covariance"]),
     ("qf", "sequential", ["--paper", "--layer", "3", "--ridge", "0.1"]),
     ("ft", "single", ["--layer", "2", "--ft-steps", "2"]),
     ("in-context", "sequential", []),
@@ -195,7 +200,7 @@ def test_bench_runs_end_to_end_and_resumes(bench_model, facts_file, tmp_path, ca
 def test_a_stopped_sequential_run_resumes_where_it_stopped(bench_model, facts_file, tmp_path):
     out = tmp_path / "run"
     argv = ["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--out", str(out),
-            "--layer", "2", "--max-new-tokens", "3"]
+            "--paper", "--layer", "2", "--max-new-tokens", "3"]
     assert cli.main(argv) == 0
     full = (out / "cases.jsonl").read_text().splitlines()
     cut = [line for line in full if not json.loads(line)["key"].startswith(("checkpoint/", "final/", "after/2"))]
@@ -213,7 +218,7 @@ def test_the_unedited_models_answers_are_reused_from_a_matching_run_only(bench_m
     common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "3"]
     assert cli.main([*common, "--method", "none", "--out", str(tmp_path / "a")]) == 0
     first = {json.loads(line)["key"]: json.loads(line) for line in (tmp_path / "a" / "cases.jsonl").read_text().splitlines()}
-    assert cli.main([*common, "--method", "qf", "--layer", "2", "--out", str(tmp_path / "b"),
+    assert cli.main([*common, "--method", "qf", "--paper", "--layer", "2", "--out", str(tmp_path / "b"),
                      "--before-from", str(tmp_path / "a")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "b" / "cases.jsonl").read_text().splitlines()]
     before = [r for r in rows if r["key"].startswith("before/")]
@@ -263,17 +268,44 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
 
     runs = tmp_path / "runs"
     common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "1,3"]
-    for name, extra in {"seq-qf": ["--method", "qf", "--layer", "2"], "seq-none": ["--method", "none"],
-                        "sweep-L01": ["--method", "qf", "--layer", "1"], "sweep-L03": ["--method", "qf", "--layer", "3"]}.items():
+    qf = ["--method", "qf", "--paper", "--layer"]
+    for name, extra in {"seq-qf": [*qf, "2"], "seq-none": ["--method", "none"],
+                        "sweep-L01": [*qf, "1"], "sweep-L03": [*qf, "3"]}.items():
         assert cli.main([*common, *extra, "--out", str(runs / name)]) == 0
     (runs / "plan.json").write_text(json.dumps({"seq-qf": "python -m transformers_qf.bench ...",
                                                 "later": "python -m transformers_qf.bench --later"}))
     out = tmp_path / "results"
     assert report.main([str(runs), "--out", str(out)]) == 0
     text = (out / "benchmark.md").read_text()
-    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf |" in text and "| seq-none | none |" in text
+    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf-paper |" in text and "| seq-none | none |" in text
     assert "## Layer sweep" in text and "| sweep-L01 |" in text
     assert "`seq-qf`: `python -m transformers_qf.bench --facts" in text
     assert text.split("## Planned but not run (or not finished)")[1].strip() == "- `later`: `python -m transformers_qf.bench --later`"
     assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
     assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4
+
+
+def test_known_fact_prompts_leave_out_every_entity_a_control_names():
+    every = known_fact_prompts()
+    kept = known_fact_prompts(["Who is the CEO of Google?", "When was Intel founded?"])
+    assert all("Google" not in p and "Intel" not in p for p in kept)
+    assert len(kept) < len(every) and {p for p in every if "Google" not in p and "Intel" not in p} == set(kept)
+    assert "Who is the chief executive of Apple?" in kept  # every phrasing, not just the first
+
+
+def test_covariance_on_generic_and_real_entity_text_leaves_out_the_controls(bench_model, facts_file, tmp_path,
+                                                                           monkeypatch):
+    few = [f for f in real_facts() if f.subject in ("Alibaba", "France", "Apple", "Microsoft")]
+    monkeypatch.setattr(keystats, "real_facts", lambda: few)  # a handful keeps the tiny model's answers quick
+    out = tmp_path / "run"
+    argv = ["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--out", str(out),
+            "--layer", "2", "--max-new-tokens", "3", "--covariance", "--cov-corpus", "generic+facts",
+            "--cov-texts", "4"]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method_config"]["covariance"] and summary["method_config"]["cov_corpus"] == "generic+facts"
+    corpora = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "answered").glob("*.json")]
+    facts_texts = next(texts for texts in corpora if any("Apple" in t for t in texts))
+    assert len(facts_texts) == len(known_fact_prompts(["Who started Alibaba?", "What is the capital of France?"]))
+    assert facts_texts and not any("Alibaba" in t or "France" in t for t in facts_texts)
+    assert any("Apple" in t for t in facts_texts)

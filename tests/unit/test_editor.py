@@ -184,3 +184,27 @@ def test_the_primal_form_continues_the_dual_one(ridge, metric):
     else:  # 60 rows in 40 dimensions: the least-squares fit, which the dual form's pseudo-inverse also gives
         lstsq = torch.linalg.lstsq(keys, -R).solution.T
         torch.testing.assert_close(W_both - W0, lstsq, rtol=1e-5, atol=1e-6)
+
+
+def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2, tokenizer):
+    from transformers_qf.prompting import encode
+
+    system, user, answer, _ = FACTS[0]
+    target = answer.split()[-1].rstrip(".")
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="target"))
+    report = editor.learn(system, user, answer, target=target)
+    assert report.rows == len(encode(tokenizer, " " + answer.split()[-1]))  # the last word's tokens, no header or end
+    assert report.residual < 1e-3
+    with pytest.raises(PromptError, match="needs the fact's target"):
+        editor.learn(system, user, answer)
+
+
+def test_target_next_adds_the_row_that_ends_the_target(tiny_qwen2, tokenizer):
+    from transformers_qf.prompting import encode
+
+    system, user, answer, _ = FACTS[0]  # "Oxinnovate was started by Qi."
+    config = EditConfig(layers=(1,), positions="target-next")
+    middle = Editor(copy.deepcopy(tiny_qwen2), tokenizer, config).learn(system, user, answer, target="started")
+    assert middle.rows == len(encode(tokenizer, " started")) + len(encode(tokenizer, " by"))
+    last = Editor(tiny_qwen2, tokenizer, config).learn(system, user, answer, target="Qi")
+    assert last.rows == len(encode(tokenizer, " Qi.")) + 1  # the target ends the answer: the end of the turn

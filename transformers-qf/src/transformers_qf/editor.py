@@ -9,7 +9,9 @@ One round, for each layer L of `config.layers` in turn:
    through the model as it is now, cut after L (both in one forward);
 2. rows are kept at `positions`: "answer" (the positions that predict the answer turn, as the paper),
    "answer-words" (the same less the two that predict the turn's header "assistant\n", whose keys are
-   nearly the same for every question), "suffix" (every position the two passes share from the user turn
+   nearly the same for every question), "target" (only the positions that predict the words of the
+   fact's target, e.g. the name in "The CEO of X is Ada Lee."), "target-next" (those and the one that
+   predicts the word after the target, or the end of the turn: where the target must stop), "suffix" (every position the two passes share from the user turn
    on, so the question's tokens carry the fact too) or "subject" (the user turn's tokens of the fact's
    subject, plus the answer);
 3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
@@ -34,8 +36,9 @@ from .gradtarget import optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
 
-POSITIONS = ("answer", "answer-words", "suffix", "subject", "subject-last")
+POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last")
 TARGETS = ("open-book", "optimized")
+COV_CORPORA = ("generic", "generic+facts")  # keystats: generic text, plus the model's answers about real entities
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class EditConfig:
     ridge: float = 0.0
     covariance: bool = False  # weight the solve by each layer's key covariance (needs `metrics`)
     cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
+    cov_corpus: str = "generic"  # the text that covariance is estimated on (COV_CORPORA)
     target: str = "open-book"  # or "optimized": layer-output targets by gradient descent (gradtarget.py)
     target_steps: int = 20
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
@@ -56,11 +60,20 @@ class EditConfig:
             raise PromptError(f"unknown positions {self.positions!r}: use one of {', '.join(POSITIONS)}")
         if not self.layers:
             raise PromptError("no layer to edit: give at least one layer")
+        if self.cov_corpus not in COV_CORPORA:
+            raise PromptError(f"unknown covariance corpus {self.cov_corpus!r}: use one of {', '.join(COV_CORPORA)}")
         if self.target not in TARGETS:
             raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
+
+
+PAPER = EditConfig(layers=(23,), positions="answer")  # the QF paper: answer positions, exact, plain metric
+# The best of the configurations measured on 100 sequential facts (results/benchmark.md): the paper's layer,
+# the rows that predict the target only, solved in the metric of keys the model should keep (generic text and
+# its own answers about real entities). It needs `keystats.key_metrics` for its layer (made once, cached).
+RECOMMENDED = EditConfig(layers=(23,), positions="target", covariance=True, cov_corpus="generic+facts")
 
 
 @dataclass
@@ -106,10 +119,15 @@ class Editor:
         self.solvers = [KeySolver(s.W0, s.metric, s.ridge) for s in self.solvers]
 
     @torch.no_grad()
-    def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None) -> EditReport:
+    def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None,
+              target: str | None = None) -> EditReport:
         t0 = time.perf_counter()
+        ends_answer = False
+        if self.config.positions in ("target", "target-next"):
+            significance, ends_answer = self._target_significance(answer, target, significance,
+                                                                  self.config.positions == "target-next")
         open_tf, closed_tf = prompting.teacher_forced_many(self.tokenizer, [system, ""], user, answer, significance)
-        open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject)
+        open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject, ends_answer)
         ids = [open_tf.input_ids, closed_tf.input_ids]
         open_book = self.config.target == "open-book"
         # several layers: the open-book rows of every layer come from the model before this round
@@ -125,11 +143,11 @@ class Editor:
             up, vp = closed.u[closed_pos], closed.v[closed_pos]
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
-                target = self._optimized_target(parts.index, closed, closed_pos, closed_tf)
+                goal = self._optimized_target(parts.index, closed, closed_pos, closed_tf)
             else:
                 y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
-                target = y_open + self.config.gamma * (y_open - y_closed)
-            solver.add(up, y_closed - target, torch.linalg.norm(target, dim=1), weights)
+                goal = y_open + self.config.gamma * (y_open - y_closed)
+            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
             reports.append(solver.solve_into(parts.down.weight.data))
         return EditReport(time.perf_counter() - t0, len(closed_pos), [r.as_dict() for r in reports])
 
@@ -144,17 +162,20 @@ class Editor:
         self.last_target_losses = losses
         return hidden[positions].to(torch.float64) + delta.to(torch.float64) * (1.0 + c.gamma)
 
-    def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None):
-        """Kept positions in the open and closed sequences, and their weights."""
+    def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None, ends_answer: bool = False):
+        """Kept positions in the open and closed sequences, and their weights (ends_answer: keep the position
+        that predicts the end of the turn in the target modes)."""
         answer_open = open_tf.nonzero()
         shift = len(open_tf.input_ids) - len(closed_tf.input_ids)  # the fact's extra tokens
         keep = answer_open.kept
         weights = answer_open.weights
         if self.config.positions == "answer":
             return keep, keep - shift, weights
-        if self.config.positions == "answer-words":  # not the positions that predict "assistant" and "\n"
+        if self.config.positions in ("answer-words", "target", "target-next"):
             header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
-            words = answer_open.kept >= int(open_tf.kept[header])
+            words = answer_open.kept >= int(open_tf.kept[header])  # not the positions that predict "assistant\n"
+            if self.config.positions.startswith("target") and not ends_answer:  # nor the one that predicts the end
+                words &= answer_open.kept != int(open_tf.kept[-1])
             return keep[words], keep[words] - shift, weights[words]
         closed_prompt = prompting.chatml_prompt("", user)
         user_start = len(prompting.encode(self.tokenizer, closed_prompt.split("<|im_start|>user")[0]))
@@ -168,6 +189,20 @@ class Editor:
         closed_keep = torch.cat([extra, keep - shift])
         weights = torch.cat([torch.ones(len(extra), dtype=weights.dtype), weights])
         return closed_keep + shift, closed_keep, weights
+
+    @staticmethod
+    def _target_significance(answer: str, target: str | None, significance, and_next: bool) -> tuple[list[float], bool]:
+        """Significance 1 on the answer words that spell `target` (and, with and_next, the word after them),
+        0 elsewhere, times any given significance; and whether the end of the turn follows them (and_next only)."""
+        if not target:
+            raise PromptError("positions 'target' needs the fact's target: give the string the answer must contain")
+        words = answer.split()
+        chosen = set(prompting.target_words(answer, target))
+        ends_answer = and_next and max(chosen) == len(words) - 1
+        if and_next and not ends_answer:
+            chosen.add(max(chosen) + 1)
+        given = prompting.check_significance(significance, len(words))
+        return [float(i in chosen) * g for i, g in enumerate(given)], ends_answer
 
     def _subject_positions(self, closed_prompt: str, user: str, subject: str | None) -> torch.Tensor:
         """Positions (in the closed prompt) of the tokens that spell the subject in the user turn."""

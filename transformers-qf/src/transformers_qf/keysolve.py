@@ -102,6 +102,7 @@ class KeySolver:
         self.target_norm = torch.zeros(0, **f64)
         self.weights = torch.zeros(0, **f64)
         self.K = torch.zeros(0, 0, **f64)
+        self.BB = None if metric is None else torch.zeros(0, 0, **f64)  # B B^T, for ||dW||_F (grown like K)
 
     @property
     def rows(self) -> int:
@@ -129,7 +130,7 @@ class KeySolver:
         self.count += m
         if self.primal is None and self.count > self.dual_rows:
             self.primal = _Primal(self)
-            self.keys = self.B = self.R = self.K = None  # the dual form's rows are folded into P and dW
+            self.keys = self.B = self.R = self.K = self.BB = None  # the dual form's rows are folded into P and dW
         if self.primal is not None:
             self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
             return
@@ -137,6 +138,9 @@ class KeySolver:
         cross = B @ self.keys.T  # [m, k]: new metric keys against old keys
         new = B @ keys.T
         self.K = torch.cat([torch.cat([self.K, cross.T], 1), torch.cat([cross, (new + new.T) / 2], 1)])
+        if self.BB is not None:
+            cross_b, new_b = B @ self.B.T, B @ B.T
+            self.BB = torch.cat([torch.cat([self.BB, cross_b.T], 1), torch.cat([cross_b, new_b], 1)])
         self.keys = torch.cat([self.keys, keys])
         self.B = torch.cat([self.B, B])
         self.R = torch.cat([self.R, residuals])
@@ -162,14 +166,10 @@ class KeySolver:
             seen.addmm_(self.keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
             w0_sq += block0.square().sum()
         residual = (torch.linalg.norm(seen + self.R, dim=1) / self.target_norm).max()
-        delta_sq = torch.trace(coef.T @ self.K @ coef) if self.metric is None else self._delta_sq(coef)
+        delta_sq = torch.trace(coef.T @ (self.K if self.metric is None else self.BB) @ coef)
         residual, delta_sq, w0_sq = torch.stack([residual, delta_sq, w0_sq]).tolist()
         return KeySolveReport(self.rows, method, cond, residual, (max(delta_sq, 0.0) / w0_sq) ** 0.5,
                               time.perf_counter() - t0, self.ridge, self.metric is not None)
-
-    def _delta_sq(self, coef: torch.Tensor) -> torch.Tensor:
-        """|coef^T B|_F^2 = trace(coef^T (B B^T) coef) without forming dW."""
-        return torch.trace(coef.T @ (self.B @ self.B.T) @ coef)
 
     def _coefficients(self):
         K, R, k = self.K, self.R, self.rows

@@ -8,7 +8,16 @@ request, none about the benchmark's entities or relations), each answered by the
 the package's cache directory (`models.cache_dir()`).
 
     texts = generic_texts(answer, count=256, seed=0)                  # answer: (system, user) -> text
+    texts += known_fact_texts(answer, exclude=["Who is the CEO of Google?"])  # the model on real entities
     C, n = key_covariance(model, parts, tokenizer, texts)             # [d_mlp, d_mlp] float64, n positions
+    metrics = key_metrics(model, tokenizer, answer, layers=[23])      # all of it: {23: KeyMetric}, for editor.Editor
+
+Generic text protects fluency but holds no questions like the benchmark's: an edit that must leave
+"Who is the CEO of Google?" alone needs keys of that kind in C. `known_fact_texts` asks every phrasing of
+every relation about the real entities of `worldfacts.REAL_FACTS` and keeps the model's own answers,
+right or wrong (the point is to keep its behaviour, not to teach it truth). Entities a test scores
+(a facts file's control questions) are passed as `exclude`: no entity named in them enters the corpus,
+so the preserved keys never include what the benchmark asks.
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import prompting
+from .architectures import locate
 from .capture import record
+from .keysolve import KeyMetric
 from .models import cache_dir
+from .worldfacts import RELATIONS, real_facts
 
 TOPICS = (
     "the water cycle", "photosynthesis", "a rainy afternoon", "the history of writing", "how bridges stay up",
@@ -61,10 +73,35 @@ def generic_prompts(count: int, seed: int = 0) -> list[str]:
 def generic_texts(answer: Answer, count: int = 256, seed: int = 0, max_new_tokens: int = 64,
                   cache_key: str | None = None) -> list[str]:
     """The generic prompts with the model's answers, as full ChatML exchanges (cached when cache_key is given)."""
-    path = None if cache_key is None else cache_dir() / "generic" / f"{_slug(cache_key)}-{count}-{seed}-{max_new_tokens}.json"
-    if path is not None and path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    prompts = generic_prompts(count, seed)
+    return answered_texts(answer, generic_prompts(count, seed), max_new_tokens, cache_key)
+
+
+def known_fact_prompts(exclude: list[str] = (), count: int | None = None, seed: int = 0) -> list[str]:
+    """Every phrasing of the question about every real fact whose subject no text of `exclude` names
+    (or `count` of them, drawn in a seeded order)."""
+    excluded = " \n ".join(exclude).casefold()
+    prompts = [RELATIONS[f.relation].question(f.subject, i) for f in real_facts()
+               if f.subject.casefold() not in excluded for i in range(len(RELATIONS[f.relation].questions))]
+    if count is not None:
+        random.Random(f"{seed}:known").shuffle(prompts)
+        prompts = prompts[:count]
+    return prompts
+
+
+def known_fact_texts(answer: Answer, exclude: list[str] = (), count: int | None = None, max_new_tokens: int = 32,
+                     cache_key: str | None = None) -> list[str]:
+    """`known_fact_prompts` with the model's own answers, as ChatML exchanges (cached when cache_key is given)."""
+    return answered_texts(answer, known_fact_prompts(exclude, count), max_new_tokens, cache_key)
+
+
+def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cache_key: str | None = None) -> list[str]:
+    """Each prompt with the model's greedy answer, as a full ChatML exchange; cached per model and prompt list."""
+    path = None
+    if cache_key is not None:
+        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]
+        path = cache_dir() / "answered" / f"{_slug(cache_key)}-{digest}-{max_new_tokens}.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
     answers = answer([("", p) for p in prompts], max_new_tokens)
     texts = [prompting.generation_prompt("", p) + a + prompting.ANSWER_CLOSING for p, a in zip(prompts, answers)]
     if path is not None:
@@ -98,6 +135,26 @@ def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"covariance": covariance.float(), "count": torch.tensor(count)}, str(path))
     return covariance, count
+
+
+def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic+facts", shrink: float = 0.1,
+                count: int = 256, exclude: list[str] = (), fact_count: int | None = None,
+                cache_key: str | None = None) -> dict:
+    """{layer: KeyMetric} for the covariance-weighted solve (`editor.Editor(..., metrics=...)`).
+
+    corpus: "generic" (`count` everyday requests) or "generic+facts" (those plus `known_fact_texts`: all, or
+    `fact_count` of them, leaving out every entity named in `exclude`); answer: (system, user) prompts, max
+    new tokens -> the model's answers.
+    """
+    texts = generic_texts(answer, count, cache_key=cache_key)
+    if corpus == "generic+facts":
+        texts += known_fact_texts(answer, exclude, fact_count, cache_key=cache_key)
+    metrics = {}
+    for layer in layers:
+        parts = locate(model, layer)
+        covariance, _ = key_covariance(model, parts, tokenizer, texts, cache_key=cache_key)
+        metrics[parts.index] = KeyMetric(covariance, shrink)
+    return metrics
 
 
 def _slug(text: str) -> str:

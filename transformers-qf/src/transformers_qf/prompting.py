@@ -69,6 +69,22 @@ def answer_words(answer: str, original_tokenization: bool = False) -> list[str]:
     return [word if (i == 0 or original_tokenization) else " " + word for i, word in enumerate(words)]
 
 
+def target_words(answer: str, target: str) -> list[int]:
+    """Indices of the answer's words that overlap the first occurrence of `target` (case-insensitive);
+    every word when the target does not occur in the answer."""
+    words = answer.split()
+    at = answer.lower().find(target.lower()) if target else -1
+    if at < 0:
+        return list(range(len(words)))
+    out, pos = [], 0
+    for i, word in enumerate(words):
+        pos = answer.index(word, pos)
+        if pos < at + len(target) and pos + len(word) > at:
+            out.append(i)
+        pos += len(word)
+    return out
+
+
 def _join_pieces(pieces: list[list[int]], weights: list[float]) -> tuple[list[int], list[float]]:
     ids: list[int] = []
     token_weights: list[float] = []

@@ -90,16 +90,7 @@ def _forced_target(tokenizer, system: str, user: str, answer: str, target: str) 
     header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
     first = int(tf.kept[0]) + 1 + header  # position of the answer's first token
     words = answer.split()
-    at = answer.lower().find(target.lower())
-    if at < 0:
-        span = range(len(words))
-    else:
-        starts, pos = [], 0
-        for w in words:
-            pos = answer.index(w, pos)
-            starts.append(pos)
-            pos += len(w)
-        span = [i for i, s in enumerate(starts) if s < at + len(target) and s + len(words[i]) > at]
+    span = set(prompting.target_words(answer, target))
     pieces = tokenizer([w if i == 0 else " " + w for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]
     positions, cursor = [], first
     for i, piece in enumerate(pieces):

@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..editor import POSITIONS, TARGETS, EditConfig
+from .. import keystats
+from ..editor import COV_CORPORA, PAPER, POSITIONS, RECOMMENDED, TARGETS, EditConfig
 from ..errors import USER_ERRORS
 from ..keysolve import KeyMetric
-from ..keystats import generic_texts, key_covariance
 from ..models import LoadedModel, load_model
 from ..report import git_commit, write_json
 from ..scriptargs import add_model_args, parse_layers
@@ -26,9 +26,7 @@ from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions
 from .summary import summarize
 
 METHODS = ("none", "in-context", "qf", "ft")
-PAPER = EditConfig(layers=(23,), positions="answer", gamma=0.0, ridge=0.0, covariance=False)
-# results/benchmark.md: no configuration run beat the paper's on the combined targets (100 sequential facts)
-DEFAULT_QF = PAPER
+DEFAULT_QF = RECOMMENDED  # results/benchmark.md; --paper gives the paper's settings
 
 
 def load(spec: str | None, device: str | None, dtype: str | None) -> LoadedModel:
@@ -76,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
-    qf = p.add_argument_group("qf and ft options")
+    qf = p.add_argument_group("qf and ft options", "qf's default: layer 23, target positions, the exact solve in the "
+                              "covariance of generic and real-entity text (made once per model and layer, cached); "
+                              "--paper: the paper's settings")
     qf.add_argument("--layer", type=int, default=None, help="layer to edit")
     qf.add_argument("--layers", type=parse_layers, default=None, help="qf: several layers edited in turn, e.g. 20,23,27")
-    qf.add_argument("--paper", action="store_true", help="qf: the paper's settings (layer 23, answer positions, exact)")
+    qf.add_argument("--paper", action="store_true", help="qf: the paper's settings (layer 23, answer positions, exact, plain metric)")
     qf.add_argument("--positions", choices=POSITIONS, default=None, help="qf: which positions are constrained")
     qf.add_argument("--gamma", type=float, default=None, help="qf: push the target past the open-book output")
     qf.add_argument("--ridge", type=float, default=None, help="qf: ridge lambda (0: exact)")
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qf: weight the solve by the key covariance of generic text (EMMET/MEMIT form)")
     qf.add_argument("--cov-shrink", type=float, default=None, help="qf: shrink the covariance towards its mean "
                     "variance, in (0, 1]")
+    qf.add_argument("--cov-corpus", choices=COV_CORPORA, default=None,
+                    help="qf: the text of that covariance: generic requests, or those plus the model's own answers "
+                    "about real entities (the facts file's control subjects left out)")
     qf.add_argument("--target", choices=TARGETS, default=None,
                     help="qf: the layer output to aim at: the open-book pass (QF) or one optimised by gradient "
                     "descent (ROME/MEMIT's v*)")
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--target-lr", type=float, default=None)
     qf.add_argument("--target-decay", type=float, default=None)
     qf.add_argument("--cov-texts", type=_positive, default=256, help="qf: generic texts to estimate it on")
+    qf.add_argument("--cov-fact-texts", type=_positive, default=None,
+                    help="qf: at most this many questions about real entities in that text (default: all)")
     qf.add_argument("--ft-steps", type=_positive, default=25)
     qf.add_argument("--ft-lr", type=float, default=5e-4)
     qf.add_argument("--ft-norm-constraint", type=float, default=None)
@@ -110,6 +115,7 @@ def edit_config(args) -> EditConfig:
         ridge=base.ridge if args.ridge is None else args.ridge,
         covariance=base.covariance if args.covariance is None else args.covariance,
         cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
+        cov_corpus=args.cov_corpus or base.cov_corpus,
         target=args.target or base.target,
         target_steps=args.target_steps or base.target_steps,
         target_lr=base.target_lr if args.target_lr is None else args.target_lr,
@@ -117,7 +123,7 @@ def edit_config(args) -> EditConfig:
     )
 
 
-def build_method(args, lm: LoadedModel):
+def build_method(args, lm: LoadedModel, data: FactsFile):
     if args.method == "none":
         return NoEdit()
     if args.method == "in-context":
@@ -126,25 +132,21 @@ def build_method(args, lm: LoadedModel):
         layer = args.layer if args.layer is not None else DEFAULT_QF.layers[0]
         return FineTune(lm.model, lm.tokenizer, layer, args.ft_steps, args.ft_lr, args.ft_norm_constraint)
     config = edit_config(args)
-    metrics = key_metrics(lm, config, args.cov_texts) if config.covariance else None
+    scored = [c.user for c in data.controls]
+    metrics = key_metrics(lm, config, args.cov_texts, scored, args.cov_fact_texts) if config.covariance else None
     return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if args.paper else "qf")
 
 
-def key_metrics(lm: LoadedModel, config: EditConfig, count: int) -> dict[int, KeyMetric]:
-    """The key covariance of each edited layer on generic text (made by the model once, cached)."""
-    from ..architectures import locate
-
-    answerer = Answerer(lm.model, lm.tokenizer)
-    name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
-    print(f"bench: key covariance of layers {list(config.layers)} on {count} generic texts (cached after the "
+def key_metrics(lm: LoadedModel, config: EditConfig, count: int, exclude: list[str] = (),
+                fact_count: int | None = None) -> dict[int, KeyMetric]:
+    """The key covariance of each edited layer on `config.cov_corpus` (texts made by the model once, cached);
+    exclude: the control questions the run scores (no entity they name enters the corpus)."""
+    print(f"bench: key covariance of layers {list(config.layers)} on {count} generic texts"
+          f"{' and questions about real entities' if config.cov_corpus == 'generic+facts' else ''} (cached after the "
           "first run) ...", file=sys.stderr, flush=True)
-    texts = generic_texts(answerer.answers, count, cache_key=name)
-    metrics = {}
-    for layer in config.layers:
-        parts = locate(lm.model, layer)
-        covariance, _ = key_covariance(lm.model, parts, lm.tokenizer, texts, cache_key=name)
-        metrics[parts.index] = KeyMetric(covariance, config.cov_shrink)
-    return metrics
+    name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
+    return keystats.key_metrics(lm.model, lm.tokenizer, Answerer(lm.model, lm.tokenizer).answers, config.layers,
+                                config.cov_corpus, config.cov_shrink, count, exclude, fact_count, cache_key=name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,13 +171,13 @@ def run(args, argv: list[str]) -> int:
     if args.limit:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
     qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
-               args.covariance is not None, args.cov_shrink is not None, args.target)
+               args.covariance is not None, args.cov_shrink is not None, args.cov_corpus, args.target)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")
     out = Path(args.out)
     lm = load(args.model, args.device, args.dtype)
-    method = build_method(args, lm)
+    method = build_method(args, lm, data)
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
                          controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
                          fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases)

@@ -60,7 +60,7 @@ class QFEdit(NoEdit):
         self.name = label
 
     def edit(self, fact: Fact) -> dict:
-        report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject)
+        report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
         return {"seconds": report.seconds, "rows": report.rows, "residual": report.residual,
                 "delta_rel": report.delta_rel, "solves": report.layers}
 

@@ -53,7 +53,7 @@ def _config(run: dict) -> str:
         if c.get("ridge"):
             parts.append(f"ridge {c['ridge']:g}")
         if c.get("covariance"):
-            parts.append(f"covariance (shrink {c.get('cov_shrink', 0.1):g})")
+            parts.append(f"covariance of {c.get('cov_corpus', 'generic')} text (shrink {c.get('cov_shrink', 0.1):g})")
         return ", ".join(parts)
     if run["method"] == "ft":
         return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"
