@@ -23,8 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = "benchmarks/facts/facts_{n}.jsonl"
 COMMON = ["--dtype", "bfloat16"]
-SWEEP_LAYERS = (23, 27, 25, 21, 18, 12)  # in the order they run: the CPU time of this session allowed six at most
+SWEEP_LAYERS = (23, 27, 25, 22, 21, 18, 12)  # in the order they run (layers 24, 26, 20, 16 and 8 never had the CPU time)
 SWEEP_FACTS = 20
+COVFACTS = ["--covariance", "--cov-corpus", "generic+facts"]
+VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: what moves specificity
+    "L23-cov": ["--layer", "23", "--covariance"],
+    "L23-covfacts": ["--layer", "23", *COVFACTS],
+    "L23-covfacts-s0.01": ["--layer", "23", *COVFACTS, "--cov-shrink", "0.01"],
+    "L25-covfacts": ["--layer", "25", *COVFACTS],
+    "L27-covfacts": ["--layer", "27", *COVFACTS],
+    # ROME's form at QF's layer: one key (the subject's last token), v* optimised by gradient, covariance metric
+    "L23-rome": ["--layer", "23", *COVFACTS, "--positions", "subject-last", "--target", "optimized"],
+}
 
 
 def runs() -> dict[str, list[str]]:
@@ -34,9 +44,24 @@ def runs() -> dict[str, list[str]]:
         plan[f"sweep-L{layer:02d}"] = ["--facts", FACTS.format(n=100), "--limit", str(SWEEP_FACTS), "--method", "qf",
                                        "--paper", "--layer", str(layer), "--protocol", "sequential", "--no-immediate",
                                        "--checkpoints", str(SWEEP_FACTS), "--fluency-tokens", "32", "--paraphrases", "1"]
+    sweep_scoring = ["--facts", FACTS.format(n=100), "--limit", str(SWEEP_FACTS), "--protocol", "sequential",
+                     "--no-immediate", "--checkpoints", str(SWEEP_FACTS), "--fluency-tokens", "32", "--paraphrases", "1"]
+    for name, options in VARIANTS.items():
+        plan[f"variant-{name}"] = [*sweep_scoring, "--method", "qf", "--paper", *options]
+    # FT-L costs 18-22 s per edit here (25 Adam steps in bf16 on 2 cores): 20 facts fit the CPU time, 100 did not
+    plan["variant-ft-L23"] = [*sweep_scoring, "--method", "ft", "--layer", "23"]
     methods = {  # in the order they run: the most telling first
         "qf-paper": ["--method", "qf", "--paper"],
-        "qf-L27": ["--method", "qf", "--layer", "27"],  # the qf CLI's layer (the model's last) until this benchmark
+        "qf-L27": ["--method", "qf", "--paper", "--layer", "27"],  # the qf CLI's layer (the model's last)
+        # the paper's QF in the metric of preserved keys
+        "qf-covfacts": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "answer"],
+        "qf-covfacts-ridge1000": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "answer",
+                                  "--ridge", "1000"],
+        "qf-covfacts-target": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target"],
+        "qf-covfacts-target-next": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target-next"],
+        "qf-covfacts-target-L27": ["--method", "qf", "--layer", "27", *COVFACTS, "--positions", "target"],
+        "qf-covfacts-target-ridge100": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
+                                        "--ridge", "100"],
         "in-context": ["--method", "in-context"],
         "ft": ["--method", "ft", "--layer", "23"],
         "none": ["--method", "none"],
@@ -46,7 +71,7 @@ def runs() -> dict[str, list[str]]:
         scoring = ["--checkpoints", "100"] if name in unchanged else ["--checkpoints", "10,30,100"]
         plan[f"sequential100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "sequential",
                                          "--no-immediate", "--paraphrases", "1", *scoring, *args]
-    for name in ("qf-paper", "qf-L27"):
+    for name in ("qf-covfacts-target", "qf-paper", "qf-L27"):
         plan[f"single100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "single", "--paraphrases", "1",
                                      *methods[name]]
     for name in ("qf-paper", "qf-L27"):
@@ -59,7 +84,7 @@ def runs() -> dict[str, list[str]]:
 def donor(name: str) -> str:
     """The run whose unedited-model answers (controls, fluency, log p) this one reuses: the paper's QF run of the
     same size (in the sweep, its first layer), which runs first."""
-    if name.startswith("sweep-"):
+    if name.startswith(("sweep-", "variant-")):
         return f"sweep-L{SWEEP_LAYERS[0]:02d}"
     size = "1000" if "1000-" in name else "100"
     return f"sequential{size}-qf-paper"
