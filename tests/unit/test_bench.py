@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from transformers_qf.bench import cli
+from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
 from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
-from transformers_qf import keystats
+from transformers_qf import editor, keystats
 from transformers_qf.keystats import known_fact_prompts
 from transformers_qf.models import LoadedModel
 from transformers_qf.worldfacts import real_facts
@@ -263,9 +263,22 @@ def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_pat
     assert "was written by another run (method: 'none' there, 'in-context' now" in err
 
 
-def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):
-    from transformers_qf.bench import report
+def test_report_calls_a_run_qf_paper_only_with_the_papers_configuration():
+    paper = {"method": "qf-paper", "method_config": editor.PAPER.as_dict()}
+    moved = {"method": "qf-paper", "method_config": {**editor.PAPER.as_dict(), "layers": [27]}}
+    older = {"method": "qf", "method_config": {"layers": [23], "positions": "answer", "gamma": 0.0, "ridge": 0.0}}
+    assert [report._method(r) for r in (paper, moved, older)] == ["qf-paper", "qf", "qf-paper"]
+    assert report._method({"method": "ft", "method_config": {}}) == "ft"
 
+
+def test_report_writes_run_folders_relative_to_the_runs_folder_it_was_given():
+    recorded = "python -m transformers_qf.bench --facts f.jsonl --out /home/a/repo/runs/b/seq --before-from /x/y/paper --dtype bfloat16"
+    assert report.portable(recorded, "runs/b/") == ("python -m transformers_qf.bench --facts f.jsonl --out runs/b/seq "
+                                                    "--before-from runs/b/paper --dtype bfloat16")
+    assert report.portable(None, "runs/b") is None
+
+
+def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):
     runs = tmp_path / "runs"
     common = ["--facts", str(facts_file), "--protocol", "sequential", "--max-new-tokens", "3", "--checkpoints", "1,3"]
     qf = ["--method", "qf", "--paper", "--layer"]
@@ -277,7 +290,7 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
     out = tmp_path / "results"
     assert report.main([str(runs), "--out", str(out)]) == 0
     text = (out / "benchmark.md").read_text()
-    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf-paper |" in text and "| seq-none | none |" in text
+    assert "## 3 facts, sequential protocol" in text and "| seq-qf | qf | layers 2, answer |" in text and "| seq-none | none |" in text
     assert "## Layer sweep" in text and "| sweep-L01 |" in text
     assert "`seq-qf`: `python -m transformers_qf.bench --facts" in text
     assert text.split("## Planned but not run (or not finished)")[1].strip() == "- `later`: `python -m transformers_qf.bench --later`"

@@ -134,7 +134,7 @@ def build_method(args, lm: LoadedModel, data: FactsFile):
     config = edit_config(args)
     scored = [c.user for c in data.controls]
     metrics = key_metrics(lm, config, args.cov_texts, scored, args.cov_fact_texts) if config.covariance else None
-    return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if args.paper else "qf")
+    return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if config == PAPER else "qf")
 
 
 def key_metrics(lm: LoadedModel, config: EditConfig, count: int, exclude: list[str] = (),

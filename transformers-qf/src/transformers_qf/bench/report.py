@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
+from ..editor import PAPER
 from ..report import _cell, write_json
 
 COLUMNS = (
@@ -54,10 +56,20 @@ def _config(run: dict) -> str:
             parts.append(f"ridge {c['ridge']:g}")
         if c.get("covariance"):
             parts.append(f"covariance of {c.get('cov_corpus', 'generic')} text (shrink {c.get('cov_shrink', 0.1):g})")
+        if c.get("target", "open-book") != "open-book":
+            parts.append(f"{c['target']} target ({c['target_steps']} steps)")
         return ", ".join(parts)
     if run["method"] == "ft":
         return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"
     return ""
+
+
+def _method(run: dict) -> str:
+    """qf-paper only where the run's configuration is the paper's (a run started from --paper and changed is qf)."""
+    if not run["method"].startswith("qf"):
+        return run["method"]
+    config = run.get("method_config") or {}
+    return "qf-paper" if all(config.get(k, v) == v for k, v in PAPER.as_dict().items()) else "qf"
 
 
 def table(runs: list[dict], sequential: bool, first: str = "run") -> list[str]:
@@ -66,7 +78,7 @@ def table(runs: list[dict], sequential: bool, first: str = "run") -> list[str]:
              "|" + "---|" * (len(columns) + 3)]
     for run in runs:
         cells = [_fmt(run.get(key), pattern) for key, _, pattern in columns]
-        lines.append(f"| {_cell(run['label'])} | {run['method']} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(run['label'])} | {_method(run)} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -117,6 +129,15 @@ def retention_plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def portable(command: str | None, runs: str) -> str | None:
+    """A run's recorded command with its --out/--before-from folders under `runs` as given to the report, not
+    the absolute paths of the machine that made it."""
+    if command is None:
+        return None
+    return re.sub(r"(--out|--before-from) \S*?([^/\s]+)(?=\s|$)", lambda m: f"{m[1]} {runs.rstrip('/')}/{m[2]}",
+                  command)
+
+
 def not_run(root: Path) -> dict[str, str]:
     """Runs of the folder's plan.json (if any) that have no complete summary.json: name -> command."""
     plan_file = root / "plan.json"
@@ -153,12 +174,16 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
     if retention:
         retention_plot(retention, out / "benchmark_retention.png")
         lines += ["## Retention against the number of edits", "", "![retention](benchmark_retention.png)", ""]
-        lines += ["| run | " + " | ".join(f"after {c['edits']}" for c in retention[0]["checkpoints"]) + " |"]
-        lines += ["|---|" + "---|" * len(retention[0]["checkpoints"])]
+        by_steps: dict[tuple, list[dict]] = {}
         for r in retention:
-            lines.append(f"| {_cell(r['label'])} | " + " | ".join(
-                f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}" for c in r["checkpoints"]) + " |")
-        lines += ["", "Each cell: efficacy over the facts learned so far / specificity, after that many edits.", ""]
+            by_steps.setdefault(tuple(c["edits"] for c in r["checkpoints"]), []).append(r)
+        for steps, group in sorted(by_steps.items(), key=lambda kv: kv[0][-1]):
+            lines += ["| run | " + " | ".join(f"after {n}" for n in steps) + " |", "|---|" + "---|" * len(steps)]
+            for r in group:
+                lines.append(f"| {_cell(r['label'])} | " + " | ".join(
+                    f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}" for c in r["checkpoints"]) + " |")
+            lines += [""]
+        lines += ["Each cell: efficacy over the facts learned so far / specificity, after that many edits.", ""]
     lines += ["## The runs", "", "Each run's command (`python -m transformers_qf.bench ...`; `--before-from` only reuses "
               "the unedited model's answers of an identical earlier run):", ""]
     lines += [f"- `{r['label']}`: `{r.get('command') or '(not recorded)'}`" for r in sorted(runs, key=lambda r: r["label"])]
@@ -176,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default=None, help="a markdown file appended to the report (the findings)")
     args = parser.parse_args(argv)
     runs = load_runs(Path(args.runs))
+    for run in runs:
+        run["command"] = portable(run.get("command"), args.runs)
     if not runs:
         print(f"report: error: no run under {args.runs} has a summary.json: run the benchmark first", file=sys.stderr)
         return 2
