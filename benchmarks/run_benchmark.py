@@ -59,6 +59,9 @@ def runs() -> dict[str, list[str]]:
                                   "--ridge", "1000"],
         "qf-covfacts-target": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target"],
         "qf-covfacts-target-next": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target-next"],
+        # the answers' own keys (names, numbers) weighted up in the covariance: specificity was lost there
+        "qf-covfacts-target-aw1": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
+                                   "--cov-answer-weight", "1"],
         "qf-covfacts-target-L27": ["--method", "qf", "--layer", "27", *COVFACTS, "--positions", "target"],
         "qf-covfacts-target-ridge100": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
                                         "--ridge", "100"],

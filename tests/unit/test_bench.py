@@ -5,12 +5,14 @@ import copy
 import json
 
 import pytest
+import torch
 
 from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
 from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
-from transformers_qf import editor, keystats
+from transformers_qf import editor, keysolve, keystats, prompting
+from transformers_qf.architectures import locate
 from transformers_qf.keystats import known_fact_prompts
 from transformers_qf.models import LoadedModel
 from transformers_qf.worldfacts import real_facts
@@ -322,3 +324,28 @@ def test_covariance_on_generic_and_real_entity_text_leaves_out_the_controls(benc
     assert len(facts_texts) == len(known_fact_prompts(["Who started Alibaba?", "What is the capital of France?"]))
     assert facts_texts and not any("Alibaba" in t or "France" in t for t in facts_texts)
     assert any("Apple" in t for t in facts_texts)
+
+
+def test_answer_weighted_covariance_adds_the_answer_positions_of_the_real_entity_texts(tiny_qwen2, tokenizer,
+                                                                                       monkeypatch):
+    few = [f for f in real_facts() if f.subject in ("Apple", "Microsoft")]
+    monkeypatch.setattr(keystats, "real_facts", lambda: few)
+    monkeypatch.setattr(keystats, "generic_prompts", lambda count, seed=0: ["Say hello.", "Name a colour."][:count])
+
+    def answer(prompts, max_new_tokens):
+        return ["It is so." for _ in prompts]
+
+    parts = locate(tiny_qwen2, 1)
+    facts = keystats.known_fact_texts(answer)
+    every, n_every = keystats.key_covariance(tiny_qwen2, parts, tokenizer, facts)
+    answers, n_answers = keystats.key_covariance(tiny_qwen2, parts, tokenizer, facts, answers_only=True)
+    answer_tokens = len(facts) * len(prompting.encode(tokenizer, "It is so." + prompting.ANSWER_CLOSING))
+    assert n_answers == answer_tokens < n_every  # the answer and its closing, nothing of the question
+    assert not torch.allclose(answers, every)
+    plain = keystats.key_metrics(tiny_qwen2, tokenizer, answer, [1], count=2)[1]
+    weighted = keystats.key_metrics(tiny_qwen2, tokenizer, answer, [1], count=2, answer_weight=3.0)[1]
+    corpus, _ = keystats.key_covariance(tiny_qwen2, parts, tokenizer, keystats.generic_texts(answer, 2) + facts)
+    assert torch.allclose(weighted.factor, keysolve.KeyMetric(corpus + 3.0 * answers).factor)
+    assert not torch.allclose(weighted.factor, plain.factor)
+    with pytest.raises(ValueError, match="generic\\+facts"):
+        keystats.key_metrics(tiny_qwen2, tokenizer, answer, [1], corpus="generic", count=2, answer_weight=1.0)

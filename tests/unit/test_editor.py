@@ -208,3 +208,11 @@ def test_target_next_adds_the_row_that_ends_the_target(tiny_qwen2, tokenizer):
     assert middle.rows == len(encode(tokenizer, " started")) + len(encode(tokenizer, " by"))
     last = Editor(tiny_qwen2, tokenizer, config).learn(system, user, answer, target="Qi")
     assert last.rows == len(encode(tokenizer, " Qi.")) + 1  # the target ends the answer: the end of the turn
+
+
+def test_covariance_answer_weight_needs_the_real_entity_corpus_and_a_weight_of_at_least_zero():
+    EditConfig(cov_corpus="generic+facts", cov_answer_weight=2.0)
+    with pytest.raises(PromptError, match="generic\\+facts"):
+        EditConfig(cov_answer_weight=1.0)
+    with pytest.raises(PromptError, match=">= 0"):
+        EditConfig(cov_corpus="generic+facts", cov_answer_weight=-1.0)

@@ -50,6 +50,7 @@ class EditConfig:
     covariance: bool = False  # weight the solve by each layer's key covariance (needs `metrics`)
     cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
     cov_corpus: str = "generic"  # the text that covariance is estimated on (COV_CORPORA)
+    cov_answer_weight: float = 0.0  # generic+facts: C + w C(answer positions of the real-entity texts) (keystats)
     target: str = "open-book"  # or "optimized": layer-output targets by gradient descent (gradtarget.py)
     target_steps: int = 20
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
@@ -62,6 +63,9 @@ class EditConfig:
             raise PromptError("no layer to edit: give at least one layer")
         if self.cov_corpus not in COV_CORPORA:
             raise PromptError(f"unknown covariance corpus {self.cov_corpus!r}: use one of {', '.join(COV_CORPORA)}")
+        if self.cov_answer_weight < 0 or (self.cov_answer_weight > 0 and self.cov_corpus != "generic+facts"):
+            raise PromptError(f"covariance answer weight {self.cov_answer_weight:g}: give a weight >= 0, and use it "
+                              "with the generic+facts corpus (its answers are the ones weighted)")
         if self.target not in TARGETS:
             raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
 

@@ -18,6 +18,10 @@ every relation about the real entities of `worldfacts.REAL_FACTS` and keeps the 
 right or wrong (the point is to keep its behaviour, not to teach it truth). Entities a test scores
 (a facts file's control questions) are passed as `exclude`: no entity named in them enters the corpus,
 so the preserved keys never include what the benchmark asks.
+
+`key_metrics(..., answer_weight=w)` adds w times the covariance of the answer positions of those texts
+alone: the rows that spell a surname after a first name, or the next digit of a year, are shared by every
+entity, and an edit that writes an invented name through them rewrites the real ones too.
 """
 
 from __future__ import annotations
@@ -111,13 +115,15 @@ def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cach
 
 
 @torch.no_grad()
-def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 16,
-                   cache_key: str | None = None) -> tuple[torch.Tensor, int]:
-    """E[u u^T] over every position of `texts` at layer `parts.index` ([d_mlp, d_mlp] float64), and the count."""
+def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
+                   answers_only: bool = False) -> tuple[torch.Tensor, int]:
+    """E[u u^T] over every position of `texts` at layer `parts.index` ([d_mlp, d_mlp] float64), and the count;
+    answers_only: over the positions of the assistant's answer only (after the last ANSWER_HEADER)."""
     path = None
     if cache_key is not None:
         digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
-        path = cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}.safetensors"
+        part = "-answers" if answers_only else ""
+        path = cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}{part}.safetensors"
         if path.is_file():
             stored = load_file(str(path))
             return stored["covariance"].to(torch.float64), int(stored["count"])
@@ -125,9 +131,10 @@ def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 
     total = torch.zeros(d, d, dtype=torch.float64)
     count = 0
     ids = [torch.tensor(prompting.encode(tokenizer, t)) for t in texts]
+    starts = [_answer_start(tokenizer, t) if answers_only else 0 for t in texts]
     for start in range(0, len(ids), batch_size):
-        for rec in record(model, parts, ids[start:start + batch_size]):
-            u = rec.u.float()
+        for rec, first in zip(record(model, parts, ids[start:start + batch_size]), starts[start:start + batch_size]):
+            u = rec.u[first:].float()
             total += (u.T @ u).to(torch.float64).cpu()
             count += u.shape[0]
     covariance = total / count
@@ -139,22 +146,35 @@ def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 
 
 def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic+facts", shrink: float = 0.1,
                 count: int = 256, exclude: list[str] = (), fact_count: int | None = None,
-                cache_key: str | None = None) -> dict:
+                cache_key: str | None = None, answer_weight: float = 0.0) -> dict:
     """{layer: KeyMetric} for the covariance-weighted solve (`editor.Editor(..., metrics=...)`).
 
     corpus: "generic" (`count` everyday requests) or "generic+facts" (those plus `known_fact_texts`: all, or
     `fact_count` of them, leaving out every entity named in `exclude`); answer: (system, user) prompts, max
-    new tokens -> the model's answers.
+    new tokens -> the model's answers. answer_weight w > 0 (generic+facts only): C + w C_answers, with
+    C_answers the covariance of the answer positions of the real-entity texts alone, so the keys that spell
+    the model's answers about entities (a surname after a first name, the next digit of a year) count w
+    times as much as the whole corpus.
     """
+    if answer_weight < 0 or (answer_weight > 0 and corpus != "generic+facts"):
+        raise ValueError(f"an answer weight ({answer_weight:g}) needs corpus generic+facts and must be >= 0")
     texts = generic_texts(answer, count, cache_key=cache_key)
-    if corpus == "generic+facts":
-        texts += known_fact_texts(answer, exclude, fact_count, cache_key=cache_key)
+    facts = known_fact_texts(answer, exclude, fact_count, cache_key=cache_key) if corpus == "generic+facts" else []
     metrics = {}
     for layer in layers:
         parts = locate(model, layer)
-        covariance, _ = key_covariance(model, parts, tokenizer, texts, cache_key=cache_key)
+        covariance, _ = key_covariance(model, parts, tokenizer, texts + facts, cache_key=cache_key)
+        if answer_weight > 0:
+            answers, _ = key_covariance(model, parts, tokenizer, facts, cache_key=cache_key, answers_only=True)
+            covariance = covariance + answer_weight * answers
         metrics[parts.index] = KeyMetric(covariance, shrink)
     return metrics
+
+
+def _answer_start(tokenizer, text: str) -> int:
+    """The index of the first token of the assistant's answer in the encoded `text`."""
+    head = text.rindex(prompting.ANSWER_HEADER) + len(prompting.ANSWER_HEADER)
+    return len(prompting.encode(tokenizer, text[:head]))
 
 
 def _slug(text: str) -> str:

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--cov-corpus", choices=COV_CORPORA, default=None,
                     help="qf: the text of that covariance: generic requests, or those plus the model's own answers "
                     "about real entities (the facts file's control subjects left out)")
+    qf.add_argument("--cov-answer-weight", type=float, default=None, metavar="W",
+                    help="qf, generic+facts: add W times the covariance of the real-entity answers' own positions "
+                    "(the keys that spell names and numbers)")
     qf.add_argument("--target", choices=TARGETS, default=None,
                     help="qf: the layer output to aim at: the open-book pass (QF) or one optimised by gradient "
                     "descent (ROME/MEMIT's v*)")
@@ -116,6 +119,7 @@ def edit_config(args) -> EditConfig:
         covariance=base.covariance if args.covariance is None else args.covariance,
         cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
         cov_corpus=args.cov_corpus or base.cov_corpus,
+        cov_answer_weight=base.cov_answer_weight if args.cov_answer_weight is None else args.cov_answer_weight,
         target=args.target or base.target,
         target_steps=args.target_steps or base.target_steps,
         target_lr=base.target_lr if args.target_lr is None else args.target_lr,
@@ -146,7 +150,8 @@ def key_metrics(lm: LoadedModel, config: EditConfig, count: int, exclude: list[s
           "first run) ...", file=sys.stderr, flush=True)
     name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
     return keystats.key_metrics(lm.model, lm.tokenizer, Answerer(lm.model, lm.tokenizer).answers, config.layers,
-                                config.cov_corpus, config.cov_shrink, count, exclude, fact_count, cache_key=name)
+                                config.cov_corpus, config.cov_shrink, count, exclude, fact_count, cache_key=name,
+                                answer_weight=config.cov_answer_weight)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +176,8 @@ def run(args, argv: list[str]) -> int:
     if args.limit:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
     qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
-               args.covariance is not None, args.cov_shrink is not None, args.cov_corpus, args.target)
+               args.covariance is not None, args.cov_shrink is not None, args.cov_corpus,
+               args.cov_answer_weight is not None, args.target)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")

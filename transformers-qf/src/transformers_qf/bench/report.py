@@ -56,6 +56,8 @@ def _config(run: dict) -> str:
             parts.append(f"ridge {c['ridge']:g}")
         if c.get("covariance"):
             parts.append(f"covariance of {c.get('cov_corpus', 'generic')} text (shrink {c.get('cov_shrink', 0.1):g})")
+            if c.get("cov_answer_weight"):
+                parts.append(f"+ {c['cov_answer_weight']:g} x its answers' covariance")
         if c.get("target", "open-book") != "open-book":
             parts.append(f"{c['target']} target ({c['target_steps']} steps)")
         return ", ".join(parts)
