@@ -77,7 +77,7 @@ def runs() -> dict[str, list[str]]:
     for name in ("qf-covfacts-target", "qf-paper", "qf-L27"):
         plan[f"single100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "single", "--paraphrases", "1",
                                      *methods[name]]
-    for name in ("qf-covfacts-target", "qf-paper"):  # the default first: about 70 min each on 2 cores
+    for name in ("qf-covfacts-target", "qf-paper"):  # the default first; 2 h+ each on 2 cores
         plan[f"sequential1000-{name}"] = ["--facts", FACTS.format(n=1000), "--protocol", "sequential",
                                           "--no-immediate", "--paraphrases", "1", "--checkpoints", "10,100,300",
                                           *methods[name]]
