@@ -34,6 +34,7 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     "L27-covfacts": ["--layer", "27", *COVFACTS],
     # ROME's form at QF's layer: one key (the subject's last token), v* optimised by gradient, covariance metric
     "L23-rome": ["--layer", "23", *COVFACTS, "--positions", "subject-last", "--target", "optimized"],
+    "L8-rome": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized"],  # ROME's depth
 }
 
 
