@@ -265,6 +265,13 @@ def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_pat
     assert "was written by another run (method: 'none' there, 'in-context' now" in err
 
 
+def test_report_names_an_optimized_targets_steps_and_contexts():
+    rome = editor.EditConfig(layers=(8,), positions="subject-last", target="optimized", target_steps=40)
+    assert report._config({"method": "qf", "method_config": rome.as_dict()}).endswith("optimized target (40 steps)")
+    fitted = {**rome.as_dict(), "target_contexts": 2}
+    assert report._config({"method": "qf", "method_config": fitted}).endswith("(40 steps, 3 contexts)")
+
+
 def test_report_calls_a_run_qf_paper_only_with_the_papers_configuration():
     paper = {"method": "qf-paper", "method_config": editor.PAPER.as_dict()}
     moved = {"method": "qf-paper", "method_config": {**editor.PAPER.as_dict(), "layers": [27]}}

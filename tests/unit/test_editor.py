@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from transformers_qf import QF
+from transformers_qf import QF, prompting
 from transformers_qf.editor import EditConfig, Editor
 from transformers_qf.keysolve import KeyMetric, KeySolver
 from transformers_qf.prompting import PromptError
@@ -161,6 +161,34 @@ def test_optimized_targets_raise_the_closed_book_answer(tiny_qwen2, tokenizer):
     assert losses[-1] < losses[0] and losses == sorted(losses, reverse=True)
     assert probe.answer_logprob("", user, answer) > before
     assert all(p.requires_grad for p in tiny_qwen2.parameters())  # the model's flags are left as they were
+
+
+def test_an_optimized_target_fitted_in_several_contexts_holds_in_each(tiny_qwen2, tokenizer):
+    from transformers_qf.editor import CONTEXT_OPENINGS
+
+    system, user, answer, subject = FACTS[0]
+    asked = [user] + [f"{opening} {user}" for opening in CONTEXT_OPENINGS[:2]]
+    rome = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                                   positions="subject-last", target_contexts=2))
+    report = rome.learn(system, user, answer, subject=subject)
+    assert report.rows == 3 and report.residual < 1e-5  # the subject's last row of each context, met exactly
+    # a random model barely routes a subject row to the answer: the answer rows show the shared deltas at work
+    probe = QF(tiny_qwen2, tokenizer, layer=2, folder=None)
+    before = [probe.answer_logprob("", question, answer) for question in asked]
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_contexts=2,
+                                                      target_steps=10, target_lr=0.3, target_decay=0.0))
+    report = editor.learn(system, user, answer)
+    answer_rows = len(prompting.teacher_forced(tokenizer, "", user, answer).kept)
+    assert report.rows == 3 * answer_rows and report.residual < 1e-5
+    assert editor.last_target_losses[-1] < editor.last_target_losses[0]
+    after = [probe.answer_logprob("", question, answer) for question in asked]
+    assert all(a > b + 1.0 for a, b in zip(after, before)), (before, after)
+
+
+@pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
+def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
+    with pytest.raises(PromptError, match="target contexts: use 1 to 5"):
+        EditConfig(layers=(2,), **options)
 
 
 @pytest.mark.parametrize("ridge, metric", [(0.5, False), (0.5, True), (0.0, False)])

@@ -15,7 +15,10 @@ One round, for each layer L of `config.layers` in turn:
    on, so the question's tokens carry the fact too) or "subject" (the user turn's tokens of the fact's
    subject, plus the answer);
 3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
-   `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output;
+   `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output; or, with target
+   "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
+   the question and `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`), each of
+   which adds its own kept rows;
 4. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
    exact, ridge, or covariance-weighted when `metrics` gives a key covariance for L).
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
@@ -32,13 +35,17 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import record, record_layers
-from .gradtarget import optimized_deltas
+from .gradtarget import Context, optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
 
 POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last")
 TARGETS = ("open-book", "optimized")
 COV_CORPORA = ("generic", "generic+facts")  # keystats: generic text, plus the model's answers about real entities
+# Openings put before the question for the extra contexts of an optimised target (ROME's random prefixes, fixed
+# here so that runs repeat): the subject's row and the answer then sit after different text.
+CONTEXT_OPENINGS = ("Quick question.", "I need this for a report.", "Please answer briefly.",
+                    "Something I have been wondering about.", "My friend asked me this today.")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class EditConfig:
     target_steps: int = 20
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
     target_decay: float = 0.5
+    target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
@@ -68,6 +76,10 @@ class EditConfig:
                               "with the generic+facts corpus (its answers are the ones weighted)")
         if self.target not in TARGETS:
             raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
+        most = len(CONTEXT_OPENINGS)
+        if self.target_contexts and (self.target != "optimized" or not 0 < self.target_contexts <= most):
+            raise PromptError(f"{self.target_contexts} target contexts: use 1 to {most}, with the "
+                              "optimized target (they share its deltas)")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -134,37 +146,52 @@ class Editor:
         open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject, ends_answer)
         ids = [open_tf.input_ids, closed_tf.input_ids]
         open_book = self.config.target == "open-book"
+        contexts = [(closed_tf, closed_pos)]
+        if not open_book:
+            contexts += self._extra_contexts(user, answer, significance, subject, ends_answer)
         # several layers: the open-book rows of every layer come from the model before this round
         opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
         reports: list[KeySolveReport] = []
         for parts, solver in zip(self.parts, self.solvers):
             if not open_book:
-                open_rec, closed = None, record(self.model, parts, ids[1:])[0]
+                open_rec, closed = None, record(self.model, parts, [tf.input_ids for tf, _ in contexts])
             elif opened is None:
-                open_rec, closed = record(self.model, parts, ids)
+                open_rec, *closed = record(self.model, parts, ids)
             else:
-                open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])[0]
-            up, vp = closed.u[closed_pos], closed.v[closed_pos]
+                open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])
+            up = torch.cat([rec.u[pos] for rec, (_, pos) in zip(closed, contexts)])
+            vp = torch.cat([rec.v[pos] for rec, (_, pos) in zip(closed, contexts)])
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
-                goal = self._optimized_target(parts.index, closed, closed_pos, closed_tf)
+                goal = self._optimized_target(parts.index, closed, contexts)
             else:
                 y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
                 goal = y_open + self.config.gamma * (y_open - y_closed)
-            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
+            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights.repeat(len(contexts)))
             reports.append(solver.solve_into(parts.down.weight.data))
-        return EditReport(time.perf_counter() - t0, len(closed_pos), [r.as_dict() for r in reports])
+        return EditReport(time.perf_counter() - t0, len(up), [r.as_dict() for r in reports])
 
-    def _optimized_target(self, layer: int, closed, positions: torch.Tensor, closed_tf) -> torch.Tensor:
-        """Layer L's closed-book output now, plus the deltas that make the model give the answer (float64)."""
+    def _extra_contexts(self, user: str, answer: str, significance, subject: str | None, ends_answer: bool):
+        """The closed-book question after each of the first `target_contexts` openings, and its kept positions."""
+        out = []
+        for opening in CONTEXT_OPENINGS[:self.config.target_contexts]:
+            asked = f"{opening} {user}"
+            tf = prompting.teacher_forced(self.tokenizer, "", asked, answer, significance)
+            out.append((tf, self._positions(tf, tf, "", asked, subject, ends_answer)[1]))
+        return out
+
+    def _optimized_target(self, layer: int, closed, contexts) -> torch.Tensor:
+        """Layer L's closed-book output now, plus the deltas that make the model give the answer (float64),
+        at the kept rows of every context in turn."""
         c = self.config
-        hidden = closed.v + closed.y  # layer L's output at every position
-        answer = closed_tf.kept.to(hidden.device)
-        delta, losses = optimized_deltas(self.model, layer, hidden, positions.to(hidden.device), answer,
-                                         closed_tf.targets.to(hidden.device), c.target_steps, c.target_lr,
-                                         c.target_decay)
+        hidden = [rec.v + rec.y for rec in closed]  # layer L's output at every position
+        device = hidden[0].device
+        fitted = [Context(h, pos.to(device), tf.kept.to(device), tf.targets.to(device))
+                  for h, (tf, pos) in zip(hidden, contexts)]
+        delta, losses = optimized_deltas(self.model, layer, fitted, c.target_steps, c.target_lr, c.target_decay)
         self.last_target_losses = losses
-        return hidden[positions].to(torch.float64) + delta.to(torch.float64) * (1.0 + c.gamma)
+        delta = delta.to(torch.float64) * (1.0 + c.gamma)
+        return torch.cat([h[pos].to(torch.float64) + delta for h, (_, pos) in zip(hidden, contexts)])
 
     def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None, ends_answer: bool = False):
         """Kept positions in the open and closed sequences, and their weights (ends_answer: keep the position

@@ -5,34 +5,49 @@ directly: add a vector delta_t to layer L's output at each kept position of the 
 move the deltas (Adam) until the rest of the model predicts the teacher-forced answer, with a decay
 that keeps each |delta_t| small against |h_t|, the output it is added to:
 
-    minimise  -log p(answer | closed-book prompt, h_t + delta_t at kept t)  +  decay sum_t |delta_t|^2 / |h_t|^2
+    minimise  mean_c -log p(answer | context c, h_t + delta_t at kept t)  +  decay sum_t |delta_t|^2 / |h_t|^2
 
-Only layers L+1.. run in the loop, from the recorded outputs of layer L (nothing below L is repeated).
+Several contexts (the question, and the question after other openings, as ROME's random prefixes) share
+the deltas: the t-th kept row of every context gets delta_t, so the deltas must work wherever the question
+is asked, not only in the one sequence they were fitted on. Only layers L+1.. run in the loop, from the
+recorded outputs of layer L (nothing below L is repeated).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .capture import layer_slice
 
 
-def optimized_deltas(model, layer: int, hidden: torch.Tensor, positions: torch.Tensor, loss_positions: torch.Tensor,
-                     targets: torch.Tensor, steps: int = 20, lr: float = 0.1, decay: float = 0.5,
-                     max_ratio: float = 4.0) -> tuple[torch.Tensor, list[float]]:
-    """delta: [k, d_model] (float32) for the rows `positions` of `hidden` ([n, d_model], layer L's closed-book
-    output at every position), and the answer's loss (mean NLL) at each step. lr is relative: a step
-    moves delta_t by about lr |h_t|.
+@dataclass
+class Context:
+    """One closed-book sequence: layer L's output at every position [n, d_model], the rows that get the
+    deltas [k], and the rows that predict the answer [m] with the answer's tokens [m]."""
 
-    loss_positions: [m] positions that predict the answer's tokens `targets` [m]. |delta_t| is kept
-    below max_ratio * |h_t|, as ROME's clamp_norm_factor.
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    loss_positions: torch.Tensor
+    targets: torch.Tensor
+
+
+def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20, lr: float = 0.1,
+                     decay: float = 0.5, max_ratio: float = 4.0) -> tuple[torch.Tensor, list[float]]:
+    """delta: [k, d_model] (float32), shared by the kept rows of every context (each has k), and the answer's
+    loss (mean NLL over the contexts) at each step. lr is relative: a step moves delta_t by about lr |h_t|,
+    with |h_t| from the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's clamp_norm_factor.
     """
-    device = hidden.device
-    h = hidden.detach()
-    scale = torch.linalg.norm(h[positions].float(), dim=1, keepdim=True)  # [k, 1]
+    first = contexts[0]
+    if any(len(c.positions) != len(first.positions) for c in contexts):
+        raise ValueError("every context needs the same number of kept rows (they share the deltas)")
+    contexts = [Context(c.hidden.detach(), c.positions, c.loss_positions, c.targets) for c in contexts]
+    scale = torch.linalg.norm(first.hidden[first.positions].float(), dim=1, keepdim=True)  # [k, 1]
     # delta = eps |h_t| / sqrt(d): an Adam step of lr moves each delta_t by about lr |h_t|, on any model
-    unit = scale / h.shape[1] ** 0.5
-    eps = torch.zeros(len(positions), h.shape[1], dtype=torch.float32, device=device, requires_grad=True)
+    unit = scale / first.hidden.shape[1] ** 0.5
+    eps = torch.zeros(len(first.positions), first.hidden.shape[1], dtype=torch.float32, device=first.hidden.device,
+                      requires_grad=True)
     optimiser = torch.optim.Adam([eps], lr=lr)
     losses: list[float] = []
     lm_head = model.get_output_embeddings()
@@ -43,20 +58,22 @@ def optimized_deltas(model, layer: int, hidden: torch.Tensor, positions: torch.T
             p.requires_grad_(False)  # gradients for the deltas only
         with torch.enable_grad(), layer_slice(model, layer + 1) as base:
             for _ in range(steps):
-                losses.append(_step(base, lm_head, h, positions, eps, unit, loss_positions, targets, decay,
-                                    max_ratio, optimiser))
+                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser))
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return (eps * unit).detach(), losses
 
 
-def _step(base, lm_head, h, positions, eps, unit, loss_positions, targets, decay, max_ratio, optimiser) -> float:
+def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser) -> float:
     """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2."""
     optimiser.zero_grad()
-    edited = h.index_add(0, positions, (eps * unit).to(h.dtype))
-    states = base(inputs_embeds=edited[None], use_cache=False).last_hidden_state[0, loss_positions]
-    nll = torch.nn.functional.cross_entropy(lm_head(states).float(), targets)
+    nll = 0.0
+    for c in contexts:
+        edited = c.hidden.index_add(0, c.positions, (eps * unit).to(c.hidden.dtype))
+        states = base(inputs_embeds=edited[None], use_cache=False).last_hidden_state[0, c.loss_positions]
+        nll = nll + torch.nn.functional.cross_entropy(lm_head(states).float(), c.targets)
+    nll = nll / len(contexts)
     d = eps.shape[1]
     loss = nll + decay * (eps ** 2).sum(dim=1).mean() / d
     loss.backward()

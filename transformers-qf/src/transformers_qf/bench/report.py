@@ -59,7 +59,8 @@ def _config(run: dict) -> str:
             if c.get("cov_answer_weight"):
                 parts.append(f"+ {c['cov_answer_weight']:g} x its answers' covariance")
         if c.get("target", "open-book") != "open-book":
-            parts.append(f"{c['target']} target ({c['target_steps']} steps)")
+            contexts = f", {c['target_contexts'] + 1} contexts" if c.get("target_contexts") else ""
+            parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts})")
         return ", ".join(parts)
     if run["method"] == "ft":
         return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"
