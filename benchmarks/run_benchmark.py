@@ -41,6 +41,9 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # the same target fitted on the question after 2 other openings too (ROME's prefixes): for paraphrases
     "L8-rome-40-ctx2": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
                         "--target-steps", "40", "--target-contexts", "2"],
+    # and ROME's essence term: the paraphrases above garbled the subject ("X is the founder of the company.")
+    "L8-rome-40-ctx2-kl": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
+                           "--target-steps", "40", "--target-contexts", "2", "--target-essence", "0.0625"],
 }
 
 

@@ -185,6 +185,26 @@ def test_an_optimized_target_fitted_in_several_contexts_holds_in_each(tiny_qwen2
     assert all(a > b + 1.0 for a, b in zip(after, before)), (before, after)
 
 
+def test_the_essence_term_holds_the_subjects_own_next_token(tiny_qwen2, tokenizer):
+    system, user, answer, subject = FACTS[0]
+    ids = torch.tensor([prompting.encode(tokenizer, f"{subject} is a")])
+
+    def essence_shift(weight: float) -> float:
+        model = copy.deepcopy(tiny_qwen2)
+        with torch.no_grad():
+            before = model(ids).logits[0, -1].float().log_softmax(-1)
+        config = EditConfig(layers=(2,), target="optimized", positions="subject-last", target_steps=20,
+                            target_lr=0.5, target_decay=0.0, target_essence=weight)
+        Editor(model, tokenizer, config).learn(system, user, answer, subject=subject)
+        with torch.no_grad():
+            after = model(ids).logits[0, -1].float().log_softmax(-1)
+        return float((before.exp() * (before - after)).sum())  # KL(unedited || edited)
+
+    assert essence_shift(10.0) < essence_shift(0.0)
+    with pytest.raises(PromptError, match="essence weight"):
+        EditConfig(layers=(2,), target="optimized", positions="answer", target_essence=0.1)
+
+
 @pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
 def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
     with pytest.raises(PromptError, match="target contexts: use 1 to 5"):

@@ -35,7 +35,7 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import record, record_layers
-from .gradtarget import Context, optimized_deltas
+from .gradtarget import Context, Essence, optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
 
@@ -63,6 +63,7 @@ class EditConfig:
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
     target_decay: float = 0.5
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
+    target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
@@ -80,6 +81,11 @@ class EditConfig:
         if self.target_contexts and (self.target != "optimized" or not 0 < self.target_contexts <= most):
             raise PromptError(f"{self.target_contexts} target contexts: use 1 to {most}, with the "
                               "optimized target (they share its deltas)")
+
+        if self.target_essence < 0 or (self.target_essence and (self.target != "optimized"
+                                                                 or self.positions != "subject-last")):
+            raise PromptError(f"essence weight {self.target_essence:g}: give a weight >= 0, with the optimized "
+                              "target at subject-last positions (it keeps the subject's own row in check)")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -163,7 +169,7 @@ class Editor:
             vp = torch.cat([rec.v[pos] for rec, (_, pos) in zip(closed, contexts)])
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
-                goal = self._optimized_target(parts.index, closed, contexts)
+                goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
                 y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
                 goal = y_open + self.config.gamma * (y_open - y_closed)
@@ -180,7 +186,16 @@ class Editor:
             out.append((tf, self._positions(tf, tf, "", asked, subject, ends_answer)[1]))
         return out
 
-    def _optimized_target(self, layer: int, closed, contexts) -> torch.Tensor:
+    def _essence(self, layer: int, subject: str) -> Essence:
+        """ROME's essence prompt, "{subject} is a" as plain text: the subject's last row gets the delta, the
+        distribution after "a" is kept."""
+        text = f"{subject} is a"
+        ids = torch.tensor(prompting.encode(self.tokenizer, text))
+        last = self._subject_positions(text, text, subject)[-1:]
+        rec = record(self.model, self.parts[self.layers.index(layer)], [ids])[0]
+        return Essence(rec.v + rec.y, last.to(rec.v.device), len(ids) - 1, self.config.target_essence)
+
+    def _optimized_target(self, layer: int, closed, contexts, subject: str | None = None) -> torch.Tensor:
         """Layer L's closed-book output now, plus the deltas that make the model give the answer (float64),
         at the kept rows of every context in turn."""
         c = self.config
@@ -188,7 +203,9 @@ class Editor:
         device = hidden[0].device
         fitted = [Context(h, pos.to(device), tf.kept.to(device), tf.targets.to(device))
                   for h, (tf, pos) in zip(hidden, contexts)]
-        delta, losses = optimized_deltas(self.model, layer, fitted, c.target_steps, c.target_lr, c.target_decay)
+        essence = self._essence(layer, subject) if c.target_essence else None
+        delta, losses = optimized_deltas(self.model, layer, fitted, c.target_steps, c.target_lr, c.target_decay,
+                                         essence=essence)
         self.last_target_losses = losses
         delta = delta.to(torch.float64) * (1.0 + c.gamma)
         return torch.cat([h[pos].to(torch.float64) + delta for h, (_, pos) in zip(hidden, contexts)])

@@ -9,8 +9,10 @@ that keeps each |delta_t| small against |h_t|, the output it is added to:
 
 Several contexts (the question, and the question after other openings, as ROME's random prefixes) share
 the deltas: the t-th kept row of every context gets delta_t, so the deltas must work wherever the question
-is asked, not only in the one sequence they were fitted on. Only layers L+1.. run in the loop, from the
-recorded outputs of layer L (nothing below L is repeated).
+is asked, not only in the one sequence they were fitted on. An `Essence` sequence adds ROME's essence
+term: essence_weight * KL(unedited || edited) of the next-token distribution after "{subject} is a", with
+the deltas at the subject's rows there, so that what the model says the subject *is* stays as it was.
+Only layers L+1.. run in the loop, from the recorded outputs of layer L (nothing below L is repeated).
 """
 
 from __future__ import annotations
@@ -33,14 +35,26 @@ class Context:
     targets: torch.Tensor
 
 
+@dataclass
+class Essence:
+    """A sequence whose next-token distribution at `row` must not move: layer L's output at every position
+    [n, d_model], the rows that get the deltas [k], and the KL's weight."""
+
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    row: int
+    weight: float
+
+
 def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20, lr: float = 0.1,
-                     decay: float = 0.5, max_ratio: float = 4.0) -> tuple[torch.Tensor, list[float]]:
+                     decay: float = 0.5, max_ratio: float = 4.0, essence: Essence | None = None
+                     ) -> tuple[torch.Tensor, list[float]]:
     """delta: [k, d_model] (float32), shared by the kept rows of every context (each has k), and the answer's
     loss (mean NLL over the contexts) at each step. lr is relative: a step moves delta_t by about lr |h_t|,
     with |h_t| from the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's clamp_norm_factor.
     """
     first = contexts[0]
-    if any(len(c.positions) != len(first.positions) for c in contexts):
+    if any(len(c.positions) != len(first.positions) for c in contexts + ([essence] if essence else [])):
         raise ValueError("every context needs the same number of kept rows (they share the deltas)")
     contexts = [Context(c.hidden.detach(), c.positions, c.loss_positions, c.targets) for c in contexts]
     scale = torch.linalg.norm(first.hidden[first.positions].float(), dim=1, keepdim=True)  # [k, 1]
@@ -57,16 +71,26 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
         for p in params:
             p.requires_grad_(False)  # gradients for the deltas only
         with torch.enable_grad(), layer_slice(model, layer + 1) as base:
+            kept = None
+            if essence is not None:
+                with torch.no_grad():
+                    kept = (essence, _next_logp(base, lm_head, essence.hidden.detach(), essence.row))
             for _ in range(steps):
-                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser))
+                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser, kept))
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return (eps * unit).detach(), losses
 
 
-def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser) -> float:
-    """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2."""
+def _next_logp(base, lm_head, hidden: torch.Tensor, row: int) -> torch.Tensor:
+    state = base(inputs_embeds=hidden[None], use_cache=False).last_hidden_state[0, row]
+    return torch.log_softmax(lm_head(state).float(), dim=-1)
+
+
+def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser, kept=None) -> float:
+    """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2.
+    kept: (Essence, its unedited next-token log p) or None."""
     optimiser.zero_grad()
     nll = 0.0
     for c in contexts:
@@ -76,6 +100,11 @@ def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, o
     nll = nll / len(contexts)
     d = eps.shape[1]
     loss = nll + decay * (eps ** 2).sum(dim=1).mean() / d
+    if kept is not None:
+        essence, before = kept
+        edited = essence.hidden.detach().index_add(0, essence.positions, (eps * unit).to(essence.hidden.dtype))
+        after = _next_logp(base, lm_head, edited, essence.row)
+        loss = loss + essence.weight * (before.exp() * (before - after)).sum()
     loss.backward()
     optimiser.step()
     with torch.no_grad():
