@@ -39,11 +39,8 @@ def target_rows(tf: prompting.TeacherForced) -> tuple[torch.Tensor, torch.Tensor
 
 def position_sets(tokenizer, user: str, subject: str, first_answer_row: int, length: int) -> dict[str, torch.Tensor]:
     prompt = prompting.chatml_prompt("", user)
-    start = prompt.rfind(user) + user.find(subject)
-    end = start + len(subject)
-    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    subject_rows = torch.tensor([i for i, (a, b) in enumerate(offsets) if a < end and b > start])
-    user_start = len(prompting.encode(tokenizer, prompt.split("<|im_start|>user")[0]))
+    subject_rows = prompting.subject_positions(tokenizer, prompt, user, subject)
+    user_start = prompting.user_turn_start(tokenizer, prompt)
     return {"subject": subject_rows, "subject-last": subject_rows[-1:],
             "user": torch.arange(user_start, first_answer_row), "answer": torch.arange(first_answer_row, length),
             "shared": torch.arange(user_start, length)}

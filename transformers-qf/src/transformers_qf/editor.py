@@ -191,7 +191,7 @@ class Editor:
         distribution after "a" is kept."""
         text = f"{subject} is a"
         ids = torch.tensor(prompting.encode(self.tokenizer, text))
-        last = self._subject_positions(text, text, subject)[-1:]
+        last = prompting.subject_positions(self.tokenizer, text, text, subject)[-1:]
         rec = record(self.model, self.parts[self.layers.index(layer)], [ids])[0]
         return Essence(rec.v + rec.y, last.to(rec.v.device), len(ids) - 1, self.config.target_essence)
 
@@ -226,11 +226,11 @@ class Editor:
                 words &= answer_open.kept != int(open_tf.kept[-1])
             return keep[words], keep[words] - shift, weights[words]
         closed_prompt = prompting.chatml_prompt("", user)
-        user_start = len(prompting.encode(self.tokenizer, closed_prompt.split("<|im_start|>user")[0]))
+        user_start = prompting.user_turn_start(self.tokenizer, closed_prompt)
         if self.config.positions == "suffix":
             extra = torch.arange(user_start, int(closed_tf.kept[0]))
         else:
-            extra = self._subject_positions(closed_prompt, user, subject)
+            extra = prompting.subject_positions(self.tokenizer, closed_prompt, user, subject)
             if self.config.positions == "subject-last":  # ROME's single key: the subject's last token
                 last = extra[-1:]
                 return last + shift, last, torch.ones(1, dtype=weights.dtype)
@@ -251,14 +251,3 @@ class Editor:
             chosen.add(max(chosen) + 1)
         given = prompting.check_significance(significance, len(words))
         return [float(i in chosen) * g for i, g in enumerate(given)], ends_answer
-
-    def _subject_positions(self, closed_prompt: str, user: str, subject: str | None) -> torch.Tensor:
-        """Positions (in the closed prompt) of the tokens that spell the subject in the user turn."""
-        if not subject:
-            raise PromptError("positions 'subject' needs the fact's subject: add a \"subject\" key to the fact")
-        start = closed_prompt.rfind(user) + user.find(subject) if subject in user else -1
-        if start < 0:
-            raise PromptError(f"the subject {subject!r} does not occur in the question {user!r}")
-        enc = self.tokenizer(closed_prompt, add_special_tokens=False, return_offsets_mapping=True)
-        end = start + len(subject)
-        return torch.tensor([i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start])

@@ -166,6 +166,23 @@ def teacher_forced_many(
     return out
 
 
+def user_turn_start(tokenizer, prompt: str) -> int:
+    """Position of the first token of the user turn (`<|im_start|>user`) in a ChatML prompt."""
+    return len(encode(tokenizer, prompt.split("<|im_start|>user")[0]))
+
+
+def subject_positions(tokenizer, prompt: str, user: str, subject: str | None) -> torch.Tensor:
+    """Positions in `prompt` of the tokens that spell `subject` where it occurs in `user` (its last copy)."""
+    if not subject:
+        raise PromptError("positions 'subject' needs the fact's subject: add a \"subject\" key to the fact")
+    start = prompt.rfind(user) + user.find(subject) if subject in user else -1
+    if start < 0:
+        raise PromptError(f"the subject {subject!r} does not occur in the question {user!r}")
+    end = start + len(subject)
+    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return torch.tensor([i for i, (a, b) in enumerate(offsets) if a < end and b > start])
+
+
 def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> str:
     """The prompt to answer from. With `open_answer_turn` it ends in `<|im_start|>assistant\\n`,
     the context the recorded passes saw; without it, it ends after the user turn like the original."""
