@@ -44,6 +44,10 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # and ROME's essence term: the paraphrases above garbled the subject ("X is the founder of the company.")
     "L8-rome-40-ctx2-kl": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
                            "--target-steps", "40", "--target-contexts", "2", "--target-essence", "0.0625"],
+    # the target added straight at a paraphrase's subject row answers only 1 in 3 (paraphrase_transfer.md): fit it
+    # on 2 rewordings by the model itself instead of openings, and at the answer's copy of the subject too
+    "L8-rome-40-words2-copies": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                                 "--target-steps", "40", "--target-wordings", "2"],
 }
 
 

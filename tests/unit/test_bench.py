@@ -256,6 +256,27 @@ def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, 
     assert "are qf options, not none's" in capsys.readouterr().err
 
 
+def test_paraphrases_an_edit_was_fitted_on_are_left_out_of_paraphrase_unseen(bench_model, facts_file, tmp_path,
+                                                                               monkeypatch):
+    facts = read_facts(facts_file).facts
+    # the model "rewords" each question into its fact's first paraphrase, word for word (case aside)
+    first = {f.user: f.paraphrases[0][0].lower() + f.paraphrases[0][1:] for f in facts}
+    monkeypatch.setattr(editor, "rewordings", lambda model, tok, question, subject, n: [first[question]])
+    out = tmp_path / "run"
+    assert cli.main(["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--out", str(out),
+                     "--max-new-tokens", "3", "--checkpoints", "3", "--layer", "2", "--no-covariance",
+                     "--positions", "subject-last", "--target", "optimized", "--target-steps", "1",
+                     "--target-wordings", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert [r["rewordings"] for r in rows if r["key"].startswith("edit/")] == [[first[f.user]] for f in facts]
+    scored = [r for r in rows if r["key"].startswith("checkpoint/3/") and r.get("kind") == "paraphrase"]
+    unseen = [r["gives"] for r in scored if r["user"] != facts[r["fact"]].paraphrases[0]]
+    assert len(unseen) == len(scored) - 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["paraphrase_unseen"] == fraction(unseen)
+    assert "up to 1 rewordings" in report._config(summary)
+
+
 def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--facts", str(facts_file), "--protocol", "single", "--out", str(out), "--max-new-tokens", "2"]

@@ -205,6 +205,35 @@ def test_the_essence_term_holds_the_subjects_own_next_token(tiny_qwen2, tokenize
         EditConfig(layers=(2,), target="optimized", positions="answer", target_essence=0.1)
 
 
+def test_subject_copies_share_one_delta_at_the_question_and_the_answers_copy(tiny_qwen2, tokenizer):
+    system, user, answer, subject = FACTS[0]  # "Oxinnovate was started by Qi.": one copy in the answer
+    closed = prompting.teacher_forced(tokenizer, "", user, answer)
+    copies = prompting.subject_copies(tokenizer, closed.input_ids, subject, int(closed.kept[0]))
+    assert len(copies) == 1 and subject in tokenizer.decode(closed.input_ids[:int(copies[0]) + 1][-4:])
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                      positions="subject-copies"))
+    report = editor.learn(system, user, answer, subject=subject)
+    assert report.rows == 2 and report.residual < 1e-5  # both rows meet h + the one delta exactly
+    assert editor.last_target_delta.shape == (1, tiny_qwen2.config.hidden_size)
+
+
+def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, monkeypatch):
+    from transformers_qf import editor as editor_module
+
+    system, user, answer, subject = FACTS[0]
+    reworded = [f"Who was the founder of {subject}?", f"Tell me who started {subject}."]
+    asked = []
+    monkeypatch.setattr(editor_module, "rewordings",
+                        lambda model, tok, question, subj, n: asked.append((question, subj, n)) or reworded[:n])
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                      positions="subject-last", target_wordings=2))
+    report = editor.learn(system, user, answer, subject=subject)
+    assert asked == [(user, subject, 2)] and editor.last_rewordings == reworded
+    assert report.rows == 3 and report.residual < 1e-5  # the subject's last row in the question and each rewording
+    with pytest.raises(PromptError, match="target wordings"):
+        EditConfig(layers=(2,), target_wordings=2)
+
+
 @pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
 def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
     with pytest.raises(PromptError, match="target contexts: use 1 to 5"):

@@ -11,14 +11,17 @@ One round, for each layer L of `config.layers` in turn:
    "answer-words" (the same less the two that predict the turn's header "assistant\n", whose keys are
    nearly the same for every question), "target" (only the positions that predict the words of the
    fact's target, e.g. the name in "The CEO of X is Ada Lee."), "target-next" (those and the one that
-   predicts the word after the target, or the end of the turn: where the target must stop), "suffix" (every position the two passes share from the user turn
-   on, so the question's tokens carry the fact too) or "subject" (the user turn's tokens of the fact's
-   subject, plus the answer);
+   predicts the word after the target, or the end of the turn: where the target must stop), "suffix" (every
+   position the two passes share from the user turn on, so the question's tokens carry the fact too),
+   "subject" (the user turn's tokens of the fact's subject, plus the answer), "subject-last" (ROME's single
+   row: the subject's last token in the question) or "subject-copies" (that row and the last token of every
+   copy of the subject in the answer, "Steitum Motors was founded by ...", all with one target delta: a
+   weight edit reaches those rows too, since their keys are alike);
 3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
    `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output; or, with target
    "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
-   the question and `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`), each of
-   which adds its own kept rows;
+   the question, `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`) and
+   `target_wordings` rewordings of it by the model itself (rewording.py), each of which adds its own kept rows;
 4. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
    exact, ridge, or covariance-weighted when `metrics` gives a key covariance for L).
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
@@ -38,8 +41,9 @@ from .capture import record, record_layers
 from .gradtarget import Context, Essence, optimized_deltas
 from .keysolve import KeyMetric, KeySolver, KeySolveReport
 from .prompting import PromptError
+from .rewording import rewordings
 
-POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last")
+POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last", "subject-copies")
 TARGETS = ("open-book", "optimized")
 COV_CORPORA = ("generic", "generic+facts")  # keystats: generic text, plus the model's answers about real entities
 # Openings put before the question for the extra contexts of an optimised target (ROME's random prefixes, fixed
@@ -63,6 +67,7 @@ class EditConfig:
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
     target_decay: float = 0.5
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
+    target_wordings: int = 0  # optimized: up to n rewordings of the question by the model, extra contexts too
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
 
     def __post_init__(self):
@@ -82,10 +87,13 @@ class EditConfig:
             raise PromptError(f"{self.target_contexts} target contexts: use 1 to {most}, with the "
                               "optimized target (they share its deltas)")
 
+        if self.target_wordings < 0 or (self.target_wordings and self.target != "optimized"):
+            raise PromptError(f"{self.target_wordings} target wordings: give 0 or more, with the optimized target "
+                              "(the rewordings share its deltas)")
         if self.target_essence < 0 or (self.target_essence and (self.target != "optimized"
-                                                                 or self.positions != "subject-last")):
+                                                                 or not self.positions.startswith("subject-"))):
             raise PromptError(f"essence weight {self.target_essence:g}: give a weight >= 0, with the optimized "
-                              "target at subject-last positions (it keeps the subject's own row in check)")
+                              "target at subject-last or subject-copies (it keeps the subject's own row in check)")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -128,6 +136,8 @@ class Editor:
         if config.covariance and not all(i in (metrics or {}) for i in self.layers):
             raise PromptError("covariance-weighted solve needs a key covariance for every edited layer")
         self.last_target_losses: list[float] = []
+        self.last_target_delta: torch.Tensor | None = None  # optimized target: the fitted deltas [k, d_model]
+        self.last_rewordings: list[str] = []  # target_wordings: the model's rewordings of the last question
         self.solvers = [
             KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
                       config.ridge)
@@ -152,38 +162,47 @@ class Editor:
         open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject, ends_answer)
         ids = [open_tf.input_ids, closed_tf.input_ids]
         open_book = self.config.target == "open-book"
-        contexts = [(closed_tf, closed_pos)]
+        contexts = [(closed_tf, closed_pos, weights)]
         if not open_book:
             contexts += self._extra_contexts(user, answer, significance, subject, ends_answer)
+        weights = torch.cat([w for _, _, w in contexts])
         # several layers: the open-book rows of every layer come from the model before this round
         opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
         reports: list[KeySolveReport] = []
         for parts, solver in zip(self.parts, self.solvers):
             if not open_book:
-                open_rec, closed = None, record(self.model, parts, [tf.input_ids for tf, _ in contexts])
+                open_rec, closed = None, record(self.model, parts, [tf.input_ids for tf, _, _ in contexts])
             elif opened is None:
                 open_rec, *closed = record(self.model, parts, ids)
             else:
                 open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])
-            up = torch.cat([rec.u[pos] for rec, (_, pos) in zip(closed, contexts)])
-            vp = torch.cat([rec.v[pos] for rec, (_, pos) in zip(closed, contexts)])
+            up = torch.cat([rec.u[pos] for rec, (_, pos, _) in zip(closed, contexts)])
+            vp = torch.cat([rec.v[pos] for rec, (_, pos, _) in zip(closed, contexts)])
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
                 goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
                 y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
                 goal = y_open + self.config.gamma * (y_open - y_closed)
-            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights.repeat(len(contexts)))
+            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
             reports.append(solver.solve_into(parts.down.weight.data))
         return EditReport(time.perf_counter() - t0, len(up), [r.as_dict() for r in reports])
 
     def _extra_contexts(self, user: str, answer: str, significance, subject: str | None, ends_answer: bool):
-        """The closed-book question after each of the first `target_contexts` openings, and its kept positions."""
+        """The closed-book question after each of the first `target_contexts` openings, and the model's
+        `target_wordings` rewordings of it: (teacher-forced sequence, kept positions, their weights) each."""
+        asked = [f"{opening} {user}" for opening in CONTEXT_OPENINGS[:self.config.target_contexts]]
+        if self.config.target_wordings:
+            if not subject:
+                raise PromptError("target wordings need the fact's subject (a rewording must name it): add a "
+                                  "\"subject\" key to the fact")
+            self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
+            asked += self.last_rewordings
         out = []
-        for opening in CONTEXT_OPENINGS[:self.config.target_contexts]:
-            asked = f"{opening} {user}"
-            tf = prompting.teacher_forced(self.tokenizer, "", asked, answer, significance)
-            out.append((tf, self._positions(tf, tf, "", asked, subject, ends_answer)[1]))
+        for question in asked:
+            tf = prompting.teacher_forced(self.tokenizer, "", question, answer, significance)
+            _, pos, weights = self._positions(tf, tf, "", question, subject, ends_answer)
+            out.append((tf, pos, weights))
         return out
 
     def _essence(self, layer: int, subject: str) -> Essence:
@@ -201,14 +220,18 @@ class Editor:
         c = self.config
         hidden = [rec.v + rec.y for rec in closed]  # layer L's output at every position
         device = hidden[0].device
-        fitted = [Context(h, pos.to(device), tf.kept.to(device), tf.targets.to(device))
-                  for h, (tf, pos) in zip(hidden, contexts)]
+        shared = c.positions == "subject-copies"  # one delta for every copy of the subject
+        fitted = [Context(h, pos.to(device), tf.kept.to(device), tf.targets.to(device),
+                          torch.zeros(len(pos), dtype=torch.long, device=device) if shared else None)
+                  for h, (tf, pos, _) in zip(hidden, contexts)]
         essence = self._essence(layer, subject) if c.target_essence else None
         delta, losses = optimized_deltas(self.model, layer, fitted, c.target_steps, c.target_lr, c.target_decay,
                                          essence=essence)
         self.last_target_losses = losses
         delta = delta.to(torch.float64) * (1.0 + c.gamma)
-        return torch.cat([h[pos].to(torch.float64) + delta for h, (_, pos) in zip(hidden, contexts)])
+        self.last_target_delta = delta
+        return torch.cat([h[pos].to(torch.float64) + delta[c.slots]
+                          for h, (_, pos, _), c in zip(hidden, contexts, fitted)])
 
     def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None, ends_answer: bool = False):
         """Kept positions in the open and closed sequences, and their weights (ends_answer: keep the position
@@ -234,6 +257,10 @@ class Editor:
             if self.config.positions == "subject-last":  # ROME's single key: the subject's last token
                 last = extra[-1:]
                 return last + shift, last, torch.ones(1, dtype=weights.dtype)
+            if self.config.positions == "subject-copies":  # and the subject's copies in the answer
+                rows = torch.cat([extra[-1:], prompting.subject_copies(self.tokenizer, closed_tf.input_ids, subject,
+                                                                       int(closed_tf.kept[0]))])
+                return rows + shift, rows, torch.ones(len(rows), dtype=weights.dtype)
         closed_keep = torch.cat([extra, keep - shift])
         weights = torch.cat([torch.ones(len(extra), dtype=weights.dtype), weights])
         return closed_keep + shift, closed_keep, weights

@@ -7,11 +7,13 @@ that keeps each |delta_t| small against |h_t|, the output it is added to:
 
     minimise  mean_c -log p(answer | context c, h_t + delta_t at kept t)  +  decay sum_t |delta_t|^2 / |h_t|^2
 
-Several contexts (the question, and the question after other openings, as ROME's random prefixes) share
-the deltas: the t-th kept row of every context gets delta_t, so the deltas must work wherever the question
-is asked, not only in the one sequence they were fitted on. An `Essence` sequence adds ROME's essence
-term: essence_weight * KL(unedited || edited) of the next-token distribution after "{subject} is a", with
-the deltas at the subject's rows there, so that what the model says the subject *is* stays as it was.
+Several contexts (the question, the question after other openings as ROME's random prefixes, the question
+in other words) share the deltas: the kept rows of every context map to slots, and a row of slot t gets
+delta_t, so the deltas must work wherever the question is asked, not only in the one sequence they were
+fitted on. Several rows of one context may share a slot (every copy of the subject gets the same delta).
+An `Essence` sequence adds ROME's essence term: essence_weight * KL(unedited || edited) of the next-token
+distribution after "{subject} is a", with the deltas at the subject's rows there, so that what the model
+says the subject *is* stays as it was.
 Only layers L+1.. run in the loop, from the recorded outputs of layer L (nothing below L is repeated).
 """
 
@@ -27,12 +29,20 @@ from .capture import layer_slice
 @dataclass
 class Context:
     """One closed-book sequence: layer L's output at every position [n, d_model], the rows that get the
-    deltas [k], and the rows that predict the answer [m] with the answer's tokens [m]."""
+    deltas [r], and the rows that predict the answer [m] with the answer's tokens [m]. slots [r]: which delta
+    each kept row gets (default: the i-th row gets delta_i)."""
 
     hidden: torch.Tensor
     positions: torch.Tensor
     loss_positions: torch.Tensor
     targets: torch.Tensor
+    slots: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.slots is None:
+            self.slots = torch.arange(len(self.positions), device=self.positions.device)
+        if len(self.slots) != len(self.positions):
+            raise ValueError(f"{len(self.slots)} slots for {len(self.positions)} kept rows: give one slot per row")
 
 
 @dataclass
@@ -49,18 +59,23 @@ class Essence:
 def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20, lr: float = 0.1,
                      decay: float = 0.5, max_ratio: float = 4.0, essence: Essence | None = None
                      ) -> tuple[torch.Tensor, list[float]]:
-    """delta: [k, d_model] (float32), shared by the kept rows of every context (each has k), and the answer's
+    """delta: [k, d_model] (float32), one per slot, shared by the kept rows of every context, and the answer's
     loss (mean NLL over the contexts) at each step. lr is relative: a step moves delta_t by about lr |h_t|,
-    with |h_t| from the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's clamp_norm_factor.
+    with |h_t| at slot t's first row in the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's
+    clamp_norm_factor.
     """
     first = contexts[0]
-    if any(len(c.positions) != len(first.positions) for c in contexts + ([essence] if essence else [])):
-        raise ValueError("every context needs the same number of kept rows (they share the deltas)")
-    contexts = [Context(c.hidden.detach(), c.positions, c.loss_positions, c.targets) for c in contexts]
-    scale = torch.linalg.norm(first.hidden[first.positions].float(), dim=1, keepdim=True)  # [k, 1]
+    k = int(first.slots.max()) + 1
+    if sorted(set(first.slots.tolist())) != list(range(k)):
+        raise ValueError("the first context must have a row for every slot (its rows set each delta's scale)")
+    if any(int(c.slots.max()) >= k for c in contexts) or (essence is not None and len(essence.positions) != k):
+        raise ValueError(f"every context's slots must be among the first context's {k} (they share the deltas)")
+    contexts = [Context(c.hidden.detach(), c.positions, c.loss_positions, c.targets, c.slots) for c in contexts]
+    firsts = [int((first.slots == t).nonzero()[0]) for t in range(k)]
+    scale = torch.linalg.norm(first.hidden[first.positions[firsts]].float(), dim=1, keepdim=True)  # [k, 1]
     # delta = eps |h_t| / sqrt(d): an Adam step of lr moves each delta_t by about lr |h_t|, on any model
     unit = scale / first.hidden.shape[1] ** 0.5
-    eps = torch.zeros(len(first.positions), first.hidden.shape[1], dtype=torch.float32, device=first.hidden.device,
+    eps = torch.zeros(k, first.hidden.shape[1], dtype=torch.float32, device=first.hidden.device,
                       requires_grad=True)
     optimiser = torch.optim.Adam([eps], lr=lr)
     losses: list[float] = []
@@ -94,7 +109,7 @@ def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, o
     optimiser.zero_grad()
     nll = 0.0
     for c in contexts:
-        edited = c.hidden.index_add(0, c.positions, (eps * unit).to(c.hidden.dtype))
+        edited = c.hidden.index_add(0, c.positions, (eps * unit)[c.slots].to(c.hidden.dtype))
         states = base(inputs_embeds=edited[None], use_cache=False).last_hidden_state[0, c.loss_positions]
         nll = nll + torch.nn.functional.cross_entropy(lm_head(states).float(), c.targets)
     nll = nll / len(contexts)

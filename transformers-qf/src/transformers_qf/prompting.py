@@ -183,6 +183,15 @@ def subject_positions(tokenizer, prompt: str, user: str, subject: str | None) ->
     return torch.tensor([i for i, (a, b) in enumerate(offsets) if a < end and b > start])
 
 
+def subject_copies(tokenizer, ids, subject: str, start: int = 0) -> torch.Tensor:
+    """Positions from `start` on where a copy of `subject` ends in the token ids: where the subject's last two
+    tokens (as written after a space, or at the start of a line) occur."""
+    ids = [int(i) for i in ids]
+    ends = {tuple(encode(tokenizer, text)[-2:]) for text in (" " + subject, subject)}
+    return torch.tensor([p for p in range(start, len(ids)) for end in ends
+                         if p + 1 >= len(end) and tuple(ids[p + 1 - len(end):p + 1]) == end], dtype=torch.long)
+
+
 def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> str:
     """The prompt to answer from. With `open_answer_turn` it ends in `<|im_start|>assistant\\n`,
     the context the recorded passes saw; without it, it ends after the user turn like the original."""

@@ -102,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--target-contexts", type=_positive, default=None, metavar="N",
                     help="qf, optimized target: fit it on the question and on N copies after other openings "
                     "(ROME's prefixes; each adds its rows to the solve)")
+    qf.add_argument("--target-wordings", type=_positive, default=None, metavar="N",
+                    help="qf, optimized target: fit it on up to N rewordings of the question by the model itself too "
+                    "(each adds its rows to the solve; no wording is taken from the facts file)")
     qf.add_argument("--target-essence", type=float, default=None, metavar="W",
-                    help="qf, optimized target at subject-last: W x KL of the next token after \"{subject} is a\", "
+                    help="qf, optimized target at subject-last/-copies: W x KL of the next token after \"{subject} is a\", "
                     "edited against unedited (ROME's essence term; ROME uses 0.0625)")
     qf.add_argument("--cov-texts", type=_positive, default=256, help="qf: generic texts to estimate it on")
     qf.add_argument("--cov-fact-texts", type=_positive, default=None,
@@ -131,6 +134,7 @@ def edit_config(args) -> EditConfig:
         target_lr=base.target_lr if args.target_lr is None else args.target_lr,
         target_decay=base.target_decay if args.target_decay is None else args.target_decay,
         target_contexts=args.target_contexts or base.target_contexts,
+        target_wordings=args.target_wordings or base.target_wordings,
         target_essence=base.target_essence if args.target_essence is None else args.target_essence,
     )
 

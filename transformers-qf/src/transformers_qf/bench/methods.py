@@ -61,8 +61,9 @@ class QFEdit(NoEdit):
 
     def edit(self, fact: Fact) -> dict:
         report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
+        reworded = {"rewordings": self.editor.last_rewordings} if self.edit_config.target_wordings else {}
         return {"seconds": report.seconds, "rows": report.rows, "residual": report.residual,
-                "delta_rel": report.delta_rel, "solves": report.layers}
+                "delta_rel": report.delta_rel, "solves": report.layers, **reworded}
 
     def reset(self) -> None:
         self.editor.reset()

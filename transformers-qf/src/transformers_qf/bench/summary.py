@@ -1,7 +1,8 @@
 """DIR/summary.json from DIR/cases.jsonl: the run's fractions and costs.
 
 efficacy: questions answered with the target after the (last) edit; paraphrase: the same for the
-paraphrased questions; specificity: controls the unedited model answered right that are still answered
+paraphrased questions (paraphrase_unseen: only those that are not, word for word, one of the rewordings an
+edit was fitted on, with --target-wordings); specificity: controls the unedited model answered right that are still answered
 right (split into controls about the facts' relations and the rest); leak: control answers that name
 an edited fact's target; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
 0..1. In the sequential protocol "final" scores come after the last edit, "immediate" right after each.
@@ -48,6 +49,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
             "checkpoints": _checkpoints(cases, data, answered_before, header),
         }
     kept = [r for r in controls if r["control"] in answered_before]
+    edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None
     layers = header["method_config"].get("layers") or []
     summary = {
@@ -57,6 +59,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "layer": layers[0] if len(layers) == 1 else (layers or None),
         "efficacy": fraction(r["gives"] for r in questions),
         "paraphrase": fraction(r["gives"] for r in paraphrases),
+        "paraphrase_unseen": fraction(r["gives"] for r in paraphrases if not _fitted_on(r, edits_by_fact)),
         "specificity": fraction(r["gives"] for r in kept),
         "specificity_same_relation": fraction(r["gives"] for r in kept if r["same_relation"]),
         "specificity_other": fraction(r["gives"] for r in kept if not r["same_relation"]),
@@ -83,6 +86,12 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "command": header.get("command"),
     }
     return summary
+
+
+def _fitted_on(row: dict, edits_by_fact: dict) -> bool:
+    """Whether a paraphrase is word for word one of the model's rewordings that its fact's edit was fitted on."""
+    reworded = edits_by_fact.get(row["fact"], {}).get("rewordings") or []
+    return row["user"].strip().lower() in {r.strip().lower() for r in reworded}
 
 
 def _leaks(row: dict, targets: list[str]) -> bool:

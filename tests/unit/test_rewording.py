@@ -1,0 +1,23 @@
+"""rewording.rewordings: the model's own rewordings of a question, filtered."""
+
+from transformers_qf import rewording
+
+
+def test_rewordings_keep_new_questions_that_name_the_subject(monkeypatch):
+    answers = ['"Who established Steitum Motors?"\nI hope this helps.',  # first line, quotes stripped
+               "Who founded Steitum Motors?",  # the question itself
+               "who established steitum motors?",  # a repeat (case aside), and the subject's case is lost
+               "Who started Steitum Motor?",  # the subject misspelt
+               "Who is the founder of Steitum Motors?"]
+    prompts_seen = []
+
+    def fake_greedy(model, tokenizer, prompts, max_new_tokens, stop):
+        prompts_seen.extend(prompts)
+        return answers[:len(prompts)]
+
+    monkeypatch.setattr(rewording, "greedy_batch", fake_greedy)
+    got = rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 3)
+    assert got == ["Who established Steitum Motors?", "Who is the founder of Steitum Motors?"]
+    assert len(prompts_seen) == len(rewording.INSTRUCTIONS)
+    assert all(p.endswith("<|im_start|>assistant\n") and "Who founded Steitum Motors?" in p for p in prompts_seen)
+    assert rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 1) == got[:1]
