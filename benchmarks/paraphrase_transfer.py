@@ -1,6 +1,7 @@
 """Why does a ROME-style edit answer its own question and not the paraphrases? Key or target.
 
     python benchmarks/paraphrase_transfer.py [--n 10] [--layer 8] [--steps 60] [--out results]
+        [--positions subject-copies] [--wordings N] [--name paraphrase_transfer-NAME]
 
 For each fact, on the unedited model, the editor fits the subject-last target (ROME's v* = h + delta at
 layer L, `--target optimized --positions subject-last`) and solves the weight edit in the generic+facts key
@@ -16,8 +17,10 @@ metric, as the `variant-L8-rome-60` bench run does. The question and its paraphr
 and, for the weight edit, the share of delta that the edited weight delivers at each subject-last key,
 (dW k') . delta / |delta|^2 (1 at the key it was solved for). If the added delta answers a paraphrase and the
 weight edit does not, the paraphrase's key is missed (a key problem); if the added delta does not answer it
-either, the target does not transfer (a target problem).
-Writes results/paraphrase_transfer.md and .json.
+either, the target does not transfer (a target problem). `--positions subject-copies` and `--wordings N` probe
+the editor's remedies (the delta fitted at the answer's copies of the subject too; on N rewordings of the
+question by the model); a paraphrase that is word for word one of those rewordings is marked and counted apart.
+Writes results/NAME.md and .json (NAME: paraphrase_transfer unless --name).
 """
 
 from __future__ import annotations
@@ -121,13 +124,14 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
     edited = parts.down.weight.detach().clone()
     ends = subject_ends(tokenizer, fact.subject)
     questions = [fact.user] + list(fact.paraphrases[:paraphrases])
+    fitted_on = {q.strip().lower() for q in editor.last_rewordings} if editor.config.target_wordings else set()
     row = {"subject": fact.subject, "target": fact.target, "final_loss": editor.last_target_losses[-1],
-           "delta_rel": report.delta_rel, "questions": []}
+           "delta_rel": report.delta_rel, "rewordings": sorted(fitted_on), "questions": []}
     for q in questions:
         prompt = prompting.generation_prompt("", q)
         prompt_ids = prompting.encode(tokenizer, prompt)
         question_row = [int(prompting.subject_positions(tokenizer, prompt, q, fact.subject)[-1])]
-        case = {"question": q}
+        case = {"question": q, "fitted_on": q.strip().lower() in fitted_on}
         ways = {"added-question-row": lambda ids, r=question_row: r, "added-every-row": lambda ids: occurrences(ids, ends)}
         parts.down.weight.data.copy_(W0.to(edited.dtype))
         for mode, rows_of in ways.items():
@@ -154,7 +158,8 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     out = {}
-    for kind, pick in (("question", lambda r: r["questions"][:1]), ("paraphrase", lambda r: r["questions"][1:])):
+    for kind, pick in (("question", lambda r: r["questions"][:1]), ("paraphrase", lambda r: r["questions"][1:]),
+                       ("paraphrase, unseen", lambda r: [c for c in r["questions"][1:] if not c["fitted_on"]])):
         cases = [c for r in rows for c in pick(r)]
         out[kind] = {"n": len(cases), "unedited_logp": sum(c["unedited_logp"] for c in cases) / len(cases)}
         for mode in MODES:
@@ -181,7 +186,8 @@ def render(result: dict) -> str:
         "# Paraphrase transfer of a subject-last edit: key or target?",
         "",
         f"Written by `{result['command']}` at commit {result['commit']}, model {result['model']}, "
-        f"{result['n_facts']} facts, layer {result['layer']}, {result['steps']} target steps; {result['seconds']:.0f} s.",
+        f"{result['n_facts']} facts, layer {result['layer']}, {result['positions']}, {result['steps']} target steps"
+        f"{', up to %d rewordings' % result['wordings'] if result['wordings'] else ''}; {result['seconds']:.0f} s.",
         "",
         "Share of questions answered with the target (greedy), and mean log p of the target's tokens "
         "(teacher-forced answer):",
@@ -189,13 +195,14 @@ def render(result: dict) -> str:
         "| questions | n | unedited log p | added at the question row | added at every subject row | weight edit |",
         "|---|---|---|---|---|---|",
     ]
-    for kind in ("question", "paraphrase"):
+    kinds = ("question", "paraphrase", "paraphrase, unseen") if result["wordings"] else ("question", "paraphrase")
+    for kind in kinds:
         k = s[kind]
         cells = [f"{k[m]['gives']:.2f} ({k[m]['logp']:.1f})" for m in MODES]
         lines.append(f"| {kind} | {k['n']} | {k['unedited_logp']:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "Share of delta that the weight edit delivers at the subject's last row, (dW k') . delta / |delta|^2:",
               "", "| questions | question row | the answer's copy of the subject |", "|---|---|---|"]
-    for kind in ("question", "paraphrase"):
+    for kind in kinds:
         k = s[kind]
         cells = [f"{k[f'delivered_{w}']:.2f}" if k[f"delivered_{w}"] is not None else "" for w in ("question", "answer")]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
@@ -206,7 +213,8 @@ def render(result: dict) -> str:
     for r in result["facts"]:
         for c in r["questions"]:
             cells = [c[m]["answer"].replace("|", "/") for m in MODES]
-            lines.append(f"| {c['question']} | {r['target']} | " + " | ".join(cells)
+            mark = " (fitted on)" if c["fitted_on"] else ""
+            lines.append(f"| {c['question']}{mark} | {r['target']} | " + " | ".join(cells)
                          + f" | {c['delivered'].get('question', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -218,14 +226,17 @@ def main(argv=None) -> int:
     parser.add_argument("--paraphrases", type=int, default=3)
     parser.add_argument("--layer", type=int, default=8)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--positions", choices=("subject-last", "subject-copies"), default="subject-last")
+    parser.add_argument("--wordings", type=int, default=0)
+    parser.add_argument("--name", default="paraphrase_transfer")
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     data = read_facts(args.facts)
     lm = load_model(args.model, "cpu", args.dtype)
-    config = EditConfig(layers=(args.layer,), positions="subject-last", target="optimized", target_steps=args.steps,
-                        covariance=True, cov_corpus="generic+facts")
+    config = EditConfig(layers=(args.layer,), positions=args.positions, target="optimized", target_steps=args.steps,
+                        target_wordings=args.wordings, covariance=True, cov_corpus="generic+facts")
     scored = [c.user for c in data.controls]
     metrics = key_metrics(lm, config, 256, scored)
     editor = Editor(lm.model, lm.tokenizer, config, metrics)
@@ -238,11 +249,11 @@ def main(argv=None) -> int:
             file=sys.stderr, flush=True)
     result = {"command": "python benchmarks/paraphrase_transfer.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "n_facts": len(rows), "layer": args.layer,
-              "steps": args.steps, "seconds": time.perf_counter() - t0, "summary": summarize(rows), "facts": rows}
+              "steps": args.steps, "positions": args.positions, "wordings": args.wordings, "seconds": time.perf_counter() - t0, "summary": summarize(rows), "facts": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "paraphrase_transfer.json").write_text(json.dumps(result, indent=1))
-    (out / "paraphrase_transfer.md").write_text(render(result))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{args.name}.md").write_text(render(result))
     print(render(result).split("## Answers")[0])
     return 0
 

@@ -48,6 +48,11 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # on 2 rewordings by the model itself instead of openings, and at the answer's copy of the subject too
     "L8-rome-40-words2-copies": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                  "--target-steps", "40", "--target-wordings", "2"],
+    # which of the two did it: the answer's copies alone (one context, as L8-rome-60), the rewordings alone
+    "L8-rome-60-copies": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                          "--target-steps", "60"],
+    "L8-rome-40-words2": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
+                          "--target-steps", "40", "--target-wordings", "2"],
 }
 
 
