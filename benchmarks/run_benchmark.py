@@ -93,6 +93,10 @@ def runs() -> dict[str, list[str]]:
         scoring = ["--checkpoints", "100"] if name in unchanged else ["--checkpoints", "10,30,100"]
         plan[f"sequential100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "sequential",
                                          "--no-immediate", "--paraphrases", "1", *scoring, *args]
+    # the layer-8 edit that kept specificity at 20 facts, at 50 (51 s an edit here: 100 did not fit a session)
+    plan["sequential50-qf-L8-rome-60-copies"] = ["--facts", FACTS.format(n=100), "--limit", "50", "--protocol",
+                                                 "sequential", "--no-immediate", "--paraphrases", "1", "--checkpoints",
+                                                 "10,30,50", "--method", "qf", "--paper", *VARIANTS["L8-rome-60-copies"]]
     for name in ("qf-covfacts-target", "qf-paper", "qf-L27"):
         plan[f"single100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "single", "--paraphrases", "1",
                                      *methods[name]]
