@@ -112,6 +112,8 @@ def donor(name: str) -> str:
     same size (in the sweep, its first layer), which runs first."""
     if name.startswith(("sweep-", "variant-")):
         return f"sweep-L{SWEEP_LAYERS[0]:02d}"
+    if name.startswith("sequential50-"):
+        return name  # no other run of 50 facts: it scores the unedited model itself
     size = "1000" if "1000-" in name else "100"
     return f"sequential{size}-qf-paper"
 
