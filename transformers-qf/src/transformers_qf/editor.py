@@ -230,8 +230,8 @@ class Editor:
         self.last_target_losses = losses
         delta = delta.to(torch.float64) * (1.0 + c.gamma)
         self.last_target_delta = delta
-        return torch.cat([h[pos].to(torch.float64) + delta[c.slots]
-                          for h, (_, pos, _), c in zip(hidden, contexts, fitted)])
+        return torch.cat([h[pos].to(torch.float64) + delta[context.slots]
+                          for h, (_, pos, _), context in zip(hidden, contexts, fitted)])
 
     def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None, ends_answer: bool = False):
         """Kept positions in the open and closed sequences, and their weights (ends_answer: keep the position
