@@ -64,18 +64,9 @@ class SubjectDelta:
         self.handle.remove()
 
 
-def subject_ends(tokenizer, subject: str) -> list[tuple[int, ...]]:
-    """The last two token ids of the subject as written mid-sentence and at the start of a line."""
-    ends = []
-    for text in (" " + subject, subject):
-        ids = prompting.encode(tokenizer, text)
-        ends.append(tuple(ids[-2:]))
-    return ends
-
-
-def occurrences(ids: list[int], ends: list[tuple[int, ...]]) -> list[int]:
-    """Positions p where the subject ends (ids[p - len + 1 .. p] is one of `ends`)."""
-    return [p for p in range(len(ids)) if any(tuple(ids[p - len(e) + 1:p + 1]) == e for e in ends if p >= len(e) - 1)]
+def copies(tokenizer, ids, subject: str) -> list[int]:
+    """Every position where a copy of the subject ends (prompt and answer)."""
+    return prompting.subject_copies(tokenizer, ids, subject).tolist()
 
 
 @torch.no_grad()
@@ -108,7 +99,7 @@ def target_logp(model, tokenizer, user: str, answer: str, target: str, adder: Su
     return float(logp[torch.arange(len(positions)), torch.tensor([ids[p] for p in positions])].sum())
 
 
-def delivered(parts, W0: torch.Tensor, model, tokenizer, ids: list[int], rows: list[int], delta: torch.Tensor) -> list[float]:
+def delivered(parts, W0: torch.Tensor, model, ids: list[int], rows: list[int], delta: torch.Tensor) -> list[float]:
     """(dW k) . delta / |delta|^2 at each row (k: the down_proj input there)."""
     u = record(model, parts, [torch.tensor(ids)])[0].u[rows].to(torch.float64)
     response = u @ (parts.down.weight.detach().to(torch.float64) - W0).T
@@ -122,7 +113,6 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
     report = editor.learn(fact.system, fact.user, fact.assistant, None, fact.subject, fact.target)
     delta = editor.last_target_delta[0]
     edited = parts.down.weight.detach().clone()
-    ends = subject_ends(tokenizer, fact.subject)
     questions = [fact.user] + list(fact.paraphrases[:paraphrases])
     fitted_on = {q.strip().lower() for q in editor.last_rewordings} if editor.config.target_wordings else set()
     row = {"subject": fact.subject, "target": fact.target, "final_loss": editor.last_target_losses[-1],
@@ -132,7 +122,8 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
         prompt_ids = prompting.encode(tokenizer, prompt)
         question_row = [int(prompting.subject_positions(tokenizer, prompt, q, fact.subject)[-1])]
         case = {"question": q, "fitted_on": q.strip().lower() in fitted_on}
-        ways = {"added-question-row": lambda ids, r=question_row: r, "added-every-row": lambda ids: occurrences(ids, ends)}
+        ways = {"added-question-row": lambda ids, r=question_row: r,
+                "added-every-row": lambda ids: copies(tokenizer, ids, fact.subject)}
         parts.down.weight.data.copy_(W0.to(edited.dtype))
         for mode, rows_of in ways.items():
             adder = SubjectDelta(model, layer, delta)
@@ -147,8 +138,8 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
         case["weight-edit"] = {"answer": answer,
                                "logp": target_logp(model, tokenizer, q, fact.assistant, fact.target, None, None)}
         forced_ids, _ = _forced_target(tokenizer, "", q, fact.assistant, fact.target)
-        rows = occurrences(forced_ids, ends)
-        case["delivered"] = dict(zip(("question", "answer"), delivered(parts, W0, model, tokenizer, forced_ids, rows, delta)))
+        rows = copies(tokenizer, forced_ids, fact.subject)
+        case["delivered"] = dict(zip(("question", "answer"), delivered(parts, W0, model, forced_ids, rows, delta)))
         for mode in MODES:
             case[mode]["gives"] = gives(case[mode]["answer"], fact.target)
         row["questions"].append(case)
