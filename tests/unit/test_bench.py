@@ -256,6 +256,22 @@ def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, 
     assert "are qf options, not none's" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_context_is_an_option_and_the_summary_says_how_far_earlier_rows_moved(bench_model, facts_file,
+                                                                                    tmp_path, keep):
+    out = tmp_path / "run"
+    assert cli.main(["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--out", str(out),
+                     "--max-new-tokens", "3", "--checkpoints", "3", "--layer", "2", "--no-covariance",
+                     "--positions", "subject-last", "--target", "optimized", "--target-steps", "1",
+                     *(["--keep-context"] if keep else [])]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method_config"]["keep_context"] is keep
+    last = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()
+            if json.loads(line)["key"] == "edit/2"][0]["solves"][0]
+    assert ("held_rows" in last) is keep and summary["drift_earlier"] == last["drift_earlier"] > 0
+    assert ("other rows kept" in report._config(summary)) is keep
+
+
 def test_paraphrases_an_edit_was_fitted_on_are_left_out_of_paraphrase_unseen(bench_model, facts_file, tmp_path,
                                                                                monkeypatch):
     facts = read_facts(facts_file).facts

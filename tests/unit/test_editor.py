@@ -234,6 +234,44 @@ def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, mo
         EditConfig(layers=(2,), target_wordings=2)
 
 
+def _other_rows(tokenizer, user, answer, subject):
+    """The closed-book sequence, and its rows from the user turn to the end of the answer less the subject's last."""
+    closed = prompting.teacher_forced(tokenizer, "", user, answer)
+    prompt = prompting.chatml_prompt("", user)
+    rows = torch.arange(prompting.user_turn_start(tokenizer, prompt), int(closed.kept[-1]) + 1)
+    return closed, rows[rows != prompting.subject_positions(tokenizer, prompt, user, subject)[-1]]
+
+
+def test_keep_context_holds_every_other_row_of_the_fitted_sequences(tiny_qwen2, tokenizer):
+    from transformers_qf.capture import record
+
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                      positions="subject-last", keep_context=True))
+    (system, user, answer, subject), second = FACTS
+    closed, others = _other_rows(tokenizer, user, answer, subject)
+    before = record(tiny_qwen2, editor.parts[0], [closed.input_ids])[0]
+    first = editor.learn(system, user, answer, subject=subject).layers[0]
+    assert first["held_rows"] == len(others) and first["drift_own"] < 1e-5
+    report = editor.learn(*second[:3], subject=second[3]).layers[0]
+    # rows whose tokens so far are the first fact's ("...user\nWho started") are held once, not twice
+    closed2, others2 = _other_rows(tokenizer, *second[1:])
+    shared = sum(closed2.input_ids[:r + 1].tolist() == closed.input_ids[:r + 1].tolist() for r in others2.tolist())
+    assert shared > 0 and report["held_rows"] == len(others2) - shared
+    assert report["drift_earlier"] < 1e-5 and report["residual"] < 1e-4
+    after = record(tiny_qwen2, editor.parts[0], [closed.input_ids])[0]
+    torch.testing.assert_close(after.v[others] + after.y[others], before.v[others] + before.y[others],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_without_keep_context_the_drift_of_earlier_facts_rows_is_reported(tiny_qwen2, tokenizer):
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                      positions="subject-last"))
+    first = editor.learn(*FACTS[0][:3], subject=FACTS[0][3]).layers[0]
+    second = editor.learn(*FACTS[1][:3], subject=FACTS[1][3]).layers[0]
+    assert "held_rows" not in first and "drift_earlier" not in first and first["drift_own"] > 1e-4
+    assert second["drift_earlier"] > 1e-4 and second["drift_earlier_max"] >= second["drift_earlier"]
+
+
 @pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
 def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
     with pytest.raises(PromptError, match="target contexts: use 1 to 5"):
@@ -255,6 +293,9 @@ def test_the_primal_form_continues_the_dual_one(ridge, metric):
     W_both, W_direct = W0.clone(), W0.clone()
     report = both.solve_into(W_both)
     direct.solve_into(W_direct)
+    probe = torch.randn(5, 40, generator=g, dtype=torch.float64)
+    for solver, W in ((both, W_both), (direct, W_direct)):  # the change at any key, in either form
+        torch.testing.assert_close(solver.change(probe), probe @ (W - W0).T, rtol=1e-9, atol=1e-9)
     assert both.primal is not None and "primal" in report.method
     if ridge > 0:
         torch.testing.assert_close(W_both, W_direct, rtol=1e-7, atol=1e-9)

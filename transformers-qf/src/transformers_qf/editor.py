@@ -22,8 +22,14 @@ One round, for each layer L of `config.layers` in turn:
    "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
    the question, `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`) and
    `target_wordings` rewordings of it by the model itself (rewording.py), each of which adds its own kept rows;
-4. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
+4. with `keep_context`, every other row of those sequences, from the user turn to the end of the answer,
+   is kept where it is: a row of the solve whose target is its output under the weight of the moment (a row
+   whose tokens so far were already kept in an earlier round is not added twice). The optimised target
+   was fitted with those rows as they are, and this keeps them so after this edit and every later one;
+5. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
    exact, ridge, or covariance-weighted when `metrics` gives a key covariance for L).
+With the optimised target, each solve also reports how far layer L's output has moved at the rows it did
+not constrain, this fact's and every earlier one's (drift.py).
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
 only closes what the earlier ones left open (open-book rows come from the model before the round).
 """
@@ -38,8 +44,9 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import record, record_layers
+from .drift import DriftWatch
 from .gradtarget import Context, Essence, optimized_deltas
-from .keysolve import KeyMetric, KeySolver, KeySolveReport
+from .keysolve import KeyMetric, KeySolver
 from .prompting import PromptError
 from .rewording import rewordings
 
@@ -69,6 +76,7 @@ class EditConfig:
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
     target_wordings: int = 0  # optimized: up to n rewordings of the question by the model, extra contexts too
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
+    keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
@@ -110,7 +118,7 @@ RECOMMENDED = EditConfig(layers=(23,), positions="target", covariance=True, cov_
 class EditReport:
     seconds: float
     rows: int  # kept positions of this round (per layer)
-    layers: list[dict] = field(default_factory=list)  # one KeySolveReport dict per edited layer
+    layers: list[dict] = field(default_factory=list)  # per edited layer: a KeySolveReport dict, with drift.py's measures
 
     @property
     def residual(self) -> float:
@@ -119,6 +127,23 @@ class EditReport:
     @property
     def delta_rel(self) -> float:
         return max(layer["delta_rel"] for layer in self.layers)
+
+
+def _rows_of(records, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys u and MLP inputs v at the given rows of each recorded sequence, stacked."""
+    return (torch.cat([rec.u[r.to(rec.u.device)] for rec, r in zip(records, rows)]),
+            torch.cat([rec.v[r.to(rec.v.device)] for rec, r in zip(records, rows)]))
+
+
+def _with_held_rows(rows, keys: torch.Tensor, v: torch.Tensor, solver: KeySolver):
+    """The solve's rows (keys, residuals, |targets|, weights) and rows that keep their output under the last
+    solve. Their targets are that solve's exact change, not the weight's rounding of it: near-duplicate keys
+    (the answer header after different questions) then ask for consistent outputs."""
+    up, residuals, norms, weights = rows
+    change = solver.change(keys)
+    return (torch.cat([up, keys]), torch.cat([residuals, -change]),
+            torch.cat([norms, torch.linalg.norm(solver.outputs_w0(keys, v) + change, dim=1)]),
+            torch.cat([weights, torch.ones(len(keys), dtype=weights.dtype)]))
 
 
 class Editor:
@@ -143,12 +168,18 @@ class Editor:
                       config.ridge)
             for p in self.parts
         ]
+        self._forget()
+
+    def _forget(self) -> None:
+        self.kept_prefixes: set[tuple[int, ...]] = set()  # keep_context: the token prefixes of every kept row
+        self.watches = [DriftWatch() for _ in self.parts] if self.config.target == "optimized" else None
 
     def reset(self) -> None:
         """Every edited layer back to its original weight; every round forgotten."""
         for parts, solver in zip(self.parts, self.solvers):
             parts.down.weight.data.copy_(solver.W0)
         self.solvers = [KeySolver(s.W0, s.metric, s.ridge) for s in self.solvers]
+        self._forget()
 
     @torch.no_grad()
     def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None,
@@ -166,27 +197,61 @@ class Editor:
         if not open_book:
             contexts += self._extra_contexts(user, answer, significance, subject, ends_answer)
         weights = torch.cat([w for _, _, w in contexts])
+        others = self._other_rows(contexts, user)
+        held = self._new_rows(contexts, others) if self.config.keep_context else None
         # several layers: the open-book rows of every layer come from the model before this round
         opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
-        reports: list[KeySolveReport] = []
-        for parts, solver in zip(self.parts, self.solvers):
+        reports: list[dict] = []
+        for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
             if not open_book:
                 open_rec, closed = None, record(self.model, parts, [tf.input_ids for tf, _, _ in contexts])
             elif opened is None:
                 open_rec, *closed = record(self.model, parts, ids)
             else:
                 open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])
-            up = torch.cat([rec.u[pos] for rec, (_, pos, _) in zip(closed, contexts)])
-            vp = torch.cat([rec.v[pos] for rec, (_, pos, _) in zip(closed, contexts)])
+            up, vp = _rows_of(closed, [pos for _, pos, _ in contexts])
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
                 goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
                 y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
                 goal = y_open + self.config.gamma * (y_open - y_closed)
-            solver.add(up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
-            reports.append(solver.solve_into(parts.down.weight.data))
-        return EditReport(time.perf_counter() - t0, len(up), [r.as_dict() for r in reports])
+            W = parts.down.weight.data
+            rows = (up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
+            if held is not None:
+                rows = _with_held_rows(rows, *_rows_of(closed, held), solver)
+            watch = self.watches[i] if self.watches is not None else None
+            if watch is not None:
+                watch.add(*_rows_of(closed, others), W)
+            solver.add(*rows)
+            report = solver.solve_into(W).as_dict()
+            if held is not None:
+                report["held_rows"] = sum(len(r) for r in held)
+            reports.append({**report, **(watch.measure(W) if watch is not None else {})})
+        return EditReport(time.perf_counter() - t0, len(up), reports)
+
+    def _other_rows(self, contexts, user: str) -> list[torch.Tensor]:
+        """Per context, the rows from the user turn to the last one that predicts the answer, less the kept ones."""
+        start = prompting.user_turn_start(self.tokenizer, prompting.chatml_prompt("", user))
+        out = []
+        for tf, pos, _ in contexts:
+            rows = torch.arange(start, int(tf.kept[-1]) + 1)
+            out.append(rows[~torch.isin(rows, pos.to(rows.device))])
+        return out
+
+    def _new_rows(self, contexts, others: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Those of `others` whose tokens so far were not kept before (same tokens, same key: one row is enough)."""
+        out = []
+        for (tf, _, _), rows in zip(contexts, others):
+            ids = tf.input_ids.tolist()
+            new = []
+            for row in rows.tolist():
+                prefix = tuple(ids[:row + 1])
+                if prefix not in self.kept_prefixes:
+                    self.kept_prefixes.add(prefix)
+                    new.append(row)
+            out.append(torch.tensor(new, dtype=torch.long))
+        return out
 
     def _extra_contexts(self, user: str, answer: str, significance, subject: str | None, ends_answer: bool):
         """The closed-book question after each of the first `target_contexts` openings, and the model's

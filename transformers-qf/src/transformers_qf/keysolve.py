@@ -103,6 +103,7 @@ class KeySolver:
         self.weights = torch.zeros(0, **f64)
         self.K = torch.zeros(0, 0, **f64)
         self.BB = None if metric is None else torch.zeros(0, 0, **f64)  # B B^T, for ||dW||_F (grown like K)
+        self.coef: torch.Tensor | None = None  # the last dual solve's coefficients: dW = -coef^T B
 
     @property
     def rows(self) -> int:
@@ -114,6 +115,16 @@ class KeySolver:
         for c in range(0, self.W0.shape[1], CHUNK):
             out.addmm_(keys[:, c:c + CHUNK].to(torch.float64), self.W0[:, c:c + CHUNK].to(torch.float64).T)
         return out
+
+    @torch.no_grad()
+    def change(self, keys: torch.Tensor) -> torch.Tensor:
+        """dW u'_t under the last solve, exactly (float64, not the weight's rounding), [m, d_model]."""
+        keys = keys.to(dtype=torch.float64, device=self.W0.device)
+        if self.primal is not None:
+            return keys @ self.primal.dW.T
+        if self.coef is None:
+            return torch.zeros(len(keys), self.W0.shape[0], dtype=torch.float64, device=self.W0.device)
+        return -(keys @ self.B.T) @ self.coef
 
     @torch.no_grad()
     def add(self, keys: torch.Tensor, residuals: torch.Tensor, targets_norm: torch.Tensor,
@@ -157,6 +168,7 @@ class KeySolver:
         if self.primal is not None:
             return self.primal.solve_into(W, t0)
         coef, method, cond = self._coefficients()  # [k, d_model]
+        self.coef = coef
         seen = torch.zeros_like(self.R)  # (W' - W0) u'_t as stored
         w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
         for c in range(0, W.shape[1], CHUNK):

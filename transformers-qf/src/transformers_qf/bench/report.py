@@ -63,6 +63,8 @@ def _config(run: dict) -> str:
             contexts += f", up to {c['target_wordings']} rewordings" if c.get("target_wordings") else ""
             essence = f", essence KL {c['target_essence']:g}" if c.get("target_essence") else ""
             parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts}{essence})")
+        if c.get("keep_context"):
+            parts.append("other rows kept")
         return ", ".join(parts)
     if run["method"] == "ft":
         return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"

@@ -47,6 +47,8 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
             "efficacy_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "question"),
             "paraphrase_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "paraphrase"),
             "checkpoints": _checkpoints(cases, data, answered_before, header),
+            # editor's drift.py, after the last edit: how far layer L moved at earlier facts' unconstrained rows
+            "drift_earlier": (edits[-1].get("solves") or [{}])[0].get("drift_earlier") if edits else None,
         }
     kept = [r for r in controls if r["control"] in answered_before]
     edits_by_fact = {e["fact"]: e for e in edits}

@@ -1,0 +1,65 @@
+"""How far an edited layer's output has moved at the rows an edit did not constrain.
+
+An optimised target (gradtarget.py) is fitted with every other row of its sequence held at its output
+of the moment. A weight edit moves those rows too (this fact's edit, and every later one), so what
+the target was fitted for can stop holding. `DriftWatch` keeps, per edit, the keys u and the residual
+entering the MLP v of those rows, and their layer output y = W u + v under the weight W of the moment
+the edit was fitted (in float32, so that an unchanged weight measures 0, not bf16's rounding); after
+each solve it measures |W' u + v - y| / |y| at them:
+
+    watch = DriftWatch()
+    watch.add(u, v, W)            # the unconstrained rows of the fact about to be edited, the weight now
+    ... solve ...
+    watch.measure(W)              # {"drift_own": ..., "drift_earlier": ..., "drift_earlier_max": ...}
+
+The keys of a single edited layer do not depend on its own down_proj, so the stored keys stay exact;
+with several layers edited in turn, a later layer's keys move with the earlier edits and the measure
+is the drift at the keys as recorded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ROWS = 4096
+
+
+class DriftWatch:
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []  # per edit, [r, d_mlp] float32
+        self.base: list[torch.Tensor] = []  # per edit, [r, d_model] float32: v
+        self.fitted: list[torch.Tensor] = []  # per edit, [r, d_model] float32: y as fitted
+
+    @torch.no_grad()
+    def add(self, u: torch.Tensor, v: torch.Tensor, W: torch.Tensor) -> None:
+        """The rows of the edit about to be solved: keys [r, d_mlp], v [r, d_model], and the weight before it."""
+        keys, base = u.detach().float().cpu(), v.detach().float().cpu()
+        self.keys.append(keys)
+        self.base.append(base)
+        self.fitted.append(base + keys @ W.detach().float().cpu().T)
+
+    @torch.no_grad()
+    def measure(self, W: torch.Tensor) -> dict:
+        """Mean relative drift at the last edit's rows, and mean and max at every earlier edit's rows."""
+        if not self.keys:
+            return {}
+        weight = W.detach().float().cpu()
+        own = self._drift(weight, len(self.keys) - 1)
+        earlier = torch.cat([self._drift(weight, i) for i in range(len(self.keys) - 1)] or [torch.zeros(0)])
+        out = {"drift_own": _mean(own)}
+        if len(earlier):
+            out.update(drift_earlier=_mean(earlier), drift_earlier_max=float(earlier.max()))
+        return out
+
+    def _drift(self, weight: torch.Tensor, i: int) -> torch.Tensor:
+        keys, base, fitted = self.keys[i], self.base[i], self.fitted[i]
+        out = []
+        for c in range(0, len(keys), CHUNK_ROWS):
+            y = base[c:c + CHUNK_ROWS] + keys[c:c + CHUNK_ROWS] @ weight.T
+            ref = fitted[c:c + CHUNK_ROWS]
+            out.append(torch.linalg.norm(y - ref, dim=1) / torch.linalg.norm(ref, dim=1).clamp_min(1e-12))
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.mean()) if len(values) else 0.0
