@@ -53,6 +53,10 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
                           "--target-steps", "60"],
     "L8-rome-40-words2": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
                           "--target-steps", "40", "--target-wordings", "2"],
+    # the paraphrases it missed were answered in another form ("The founder of X is Jose." for "X was founded by"):
+    # fit it on the model's own answer to a rewording too, the target put where it names its value
+    "L8-rome-60-copies-forms1": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                                 "--target-steps", "60", "--target-wordings", "1", "--target-forms"],
 }
 
 

@@ -266,9 +266,11 @@ def test_keep_context_is_an_option_and_the_summary_says_how_far_earlier_rows_mov
                      *(["--keep-context"] if keep else [])]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method_config"]["keep_context"] is keep
-    last = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()
-            if json.loads(line)["key"] == "edit/2"][0]["solves"][0]
+    edit = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()
+            if json.loads(line)["key"] == "edit/2"][0]
+    last = edit["solves"][0]
     assert ("held_rows" in last) is keep and summary["drift_earlier"] == last["drift_earlier"] > 0
+    assert edit["target_loss"] > 0  # the answer's loss at the optimisation's last step
     assert ("other rows kept" in report._config(summary)) is keep
 
 

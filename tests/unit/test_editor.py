@@ -272,6 +272,33 @@ def test_without_keep_context_the_drift_of_earlier_facts_rows_is_reported(tiny_q
     assert second["drift_earlier"] > 1e-4 and second["drift_earlier_max"] >= second["drift_earlier"]
 
 
+def test_target_forms_fit_the_models_own_answers_to_the_question_and_its_rewordings(tiny_qwen2, tokenizer,
+                                                                                     monkeypatch):
+    from transformers_qf import editor as editor_module
+
+    system, user, answer, subject = FACTS[0]  # "Oxinnovate was started by Qi."
+    reworded = [f"Who was the founder of {subject}?", f"Tell me who started {subject}."]
+    monkeypatch.setattr(editor_module, "rewordings", lambda model, tok, question, subj, n: reworded[:n])
+    # the question's own form is the given answer (no new context); the second rewording's answer has no value
+    own = [answer, f"The founder of {subject} is Qi.", None]
+    monkeypatch.setattr(editor_module, "own_answer_forms", lambda model, tok, questions, target, subj: own)
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
+                                                      positions="subject-copies", target_wordings=2,
+                                                      target_forms=True))
+    contexts = editor._extra_contexts(user, answer, None, subject, False, target="Qi")
+    assert editor.last_forms == [{"user": reworded[0], "assistant": own[1]}]
+    own_form, fallback = contexts
+    assert tokenizer.decode(own_form[0].input_ids).endswith(f"{own[1]}<|im_end|>\n")
+    assert len(own_form[1]) == 2 and len(fallback[1]) == 2  # the subject's last row and its copy in the answer
+    assert tokenizer.decode(fallback[0].input_ids).endswith(f"{answer}<|im_end|>\n")
+    report = editor.learn(system, user, answer, subject=subject, target="Qi")
+    assert report.rows == 6 and report.residual < 1e-5
+    with pytest.raises(PromptError, match="target forms need the optimized target"):
+        EditConfig(layers=(2,), target_forms=True)
+    with pytest.raises(PromptError, match="target forms need the fact's target"):
+        editor.learn(system, user, answer, subject=subject)
+
+
 @pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
 def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
     with pytest.raises(PromptError, match="target contexts: use 1 to 5"):

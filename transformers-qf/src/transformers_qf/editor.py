@@ -22,6 +22,8 @@ One round, for each layer L of `config.layers` in turn:
    "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
    the question, `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`) and
    `target_wordings` rewordings of it by the model itself (rewording.py), each of which adds its own kept rows;
+   with `target_forms`, the rewordings (and the question, where the model words its answer otherwise) are
+   answered in the model's own words with the target put where it names its value (answerforms.py);
 4. with `keep_context`, every other row of those sequences, from the user turn to the end of the answer,
    is kept where it is: a row of the solve whose target is its output under the weight of the moment (a row
    whose tokens so far were already kept in an earlier round is not added twice). The optimised target
@@ -44,6 +46,7 @@ import torch
 from . import prompting
 from .architectures import locate
 from .capture import record, record_layers
+from .answerforms import own_answer_forms
 from .drift import DriftWatch
 from .gradtarget import Context, Essence, optimized_deltas
 from .keysolve import KeyMetric, KeySolver
@@ -76,6 +79,7 @@ class EditConfig:
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
     target_wordings: int = 0  # optimized: up to n rewordings of the question by the model, extra contexts too
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
+    target_forms: bool = False  # optimized: the question and its rewordings answered in the model's own form too
     keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
 
     def __post_init__(self):
@@ -98,6 +102,8 @@ class EditConfig:
         if self.target_wordings < 0 or (self.target_wordings and self.target != "optimized"):
             raise PromptError(f"{self.target_wordings} target wordings: give 0 or more, with the optimized target "
                               "(the rewordings share its deltas)")
+        if self.target_forms and self.target != "optimized":
+            raise PromptError("target forms need the optimized target (the forms share its deltas)")
         if self.target_essence < 0 or (self.target_essence and (self.target != "optimized"
                                                                  or not self.positions.startswith("subject-"))):
             raise PromptError(f"essence weight {self.target_essence:g}: give a weight >= 0, with the optimized "
@@ -163,6 +169,7 @@ class Editor:
         self.last_target_losses: list[float] = []
         self.last_target_delta: torch.Tensor | None = None  # optimized target: the fitted deltas [k, d_model]
         self.last_rewordings: list[str] = []  # target_wordings: the model's rewordings of the last question
+        self.last_forms: list[dict] = []  # target_forms: {"user", "assistant"} the own-form answers fitted on
         self.solvers = [
             KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
                       config.ridge)
@@ -195,7 +202,7 @@ class Editor:
         open_book = self.config.target == "open-book"
         contexts = [(closed_tf, closed_pos, weights)]
         if not open_book:
-            contexts += self._extra_contexts(user, answer, significance, subject, ends_answer)
+            contexts += self._extra_contexts(user, answer, significance, subject, ends_answer, target)
         weights = torch.cat([w for _, _, w in contexts])
         others = self._other_rows(contexts, user)
         held = self._new_rows(contexts, others) if self.config.keep_context else None
@@ -253,21 +260,46 @@ class Editor:
             out.append(torch.tensor(new, dtype=torch.long))
         return out
 
-    def _extra_contexts(self, user: str, answer: str, significance, subject: str | None, ends_answer: bool):
-        """The closed-book question after each of the first `target_contexts` openings, and the model's
-        `target_wordings` rewordings of it: (teacher-forced sequence, kept positions, their weights) each."""
-        asked = [f"{opening} {user}" for opening in CONTEXT_OPENINGS[:self.config.target_contexts]]
-        if self.config.target_wordings:
-            if not subject:
-                raise PromptError("target wordings need the fact's subject (a rewording must name it): add a "
-                                  "\"subject\" key to the fact")
-            self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
-            asked += self.last_rewordings
+    def _extra_contexts(self, user: str, answer: str, significance, subject: str | None, ends_answer: bool,
+                        target: str | None = None):
+        """The closed-book question after each of the first `target_contexts` openings, the model's
+        `target_wordings` rewordings of it, and with `target_forms` the question in the model's own answer form:
+        (teacher-forced sequence, kept positions, their weights) each."""
+        c = self.config
+        asked = [(f"{opening} {user}", answer, significance) for opening in CONTEXT_OPENINGS[:c.target_contexts]]
+        if (c.target_wordings or c.target_forms) and not subject:
+            raise PromptError("target wordings and forms need the fact's subject (a rewording must name it, a form "
+                              "must not replace it): add a \"subject\" key to the fact")
+        reworded = rewordings(self.model, self.tokenizer, user, subject, c.target_wordings) if c.target_wordings else []
+        self.last_rewordings = reworded
+        if c.target_forms:
+            asked += self._own_forms(user, answer, significance, reworded, subject, target)
+        else:
+            asked += [(question, answer, significance) for question in reworded]
         out = []
-        for question in asked:
-            tf = prompting.teacher_forced(self.tokenizer, "", question, answer, significance)
+        for question, said, weighted in asked:
+            tf = prompting.teacher_forced(self.tokenizer, "", question, said, weighted)
             _, pos, weights = self._positions(tf, tf, "", question, subject, ends_answer)
             out.append((tf, pos, weights))
+        return out
+
+    def _own_forms(self, user: str, answer: str, significance, reworded: list[str], subject: str, target: str | None):
+        """(question, answer, significance) for the question in the model's own form where it differs from the
+        given answer, and for each rewording (its own form, else the given answer). As every context, an own
+        form is teacher-forced whole: the words before the target are the model's own greedy ones."""
+        if not target:
+            raise PromptError("target forms need the fact's target (the words the model's own answer gets): add a "
+                              "\"target\" key to the fact")
+        forms = own_answer_forms(self.model, self.tokenizer, [user, *reworded], target, subject)
+        self.last_forms = []
+        out = []
+        for question, form in zip([user, *reworded], forms):
+            if form is None or form.lower() == answer.lower():
+                if question != user:
+                    out.append((question, answer, significance))
+                continue
+            out.append((question, form, None))
+            self.last_forms.append({"user": question, "assistant": form})
         return out
 
     def _essence(self, layer: int, subject: str) -> Essence:

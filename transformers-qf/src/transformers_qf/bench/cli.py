@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--target-essence", type=float, default=None, metavar="W",
                     help="qf, optimized target at subject-last/-copies: W x KL of the next token after \"{subject} is a\", "
                     "edited against unedited (ROME's essence term; ROME uses 0.0625)")
+    qf.add_argument("--target-forms", action="store_true",
+                    help="qf, optimized target: fit it where the model answers the question (and each rewording) in "
+                    "its own words too, the target put where the model names its value")
     qf.add_argument("--keep-context", action="store_true",
                     help="qf: every other row of the sequences the target is fitted on (user turn and answer) keeps "
                     "its layer output, in this edit and every later one")
@@ -139,6 +142,7 @@ def edit_config(args) -> EditConfig:
         target_contexts=args.target_contexts or base.target_contexts,
         target_wordings=args.target_wordings or base.target_wordings,
         target_essence=base.target_essence if args.target_essence is None else args.target_essence,
+        target_forms=args.target_forms or base.target_forms,
         keep_context=args.keep_context or base.keep_context,
     )
 
@@ -193,7 +197,7 @@ def run(args, argv: list[str]) -> int:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
     qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
                args.covariance is not None, args.cov_shrink is not None, args.cov_corpus,
-               args.cov_answer_weight is not None, args.target, args.keep_context)
+               args.cov_answer_weight is not None, args.target, args.keep_context, args.target_forms)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")

@@ -61,9 +61,13 @@ class QFEdit(NoEdit):
 
     def edit(self, fact: Fact) -> dict:
         report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
-        reworded = {"rewordings": self.editor.last_rewordings} if self.edit_config.target_wordings else {}
+        extra = {"rewordings": self.editor.last_rewordings} if self.edit_config.target_wordings else {}
+        if self.edit_config.target_forms:
+            extra["forms"] = self.editor.last_forms
+        if self.editor.last_target_losses:
+            extra["target_loss"] = self.editor.last_target_losses[-1]
         return {"seconds": report.seconds, "rows": report.rows, "residual": report.residual,
-                "delta_rel": report.delta_rel, "solves": report.layers, **reworded}
+                "delta_rel": report.delta_rel, "solves": report.layers, **extra}
 
     def reset(self) -> None:
         self.editor.reset()
