@@ -6,10 +6,11 @@
 An optimised target fitted on one answer ("Steitum Motors was founded by Farid Jaramillo.") holds where the
 model answers in that form, and a paraphrase the model answers in another form ("The founder of Steitum
 Motors is Jose.") keeps its own value (results/benchmark.md, the layer-8 runs). This asks the model how it
-answers a question, greedily, and puts the target where the model names its value: before one of the
-answer's words that starts with a capital or a digit (not inside a copy of the subject), the one after
-which the target is most likely. The answer is cut after the target: "{words before} {target}." A question
-whose answer has no such word gives no form.
+answers a question, greedily, and puts the target where the model names its value: before the word of the
+answer (not inside a copy of the subject) after which the target is most likely. The answer is cut after
+the target: "{words before} {target}." An empty answer, or one that is only the subject, gives no form.
+(A first version took only words with a capital or a digit as places: "Steitum Motors was established by
+a group of individuals in 1990." then became "... individuals in Farid Jaramillo.")
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def own_answer_forms(model, tokenizer, questions: list[str], target: str, subjec
 
 
 def value_places(answer: str, subject: str) -> list[int]:
-    """Indices of the answer's words where a value can start: a capital or a digit, not within the subject."""
+    """Indices of the answer's words where a value can start: any word not within a copy of the subject."""
     words = answer.split()
     inside = set()
     at = answer.find(subject)
@@ -41,7 +42,7 @@ def value_places(answer: str, subject: str) -> list[int]:
                 inside.add(i)
             pos += len(word)
         at = answer.find(subject, at + 1)
-    return [i for i, word in enumerate(words) if (word[0].isupper() or word[0].isdigit()) and i not in inside]
+    return [i for i in range(len(words)) if i not in inside]
 
 
 def form_at(answer: str, place: int, target: str) -> str:
@@ -52,22 +53,34 @@ def form_at(answer: str, place: int, target: str) -> str:
 
 
 @torch.no_grad()
-def target_logprob(model, tokenizer, question: str, answer: str, target: str) -> float:
-    """log p of the target's words in the teacher-forced answer (closed book)."""
-    words = set(prompting.target_words(answer, target))
-    significance = [float(i in words) for i in range(len(answer.split()))]
-    tf = prompting.teacher_forced(tokenizer, "", question, answer, significance).nonzero()
-    device = next(model.parameters()).device
-    logits = model(input_ids=tf.input_ids[None].to(device)).logits[0].float()
-    logp = torch.log_softmax(logits[tf.kept.to(device)], dim=-1)
-    picked = logp.gather(1, tf.targets.to(device)[:, None])[:, 0]
+def target_logprobs(model, tokenizer, question: str, answers: list[str], target: str) -> list[float]:
+    """log p of the target's words in each teacher-forced answer to the question (closed book), in one
+    right-padded forward (with causal attention no position sees the padding after it)."""
     header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
-    return float(picked[header:-1].sum())  # the target's words only: not the turn's header nor its end
+    forced = []
+    for answer in answers:
+        words = set(prompting.target_words(answer, target))
+        significance = [float(i in words) for i in range(len(answer.split()))]
+        forced.append(prompting.teacher_forced(tokenizer, "", question, answer, significance).nonzero())
+    device = next(model.parameters()).device
+    width = max(len(tf.input_ids) for tf in forced)
+    ids = torch.zeros(len(forced), width, dtype=torch.long)
+    mask = torch.zeros(len(forced), width, dtype=torch.long)
+    for row, tf in enumerate(forced):
+        ids[row, :len(tf.input_ids)] = tf.input_ids
+        mask[row, :len(tf.input_ids)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    out = []
+    for row, tf in enumerate(forced):
+        logp = torch.log_softmax(logits[row, tf.kept.to(device)].float(), dim=-1)
+        picked = logp.gather(1, tf.targets.to(device)[:, None])[:, 0]
+        out.append(float(picked[header:-1].sum()))  # the target's words only: not the turn's header nor its end
+    return out
 
 
 def _best_form(model, tokenizer, question: str, answer: str, target: str, subject: str) -> str | None:
     forms = [form_at(answer, place, target) for place in value_places(answer, subject)]
     if not forms:
         return None
-    scores = [target_logprob(model, tokenizer, question, form, target) for form in forms]
+    scores = target_logprobs(model, tokenizer, question, forms, target)
     return forms[max(range(len(forms)), key=scores.__getitem__)]
