@@ -44,9 +44,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import prompting
+from .answerforms import own_answer_forms
 from .architectures import locate
 from .capture import record, record_layers
-from .answerforms import own_answer_forms
 from .drift import DriftWatch
 from .gradtarget import Context, Essence, optimized_deltas
 from .keysolve import KeyMetric, KeySolver
