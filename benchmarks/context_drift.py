@@ -13,23 +13,19 @@ results/context_drift.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from transformers_qf import load_model
-from transformers_qf.bench.cli import key_metrics
-from transformers_qf.bench.data import read_facts
-from transformers_qf.editor import EditConfig, Editor
+from probe_setup import load, probe_parser, rome_editor
 from transformers_qf.report import git_commit
 
 FIELDS = ("rows", "held_rows", "residual", "delta_rel", "drift_own", "drift_earlier", "drift_earlier_max")
 
 
-def edits(lm, facts, config: EditConfig, metrics) -> list[dict]:
-    editor = Editor(lm.model, lm.tokenizer, config, metrics)
+def edits(editor, facts) -> list[dict]:
+    """Each fact in turn; the editor's report of each solve. The editor is reset afterwards."""
     out = []
     for i, fact in enumerate(facts):
         report = editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
@@ -63,25 +59,13 @@ def _pct(value) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--layer", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--facts", default="benchmarks/facts/facts_100.jsonl")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="results")
-    args = parser.parse_args(argv)
-    data = read_facts(args.facts)
-    lm = load_model(args.model, "cpu", args.dtype)
+    args = probe_parser(__doc__, n=4).parse_args(argv)
+    data, lm = load(args)
     t0 = time.perf_counter()
     runs = {}
     for keep in (False, True):
-        config = EditConfig(layers=(args.layer,), positions="subject-copies", covariance=True,
-                            cov_corpus="generic+facts", target="optimized", target_steps=args.steps, keep_context=keep)
-        metrics = key_metrics(lm, config, 256, [c.user for c in data.controls])
-        runs["other rows held (--keep-context)" if keep else "as fitted"] = edits(lm, data.facts[:args.n], config,
-                                                                                   metrics)
+        editor = rome_editor(lm, data, args, positions="subject-copies", keep_context=keep)
+        runs["other rows held (--keep-context)" if keep else "as fitted"] = edits(editor, data.facts[:args.n])
     result = {"command": "python benchmarks/context_drift.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "n_facts": args.n, "layer": args.layer, "steps": args.steps,
               "seconds": time.perf_counter() - t0, "runs": runs}

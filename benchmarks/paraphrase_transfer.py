@@ -25,7 +25,6 @@ Writes results/NAME.md and .json (NAME: paraphrase_transfer unless --name).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -33,14 +32,12 @@ from pathlib import Path
 
 import torch
 
-from transformers_qf import load_model, prompting
-from transformers_qf.architectures import locate
+from probe_setup import load, probe_parser, rome_editor
+from transformers_qf import prompting
 from transformers_qf.bench.answering import _forced_target
-from transformers_qf.bench.cli import key_metrics
-from transformers_qf.bench.data import read_facts
 from transformers_qf.bench.metrics import gives
 from transformers_qf.capture import record
-from transformers_qf.editor import EditConfig, Editor
+from transformers_qf.editor import Editor
 from transformers_qf.report import git_commit
 
 MODES = ("added-question-row", "added-every-row", "weight-edit")
@@ -211,26 +208,14 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--facts", default="benchmarks/facts/facts_100.jsonl")
-    parser.add_argument("--n", type=int, default=10)
+    parser = probe_parser(__doc__, n=10)
     parser.add_argument("--paraphrases", type=int, default=3)
-    parser.add_argument("--layer", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--positions", choices=("subject-last", "subject-copies"), default="subject-last")
     parser.add_argument("--wordings", type=int, default=0)
     parser.add_argument("--name", default="paraphrase_transfer")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    data = read_facts(args.facts)
-    lm = load_model(args.model, "cpu", args.dtype)
-    config = EditConfig(layers=(args.layer,), positions=args.positions, target="optimized", target_steps=args.steps,
-                        target_wordings=args.wordings, covariance=True, cov_corpus="generic+facts")
-    scored = [c.user for c in data.controls]
-    metrics = key_metrics(lm, config, 256, scored)
-    editor = Editor(lm.model, lm.tokenizer, config, metrics)
+    data, lm = load(args)
+    editor = rome_editor(lm, data, args, positions=args.positions, target_wordings=args.wordings)
     t0 = time.perf_counter()
     rows = []
     for i, fact in enumerate(data.facts[:args.n]):
