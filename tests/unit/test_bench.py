@@ -3,6 +3,7 @@ on the tiny random Qwen2 (injected through `bench.cli.load`)."""
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
+from transformers_qf.bench.methods import QFEdit
 from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
 from transformers_qf import editor, keysolve, keystats, prompting
 from transformers_qf.architectures import locate
@@ -214,6 +216,69 @@ def test_a_stopped_sequential_run_resumes_where_it_stopped(bench_model, facts_fi
     for key, row in finished.items():  # the replayed edits bring the model back: the same answers
         if "answer" in row:
             assert resumed[key]["answer"] == row["answer"], key
+
+
+@pytest.mark.parametrize("config", [
+    ["--layer", "2", "--cov-texts", "4", "--cov-fact-texts", "4"],  # the default: covariance metric
+    ["--layer", "2", "--no-covariance", "--positions", "subject-copies", "--target", "optimized",
+     "--target-steps", "2", "--keep-context"],  # held rows' prefixes and drift watches in the state too
+])
+def test_a_stopped_sequential_run_goes_on_from_its_state_without_making_the_edits_again(
+        bench_model, facts_file, tmp_path, monkeypatch, capsys, config):
+    argv = ["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--max-new-tokens", "3",
+            "--checkpoints", "1", "--state-every", "0", *config]
+    assert cli.main([*argv, "--out", str(tmp_path / "first")]) == 0  # the key covariance is cached from here on
+    assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    edited, edit, stop = [], QFEdit.edit, {"before": 2}
+
+    def stopping(self, fact):
+        if len(edited) == stop["before"]:
+            raise KeyboardInterrupt
+        edited.append(fact.user)
+        return edit(self, fact)
+
+    monkeypatch.setattr(QFEdit, "edit", stopping)
+    out = tmp_path / "stopped"
+    assert cli.main([*argv, "--out", str(out)]) == 130  # stopped before the third edit, state after the second
+    assert (out / "state.safetensors").is_file() and len(edited) == 2
+    stop["before"] = None
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert "going on after edit 2" in capsys.readouterr().err
+    facts = read_facts(facts_file).facts
+    assert edited == [facts[0].user, facts[1].user, facts[2].user]  # only the third edit made again
+    rows = {}
+    for name in ("whole", "stopped"):
+        lines = (tmp_path / name / "cases.jsonl").read_text().splitlines()
+        rows[name] = {r["key"]: r for r in map(json.loads, lines) if r["key"] != "header"}
+    assert rows["whole"].keys() == rows["stopped"].keys()
+    for key, row in rows["whole"].items():  # the same model after every edit: the same answers and solves
+        if "answer" in row:
+            assert rows["stopped"][key]["answer"] == row["answer"], key
+    whole, stopped = rows["whole"]["edit/2"], rows["stopped"]["edit/2"]
+    assert stopped["rows"] == whole["rows"]
+    for field in ("residual", "delta_rel"):
+        assert stopped[field] == pytest.approx(whole[field], rel=1e-9)
+    drift = [r["solves"][0].get("drift_earlier", 0.0) for r in (stopped, whole)]
+    assert drift[0] == pytest.approx(drift[1], rel=1e-6)
+
+
+def test_a_state_of_another_run_is_not_used_and_no_state_keeps_none(bench_model, facts_file, tmp_path, capsys):
+    common = ["--facts", str(facts_file), "--method", "qf", "--protocol", "sequential", "--max-new-tokens", "3",
+              "--checkpoints", "3", "--paper"]
+    assert cli.main([*common, "--layer", "2", "--out", str(tmp_path / "a")]) == 0
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "state.safetensors", tmp_path / "b" / "state.safetensors")
+    capsys.readouterr()
+    assert cli.main([*common, "--layer", "3", "--out", str(tmp_path / "b")]) == 0
+    assert "going on" not in capsys.readouterr().err
+    edits = [json.loads(line) for line in (tmp_path / "b" / "cases.jsonl").read_text().splitlines()
+             if json.loads(line)["key"].startswith("edit/")]
+    assert len(edits) == 3 and all(e["solves"][0]["rows"] > 0 for e in edits)
+    assert cli.main([*common, "--layer", "2", "--no-state", "--out", str(tmp_path / "c")]) == 0
+    assert not (tmp_path / "c" / "state.safetensors").exists()
+    assert cli.main([*common, "--layer", "2", "--state-every", "-1", "--out", str(tmp_path / "d")]) == 2
+    assert "'-1' is not a number of seconds >= 0" in capsys.readouterr().err
 
 
 def test_the_unedited_models_answers_are_reused_from_a_matching_run_only(bench_model, facts_file, tmp_path, capsys):

@@ -31,7 +31,7 @@ def test_answer_positions_exact_solve_is_the_papers_accumulated_re_solve(tiny_mo
         assert report.delta_rel == pytest.approx(expected.delta_rel, rel=1e-6)
     # QF.learn records both passes packed in one row and the editor padded: the same W' up to float32 rounding,
     # judged as the fast paths are (relative Frobenius distance)
-    a, b = _down(tiny_model, 2).double(), _down(paper, 2).double()
+    a, b = _down(tiny_model, 2).detach().double(), _down(paper, 2).detach().double()
     assert float(torch.linalg.norm(a - b) / torch.linalg.norm(b)) < 1e-5
 
 
@@ -329,6 +329,28 @@ def test_the_primal_form_continues_the_dual_one(ridge, metric):
     else:  # 60 rows in 40 dimensions: the least-squares fit, which the dual form's pseudo-inverse also gives
         lstsq = torch.linalg.lstsq(keys, -R).solution.T
         torch.testing.assert_close(W_both - W0, lstsq, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric, switch_at", [(False, 10_000), (True, 10_000), (False, 25), (True, 25)])
+def test_a_solver_goes_on_from_its_state_dict_as_if_never_stopped(metric, switch_at):
+    W0, keys, R = _problem(k=50, d_mlp=40)
+    g = torch.Generator().manual_seed(3)
+    samples = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    km = KeyMetric(samples.T @ samples / 300, shrink=0.2) if metric else None
+    kept = KeySolver(W0, km, 0.5, dual_rows=switch_at)
+    for start in (0, 10, 20, 30):  # 40 rows: still dual, or primal since the third round
+        kept.add(keys[start:start + 10], R[start:start + 10], torch.ones(10))
+    kept.solve_into(W0.clone())
+    state = {k: v.clone() for k, v in kept.state_dict().items()}
+    restored = KeySolver(W0, km, 0.5, dual_rows=switch_at)
+    restored.load_state_dict(state)
+    torch.testing.assert_close(restored.change(keys[:3]), kept.change(keys[:3]), rtol=0, atol=0)
+    W_kept, W_restored = W0.clone(), W0.clone()
+    for solver, W in ((kept, W_kept), (restored, W_restored)):
+        solver.add(keys[40:], R[40:], torch.ones(10))
+        solver.solve_into(W)
+    assert restored.rows == 50 and (restored.primal is not None) == (switch_at == 25)
+    torch.testing.assert_close(W_restored, W_kept, rtol=0, atol=0)
 
 
 def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2, tokenizer):

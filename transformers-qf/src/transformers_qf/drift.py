@@ -38,6 +38,17 @@ class DriftWatch:
         self.base.append(base)
         self.fitted.append(base + keys @ W.detach().float().cpu().T)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if not self.keys:
+            return {}
+        return {"sizes": torch.tensor([len(k) for k in self.keys]), "keys": torch.cat(self.keys),
+                "base": torch.cat(self.base), "fitted": torch.cat(self.fitted)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        sizes = state["sizes"].tolist() if state else []
+        self.keys, self.base, self.fitted = (list(state[name].float().split(sizes)) if sizes else []
+                                             for name in ("keys", "base", "fitted"))
+
     @torch.no_grad()
     def measure(self, W: torch.Tensor) -> dict:
         """Mean relative drift at the last edit's rows, and mean and max at every earlier edit's rows."""

@@ -135,6 +135,22 @@ class EditReport:
         return max(layer["delta_rel"] for layer in self.layers)
 
 
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _split(items: list, lengths: list[int]) -> list[list]:
+    out, start = [], 0
+    for n in lengths:
+        out.append(items[start:start + n])
+        start += n
+    return out
+
+
 def _rows_of(records, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys u and MLP inputs v at the given rows of each recorded sequence, stacked."""
     return (torch.cat([rec.u[r.to(rec.u.device)] for rec, r in zip(records, rows)]),
@@ -187,6 +203,33 @@ class Editor:
             parts.down.weight.data.copy_(solver.W0)
         self.solvers = [KeySolver(s.W0, s.metric, s.ridge) for s in self.solvers]
         self._forget()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What every round so far has left: each layer's solver and weight, the kept rows' token prefixes and
+        the drift watches. `load_state_dict` on an Editor of the same model and config goes on from there."""
+        out = {}
+        for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
+            out.update(_prefixed(f"layer{i}.solver.", solver.state_dict()))
+            out[f"layer{i}.weight"] = parts.down.weight.detach()
+            if self.watches is not None:
+                out.update(_prefixed(f"layer{i}.drift.", self.watches[i].state_dict()))
+        if self.kept_prefixes:
+            kept = sorted(self.kept_prefixes)
+            out["kept.lengths"] = torch.tensor([len(p) for p in kept])
+            out["kept.tokens"] = torch.tensor([t for p in kept for t in p])
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.reset()
+        for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
+            solver.load_state_dict(_unprefixed(f"layer{i}.solver.", state))
+            parts.down.weight.data.copy_(state[f"layer{i}.weight"])
+            if self.watches is not None:
+                self.watches[i].load_state_dict(_unprefixed(f"layer{i}.drift.", state))
+        if "kept.lengths" in state:
+            tokens = state["kept.tokens"].tolist()
+            self.kept_prefixes = {tuple(p) for p in _split(tokens, state["kept.lengths"].tolist())}
 
     @torch.no_grad()
     def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None,

@@ -109,6 +109,37 @@ class KeySolver:
     def rows(self) -> int:
         return self.count
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor the solver goes on from (not W0, which is the model's weight as loaded)."""
+        out = {"count": torch.tensor(self.count)}
+        if self.primal is not None:
+            p = self.primal
+            keys, residuals, target_norm = p.last
+            return {**out, "P": p.P, "dW": p.dW, "lam": torch.tensor(p.lam, dtype=torch.float64),
+                    "last_keys": keys, "last_R": residuals, "last_target_norm": target_norm}
+        out.update(keys=self.keys, R=self.R, target_norm=self.target_norm, weights=self.weights, K=self.K)
+        if self.metric is not None:
+            out.update(B=self.B, BB=self.BB)
+        if self.coef is not None:
+            out["coef"] = self.coef
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Go on from a `state_dict` of a solver made with the same W0, metric and ridge."""
+        f64 = dict(dtype=torch.float64, device=self.W0.device)
+        get = {k: v.to(**f64) for k, v in state.items() if k != "count"}
+        self.count = int(state["count"])
+        if "P" in get:
+            self.primal = _Primal.restored(self, get)
+            self.keys = self.B = self.R = self.K = self.BB = None
+            return
+        self.primal = None
+        self.keys, self.R, self.target_norm, self.weights, self.K = (get[k] for k in ("keys", "R", "target_norm",
+                                                                                     "weights", "K"))
+        self.B = get["B"] if self.metric is not None else self.keys
+        self.BB = get["BB"] if self.metric is not None else None
+        self.coef = get.get("coef")
+
     def outputs_w0(self, keys: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """W0 u'_t + v'_t in float64, [k, d_model]."""
         out = v.to(torch.float64).clone()
@@ -203,6 +234,17 @@ class KeySolver:
 class _Primal:
     """The primal form of a KeySolver's problem, built once from its dual rows, then extended per round."""
 
+    @classmethod
+    def restored(cls, solver: KeySolver, state: dict[str, torch.Tensor]) -> "_Primal":
+        primal = cls.__new__(cls)
+        primal.solver, primal.P, primal.dW, primal.lam = solver, state["P"], state["dW"], float(state["lam"])
+        primal.method = primal._method_name()
+        primal.last = (state["last_keys"], state["last_R"], state["last_target_norm"])
+        return primal
+
+    def _method_name(self) -> str:
+        return "ridge (primal)" if self.solver.ridge > 0 else f"least squares (primal, jitter {self.lam:.1e})"
+
     def __init__(self, solver: KeySolver):
         self.solver = solver
         f64 = dict(dtype=torch.float64, device=solver.W0.device)
@@ -215,7 +257,7 @@ class _Primal:
         M += lam * metric
         self.P = torch.cholesky_inverse(torch.linalg.cholesky(M))
         self.dW = -((solver.R.T * w) @ keys) @ self.P  # -R^T S U' P
-        self.method = "ridge (primal)" if solver.ridge > 0 else f"least squares (primal, jitter {lam:.1e})"
+        self.method = self._method_name()
         self.last = (keys[-1:], solver.R[-1:], solver.target_norm[-1:])
 
     def add(self, keys, residuals, target_norm, weights) -> None:

@@ -1,7 +1,8 @@
 """python -m transformers_qf.bench --facts FILE.jsonl --method qf --protocol sequential --out DIR [options]
 
-Writes DIR/cases.jsonl (every answer, appended as it comes; a stopped run resumes from it) and
-DIR/summary.json. Mistakes print one line, `bench: error: ...`, and exit 2.
+Writes DIR/cases.jsonl (every answer, appended as it comes; a stopped run resumes from it),
+DIR/summary.json, and in the sequential protocol DIR/state.safetensors (the edits' state, so that a resumed
+run need not make them again). Mistakes print one line, `bench: error: ...`, and exit 2.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .answering import Answerer
 from .data import FactsFile, FactsFileError, read_facts
 from .methods import FineTune, InContext, NoEdit, QFEdit
 from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions
+from .state import STATE_FILE
 from .summary import summarize
 
 METHODS = ("none", "in-context", "qf", "ft")
@@ -44,6 +46,16 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -72,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only each fact's first N paraphrases (default: all; fewer answers, less CPU)")
     p.add_argument("--controls-per-edit", type=_positive, default=4, help="single: controls scored per edit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-every", type=_seconds, default=300.0, metavar="SECONDS",
+                   help="sequential: save the edits' state to DIR/state.safetensors at every checkpoint and at least "
+                        "this often, so that a resumed run goes on from it (default 300; 0: after every edit)")
+    p.add_argument("--no-state", action="store_true",
+                   help="sequential: keep no state file (a resumed run makes every edit again)")
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
     qf = p.add_argument_group("qf and ft options", "qf's default: layer 23, target positions, the exact solve in the "
@@ -224,7 +241,8 @@ def run(args, argv: list[str]) -> int:
         copied = cases.adopt_before(Path(args.before_from) / "cases.jsonl")
         print(f"bench: {copied} answers of the unedited model taken from {args.before_from}", file=sys.stderr)
     answerer = Answerer(lm.model, lm.tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    Runner(method, data, answerer, cases, options).run()
+    state = None if args.no_state else out / STATE_FILE
+    Runner(method, data, answerer, cases, options, state, args.state_every).run()
     summary = summarize(cases, data, cases.rows["header"])
     write_json(out / "summary.json", summary)
     print(json.dumps({k: summary[k] for k in ("method", "protocol", "n_facts", "efficacy", "paraphrase",

@@ -3,6 +3,8 @@
     method.edit(fact) -> dict          put the fact into the model (or not); what it cost and changed
     method.system_for(fact) -> str     the system turn to answer the fact's questions with ("" but in-context)
     method.reset()                     the model as loaded again
+    method.state_dict() -> {name: tensor}   what the edits so far left ({} when nothing: no edit)
+    method.load_state_dict(state)      go on from there (a resumed sequential run)
 
 - `none`: no edit (the floor).
 - `in-context`: the fact in the system turn when its questions are asked (the ceiling QF aims at).
@@ -39,6 +41,12 @@ class NoEdit:
     def config(self) -> dict:
         return {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
 
 class InContext(NoEdit):
     name = "in-context"
@@ -72,6 +80,12 @@ class QFEdit(NoEdit):
     def reset(self) -> None:
         self.editor.reset()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.editor.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.editor.load_state_dict(state)
+
     def config(self) -> dict:
         return self.edit_config.as_dict()
 
@@ -101,6 +115,13 @@ class FineTune(NoEdit):
     def reset(self) -> None:
         self.parts.down.weight.data.copy_(self.original)
         self.total.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"total": self.total, "weight": self.parts.down.weight.detach()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.total.copy_(state["total"])
+        self.parts.down.weight.data.copy_(state["weight"])
 
     def edit(self, fact: Fact) -> dict:
         t0 = time.perf_counter()

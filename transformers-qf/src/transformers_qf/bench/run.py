@@ -10,14 +10,18 @@
 Before any edit, the controls are answered by the unedited model (a control counts for specificity
 only if that answer gives its target), the open prompts are answered for fluency, and the target's
 log-probability is taken. Every answer is one row of DIR/cases.jsonl, keyed; a run that stops can be
-started again with the same command and skips what its cases file already holds (in the sequential
-protocol the earlier edits are made again, unscored, to bring the model back to where it was).
+started again with the same command and skips what its cases file already holds. In the sequential
+protocol the method's state is saved beside it (DIR/state.safetensors, state.py) at every checkpoint and
+at least every `state_every` seconds; a resumed run goes on from the last state, and makes again, unscored,
+only the edits after it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from tqdm.auto import tqdm
 from .answering import Answerer
 from .data import Control, Fact, FactsFile
 from .metrics import gives, ngram_entropy
+from .state import load_state, save_state
 
 PROTOCOLS = ("single", "sequential")
 
@@ -147,9 +152,14 @@ class Ask:
 
 
 class Runner:
-    def __init__(self, method, data: FactsFile, answerer: Answerer, cases: Cases, options: RunOptions):
+    """state: the sequential protocol's state file (None: none kept); state_every: seconds between saves."""
+
+    def __init__(self, method, data: FactsFile, answerer: Answerer, cases: Cases, options: RunOptions,
+                 state: Path | None = None, state_every: float = 300.0):
         self.method, self.data, self.answerer, self.cases, self.options = method, data, answerer, cases, options
         self.same_relation = data.same_relation_controls()
+        self.state, self.state_every = state, state_every
+        self._saved_at = time.monotonic()
 
     # -- scoring -----------------------------------------------------------------------------------
     def score(self, asks: list[Ask], progress: str | None = None) -> None:
@@ -251,15 +261,49 @@ class Runner:
         n = len(self.data.facts)
         checkpoints = sorted({c for c in self.options.checkpoints if 0 < c < n} | {n})
         self.method.reset()
-        for i in tqdm(range(n), desc="sequential edits", unit="fact"):
+        done = self._restore(checkpoints)
+        if done:
+            self._score_edit(done - 1, checkpoints)
+        for i in tqdm(range(done, n), desc="sequential edits", unit="fact", initial=done, total=n):
             later = [c for c in checkpoints if c > i]
             if all(self._checkpoint_done(c) for c in later) and f"edit/{i}" in self.cases:
                 continue
-            self._edit(i)  # again, unscored, when resuming
-            if self.options.immediate:
-                self.score(self.fact_asks(f"after/{i}", i))
-            if i + 1 in checkpoints:
-                self.checkpoint(i + 1, final=i + 1 == n)
+            self._edit(i)  # again, unscored, when resuming without a state
+            self._save(i + 1, checkpoints)
+            self._score_edit(i, checkpoints)
+
+    def _score_edit(self, i: int, checkpoints: list[int]) -> None:
+        """What is scored right after edit i: its own questions, and the checkpoint it completes."""
+        if self.options.immediate:
+            self.score(self.fact_asks(f"after/{i}", i))
+        if i + 1 in checkpoints:
+            self.checkpoint(i + 1, final=i + 1 == len(self.data.facts))
+
+    def _restore(self, checkpoints: list[int]) -> int:
+        """How many edits the state file brings back (0: none usable, the run starts from its first edit)."""
+        found = load_state(self.state, self.cases.rows["header"]) if self.state is not None else None
+        if found is None:
+            return 0
+        edits, tensors = found
+        unscored = [c for c in checkpoints if c < edits and not self._checkpoint_done(c)]
+        missing = [i for i in range(edits) if f"edit/{i}" not in self.cases]
+        if unscored or missing:
+            why = f"checkpoint {unscored[0]} was not scored" if unscored else f"edit {missing[0]} has no row"
+            print(f"bench: not using {self.state} (after edit {edits}; {why}): making the edits again",
+                  file=sys.stderr)
+            return 0
+        self.method.load_state_dict(tensors)
+        print(f"bench: going on after edit {edits} (the state in {self.state})", file=sys.stderr)
+        return edits
+
+    def _save(self, edits: int, checkpoints: list[int]) -> None:
+        due = edits in checkpoints or time.monotonic() - self._saved_at >= self.state_every
+        if self.state is None or not due:
+            return
+        tensors = self.method.state_dict()
+        if tensors:
+            save_state(self.state, tensors, edits, self.cases.rows["header"])
+        self._saved_at = time.monotonic()
 
     def _checkpoint_asks(self, count: int, final: bool) -> list[Ask]:
         prefix = f"checkpoint/{count}"
