@@ -369,6 +369,22 @@ def test_a_cases_file_of_another_run_is_refused(bench_model, facts_file, tmp_pat
     assert "was written by another run (method: 'none' there, 'in-context' now" in err
 
 
+def test_a_cases_file_written_before_an_option_existed_resumes_if_the_option_is_at_its_default(
+        bench_model, facts_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--facts", str(facts_file), "--protocol", "sequential", "--out", str(out), "--max-new-tokens", "2",
+              "--method", "qf", "--paper", "--layer", "2", "--checkpoints", "3"]
+    assert cli.main(common) == 0
+    rows = (out / "cases.jsonl").read_text().splitlines()
+    header = json.loads(rows[0])
+    del header["method_config"]["keep_context"], header["options"]["paraphrases"]  # as an older version wrote it
+    (out / "cases.jsonl").write_text("\n".join([json.dumps(header), *rows[1:]]) + "\n")
+    assert cli.main(common) == 0 and len((out / "cases.jsonl").read_text().splitlines()) == len(rows)
+    capsys.readouterr()
+    assert cli.main([*common, "--keep-context"]) == 2
+    assert "method_config" in capsys.readouterr().err
+
+
 def test_report_names_an_optimized_targets_steps_and_contexts():
     rome = editor.EditConfig(layers=(8,), positions="subject-last", target="optimized", target_steps=40)
     assert report._config({"method": "qf", "method_config": rome.as_dict()}).endswith("optimized target (40 steps)")

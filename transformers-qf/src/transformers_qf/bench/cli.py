@@ -236,7 +236,9 @@ def run(args, argv: list[str]) -> int:
         "commit": git_commit(),
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    cases = Cases(out / "cases.jsonl", header)
+    added_later = {"options": RunOptions().as_dict(), **({"method_config": EditConfig().as_dict()} if args.method == "qf"
+                                                        else {})}
+    cases = Cases(out / "cases.jsonl", header, defaults=added_later)
     if args.before_from:
         copied = cases.adopt_before(Path(args.before_from) / "cases.jsonl")
         print(f"bench: {copied} answers of the unedited model taken from {args.before_from}", file=sys.stderr)

@@ -68,18 +68,23 @@ class RunOptions:
 
 
 class Cases:
-    """DIR/cases.jsonl: a header row, then one row per answer or edit, each with a unique "key"."""
+    """DIR/cases.jsonl: a header row, then one row per answer or edit, each with a unique "key".
 
-    def __init__(self, path: Path, header: dict):
+    defaults: {section: {key: value}} for header sections (such as "method_config") whose options were added
+    after a file was written: such a file's header lacks them, and it resumes if the run asks for their default.
+    """
+
+    def __init__(self, path: Path, header: dict, defaults: dict[str, dict] | None = None):
         self.path = path
         self.rows: dict[str, dict] = {}
         if path.exists():
             rows = _read_rows(path)
             if rows and rows[0].get("key") != "header":
                 raise CasesFileError(f"{path} does not start with a header row: delete it or choose another --out")
-            if rows and _comparable(rows[0]) != _comparable(header):
+            written = _with_defaults(rows[0], defaults or {}) if rows else None
+            if rows and _comparable(written) != _comparable(header):
                 raise CasesFileError(
-                    f"{path} was written by another run ({_difference(rows[0], header)}): "
+                    f"{path} was written by another run ({_difference(written, header)}): "
                     "choose another --out, or delete the file to start over")
             self.rows = {r["key"]: r for r in rows}
             path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -128,6 +133,14 @@ def _read_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in lines if line.strip()]
     except json.JSONDecodeError:
         return [json.loads(line) for line in lines[:-1] if line.strip()]  # a last line cut by a kill
+
+
+def _with_defaults(header: dict, defaults: dict[str, dict]) -> dict:
+    out = dict(header)
+    for section, values in defaults.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {**{k: v for k, v in values.items() if k not in out[section]}, **out[section]}
+    return out
 
 
 def _comparable(header: dict) -> dict:
