@@ -54,9 +54,16 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     "L8-rome-40-words2": ["--layer", "8", *COVFACTS, "--positions", "subject-last", "--target", "optimized",
                           "--target-steps", "40", "--target-wordings", "2"],
     # the paraphrases it missed were answered in another form ("The founder of X is Jose." for "X was founded by"):
-    # fit it on the model's own answer to a rewording too, the target put where it names its value
+    # fit it on the model's own answer to a rewording too, the target put where it names its value. Measured: no
+    # better (paraphrase .30 against .50); the misses are well-formed answers with another value, not another form
     "L8-rome-60-copies-forms1": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                  "--target-steps", "60", "--target-wordings", "1", "--target-forms"],
+    # the one target fitted in more contexts at the full 60 steps (words2-copies had 40): the model's rewordings,
+    # or ROME's openings before the question
+    "L8-rome-60-copies-words2": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                                 "--target-steps", "60", "--target-wordings", "2"],
+    "L8-rome-60-copies-ctx2": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                               "--target-steps", "60", "--target-contexts", "2"],
 }
 
 

@@ -12,7 +12,7 @@ from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
 from transformers_qf.bench.methods import QFEdit
-from transformers_qf.bench.metrics import fraction, gives, ngram_entropy
+from transformers_qf.bench.metrics import fraction, gives, miss_kind, ngram_entropy
 from transformers_qf import editor, keysolve, keystats, prompting
 from transformers_qf.architectures import locate
 from transformers_qf.keystats import known_fact_prompts
@@ -41,6 +41,18 @@ def test_gives_matches_whole_words(answer, target, expected):
 def test_gives_refuses_an_empty_target():
     with pytest.raises(ValueError, match="empty target"):
         gives("anything", "  ")
+
+
+@pytest.mark.parametrize("answer, target, subject, kind", [
+    ("Wosiacun was founded by Wilhelmina Mun.", "Wilhelmina Esposito", "Wosiacun", "part of the target"),
+    ("The seat of government of Theibreia is Weidrelf.", "Weidrelt", "Theibreia", "part of the target"),
+    ("Droram's CEO is Mr. Kim.", "Orla Esposito", "Droram", "the subject, another value"),
+    ("Theita Analytics works with 51 people.", "519", "Theita Analytics", "the subject, another value"),
+    ("I am an AI developed by Google.", "Rafaela Hollenbeck", "Glogleix", "other"),
+    ("Dr. Kim runs it.", "Orla Esposito", None, "other"),
+])
+def test_a_missed_answer_is_told_apart_by_what_it_says_instead(answer, target, subject, kind):
+    assert miss_kind(answer, target, subject) == kind
 
 
 def test_ngram_entropy_is_low_for_repetition_and_zero_for_short_text():

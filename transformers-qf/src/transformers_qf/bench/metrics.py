@@ -26,6 +26,26 @@ def gives(answer: str, target: str) -> bool:
     return re.search(pattern, _normal(answer)) is not None
 
 
+MISS_KINDS = ("part of the target", "the subject, another value", "other")
+
+
+def miss_kind(answer: str, target: str, subject: str | None) -> str:
+    """What an answer that does not give its target says instead (MISS_KINDS):
+    - "part of the target": a whole word of it ("Wilhelmina Mun" for Wilhelmina Esposito), or a word that
+      starts with the target's first 4 characters ("Weidrelf" for Weidrelt);
+    - "the subject, another value": the subject's first word, in an answer that names something else
+      ("The CEO of Droram is Mr. Kim.");
+    - "other": neither (an answer about something else, a refusal, degenerate text)."""
+    words = _normal(answer).replace(",", " ").replace(".", " ").split()
+    target_words = _normal(target).split()
+    stem = _normal(target)[:4]
+    if any(w in words for w in target_words) or (len(stem) == 4 and any(w.startswith(stem) for w in words)):
+        return MISS_KINDS[0]
+    if subject and gives(answer, subject.split()[0]):
+        return MISS_KINDS[1]
+    return MISS_KINDS[2]
+
+
 def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
     """Weighted mean over n of the entropy (bits) of the text's word n-gram frequencies.
 
