@@ -353,6 +353,18 @@ def test_a_solver_goes_on_from_its_state_dict_as_if_never_stopped(metric, switch
     torch.testing.assert_close(W_restored, W_kept, rtol=0, atol=0)
 
 
+def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_as_one_by_one(tiny_model):
+    from transformers_qf.gradtarget import Context, optimized_deltas
+
+    g = torch.Generator().manual_seed(4)
+    contexts = [Context(torch.randn(n, 32, generator=g), torch.tensor([1, n - 3]), torch.arange(n - 3, n - 1),
+                        torch.randint(0, 50, (2,), generator=g), torch.tensor([0, 1])) for n in (7, 12, 5)]
+    results = [optimized_deltas(tiny_model, 1, contexts, steps=3, batched=batched) for batched in (True, False)]
+    (delta, losses), (alone, alone_losses) = results
+    torch.testing.assert_close(delta, alone, rtol=1e-5, atol=1e-6)
+    assert losses == pytest.approx(alone_losses, rel=1e-5) and losses[-1] < losses[0]
+
+
 def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2, tokenizer):
     from transformers_qf.prompting import encode
 

@@ -14,7 +14,8 @@ fitted on. Several rows of one context may share a slot (every copy of the subje
 An `Essence` sequence adds ROME's essence term: essence_weight * KL(unedited || edited) of the next-token
 distribution after "{subject} is a", with the deltas at the subject's rows there, so that what the model
 says the subject *is* stays as it was.
-Only layers L+1.. run in the loop, from the recorded outputs of layer L (nothing below L is repeated).
+Only layers L+1.. run in the loop, from the recorded outputs of layer L (nothing below L is repeated), every
+context in one right-padded batch.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ class Essence:
 
 
 def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20, lr: float = 0.1,
-                     decay: float = 0.5, max_ratio: float = 4.0, essence: Essence | None = None
-                     ) -> tuple[torch.Tensor, list[float]]:
+                     decay: float = 0.5, max_ratio: float = 4.0, essence: Essence | None = None,
+                     batched: bool = True) -> tuple[torch.Tensor, list[float]]:
     """delta: [k, d_model] (float32), one per slot, shared by the kept rows of every context, and the answer's
     loss (mean NLL over the contexts) at each step. lr is relative: a step moves delta_t by about lr |h_t|,
     with |h_t| at slot t's first row in the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's
-    clamp_norm_factor.
+    clamp_norm_factor. batched=False runs one forward per context (the same result; for timing the two).
     """
     first = contexts[0]
     k = int(first.slots.max()) + 1
@@ -91,11 +92,18 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
                 with torch.no_grad():
                     kept = (essence, _next_logp(base, lm_head, essence.hidden.detach(), essence.row))
             for _ in range(steps):
-                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser, kept))
+                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser, kept, batched))
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return (eps * unit).detach(), losses
+
+
+def _right_padded(sequences: list[torch.Tensor]) -> torch.Tensor:
+    """[n_i, d] -> [b, max n_i, d], zeros after each sequence: one forward for every context. Under the causal
+    mask no real position attends to the padding after it, and positions count from 0 as unbatched."""
+    longest = max(len(x) for x in sequences)
+    return torch.stack([torch.nn.functional.pad(x, (0, 0, 0, longest - len(x))) for x in sequences])
 
 
 def _next_logp(base, lm_head, hidden: torch.Tensor, row: int) -> torch.Tensor:
@@ -103,16 +111,17 @@ def _next_logp(base, lm_head, hidden: torch.Tensor, row: int) -> torch.Tensor:
     return torch.log_softmax(lm_head(state).float(), dim=-1)
 
 
-def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser, kept=None) -> float:
+def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser, kept=None,
+          batched: bool = True) -> float:
     """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2.
     kept: (Essence, its unedited next-token log p) or None."""
     optimiser.zero_grad()
-    nll = 0.0
-    for c in contexts:
-        edited = c.hidden.index_add(0, c.positions, (eps * unit)[c.slots].to(c.hidden.dtype))
-        states = base(inputs_embeds=edited[None], use_cache=False).last_hidden_state[0, c.loss_positions]
-        nll = nll + torch.nn.functional.cross_entropy(lm_head(states).float(), c.targets)
-    nll = nll / len(contexts)
+    edited = [c.hidden.index_add(0, c.positions, (eps * unit)[c.slots].to(c.hidden.dtype)) for c in contexts]
+    groups = [edited] if batched else [[e] for e in edited]
+    out = [row for group in groups
+           for row in base(inputs_embeds=_right_padded(group), use_cache=False).last_hidden_state]
+    nll = sum(torch.nn.functional.cross_entropy(lm_head(o[c.loss_positions]).float(), c.targets)
+              for o, c in zip(out, contexts)) / len(contexts)
     d = eps.shape[1]
     loss = nll + decay * (eps ** 2).sum(dim=1).mean() / d
     if kept is not None:
