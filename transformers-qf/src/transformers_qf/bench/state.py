@@ -12,21 +12,21 @@ by the run whose cases file it was written beside.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..store import atomic_write
+
 STATE_FILE = "state.safetensors"
 
 
 def save_state(path: Path, tensors: dict[str, torch.Tensor], edits: int, header: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"edits": str(edits), "header": json.dumps(header, sort_keys=True)})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"edits": str(edits), "header": json.dumps(header, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_state(path: Path, header: dict) -> tuple[int, dict[str, torch.Tensor]] | None:
