@@ -16,7 +16,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def _rel(a, b):
-    return float(torch.linalg.norm(a.double().cpu() - b.double().cpu()) / torch.linalg.norm(b.double().cpu()))
+    return float(torch.linalg.norm(a.detach().double().cpu() - b.detach().double().cpu()) / torch.linalg.norm(b.detach().double().cpu()))
 
 
 def _plain_w_prime(model, tokenizer, tmp_path, layer=2):
