@@ -274,6 +274,8 @@ class Runner:
         n = len(self.data.facts)
         checkpoints = sorted({c for c in self.options.checkpoints if 0 < c < n} | {n})
         self.method.reset()
+        if all(self._checkpoint_done(c) for c in checkpoints):
+            return  # a finished run: nothing to restore or edit
         done = self._restore(checkpoints)
         if done:
             self._score_edit(done - 1, checkpoints)
