@@ -438,6 +438,19 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
     assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
     assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4
 
+    # a fresh machine with one run folder: the earlier report's other runs are kept, the folder's run wins
+    fresh = tmp_path / "fresh"
+    (fresh / "seq-none").mkdir(parents=True)
+    summary = json.loads((runs / "seq-none" / "summary.json").read_text())
+    (fresh / "seq-none" / "summary.json").write_text(json.dumps({**summary, "commit": "rerun"}))
+    merged = tmp_path / "merged"
+    assert report.main([str(fresh), "--out", str(merged), "--earlier", str(out / "benchmark.json")]) == 0
+    kept = json.loads((merged / "benchmark.json").read_text())["runs"]
+    assert [r["label"] for r in kept] == ["seq-none", "seq-qf", "sweep-L01", "sweep-L03"]
+    assert kept[0]["commit"] == "rerun" and "| sweep-L03 |" in (merged / "benchmark.md").read_text()
+    (tmp_path / "bad.json").write_text("[]")
+    assert report.main([str(fresh), "--out", str(merged), "--earlier", str(tmp_path / "bad.json")]) == 2
+
 
 def test_known_fact_prompts_leave_out_every_entity_a_control_names():
     every = known_fact_prompts()

@@ -146,13 +146,25 @@ def portable(command: str | None, runs: str) -> str | None:
                   command)
 
 
-def not_run(root: Path) -> dict[str, str]:
-    """Runs of the folder's plan.json (if any) that have no complete summary.json: name -> command."""
+def earlier_runs(path: Path, runs: list[dict]) -> list[dict]:
+    """The runs of an earlier benchmark.json whose label has no run folder now, as they were recorded: a fresh
+    machine's runs then add to the report instead of replacing it."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--earlier {path}: not a benchmark.json written by this report ({error}); "
+                         "give results/benchmark.json or leave --earlier out") from None
+    present = {r["label"] for r in runs}
+    return [r for r in recorded if r["label"] not in present]
+
+
+def not_run(root: Path, runs: list[dict]) -> dict[str, str]:
+    """Runs of the folder's plan.json (if any) that have no complete run among `runs`: name -> command."""
     plan_file = root / "plan.json"
     if not plan_file.is_file():
         return {}
     plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    done = {r["label"] for r in load_runs(root) if r.get("complete")}
+    done = {r["label"] for r in runs if r.get("complete")}
     return {name: command for name, command in plan.items() if name not in done}
 
 
@@ -207,16 +219,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="folder holding one folder per run")
     parser.add_argument("--out", default="results", help="where benchmark.md/.json and the plots go")
     parser.add_argument("--extra", default=None, help="a markdown file appended to the report (the findings)")
+    parser.add_argument("--earlier", default=None, metavar="BENCHMARK_JSON",
+                        help="keep the runs of this earlier benchmark.json that have no folder under RUNS "
+                             "(e.g. results/benchmark.json, when the run folders of earlier machines are gone)")
     args = parser.parse_args(argv)
     runs = load_runs(Path(args.runs))
     for run in runs:
         run["command"] = portable(run.get("command"), args.runs)
+    if args.earlier:
+        try:
+            runs = sorted(runs + earlier_runs(Path(args.earlier), runs), key=lambda r: r["label"])
+        except ValueError as error:
+            print(f"report: error: {error}", file=sys.stderr)
+            return 2
     if not runs:
         print(f"report: error: no run under {args.runs} has a summary.json: run the benchmark first", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = render(runs, out, "python -m transformers_qf.bench.report " + " ".join(argv), not_run(Path(args.runs)))
+    text = render(runs, out, "python -m transformers_qf.bench.report " + " ".join(argv), not_run(Path(args.runs), runs))
     if args.extra:
         text += "\n" + Path(args.extra).read_text(encoding="utf-8")
     (out / "benchmark.md").write_text(text + "\n", encoding="utf-8")
