@@ -95,6 +95,10 @@ def runs() -> dict[str, list[str]]:
         "qf-covfacts-target-L27": ["--method", "qf", "--layer", "27", *COVFACTS, "--positions", "target"],
         "qf-covfacts-target-ridge100": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
                                         "--ridge", "100"],
+        # the default with every other row of each fact's user turn and answer held where it is (the template rows
+        # "The CEO of ... is", whose keys controls share, then cannot move)
+        "qf-covfacts-target-keep": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
+                                    "--keep-context"],
         "in-context": ["--method", "in-context"],
         "ft": ["--method", "ft", "--layer", "23"],
         "none": ["--method", "none"],
