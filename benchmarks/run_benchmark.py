@@ -88,6 +88,8 @@ def runs() -> dict[str, list[str]]:
         "qf-covfacts-ridge1000": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "answer",
                                   "--ridge", "1000"],
         "qf-covfacts-target": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target"],
+        # what `qf learn --covariance` does on the bundled model: its last layer, every answer position
+        "qf-L27-covfacts": ["--method", "qf", "--layer", "27", *COVFACTS, "--positions", "answer"],
         "qf-covfacts-target-next": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target-next"],
         # the answers' own keys (names, numbers) weighted up in the covariance: specificity was lost there
         "qf-covfacts-target-aw1": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
