@@ -126,6 +126,26 @@ def test_learn_appends_and_ask_applies_the_file(loads, capsys, tmp_path, tiny_qw
     assert torch.equal(applied, learned) and not torch.equal(applied, original)
 
 
+def test_learn_in_a_covariance_metric_keeps_to_it_and_refuses_to_mix(loads, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("QF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "DEFAULT_METRIC", {"corpus": "generic", "shrink": 0.1, "texts": 4})  # a quick corpus
+    path = str(tmp_path / "metric.safetensors")
+    code, out, err = run(capsys, "learn", *FACT, "--edits", path, "--covariance")
+    assert code == 0 and "(layer 3, covariance metric," in out and "key covariance of layer 3 (generic, 4 texts" in err
+    code, out, _ = run(capsys, "learn", *FACT2, "--edits", path)  # the file's metric is used without the flag
+    assert code == 0 and "covariance metric" in out and "holds 2 facts" in out
+    edits = Edits.load(path)
+    assert edits.metric == {"corpus": "generic", "shrink": 0.1, "texts": 4} and all(f.b is not None for f in edits.facts)
+    assert list((tmp_path / "cache" / "keystats").iterdir())  # made once, then cached
+
+    plain = str(tmp_path / "plain.safetensors")
+    assert run(capsys, "learn", *FACT, "--edits", plain)[0] == 0
+    code, out, err = run(capsys, "learn", *FACT2, "--edits", plain, "--covariance")
+    assert code == 1 and out == ""
+    one_line_error(err.replace("qf: key covariance", "qf: loading"), "qf: error:", "plain metric: leave out --covariance")
+    assert len(Edits.load(plain).facts) == 1
+
+
 def test_learn_and_ask_mistakes_are_one_line(loads, capsys, tmp_path):
     path = str(tmp_path / "facts.safetensors")
     assert run(capsys, "learn", *FACT, "--edits", path, "--layer", "2")[0] == 0

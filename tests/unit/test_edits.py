@@ -12,9 +12,11 @@ from safetensors.torch import save_file
 from transformers_qf import PromptError
 from transformers_qf.architectures import locate
 from transformers_qf.capture import record
+from transformers_qf.editor import EditConfig, Editor
 from transformers_qf.edits import META_KEY, Edits, EditsError, weight_digest
+from transformers_qf.keysolve import KeyMetric
 from transformers_qf.prompting import teacher_forced
-from transformers_qf.teach import Learner, default_layer
+from transformers_qf.teach import Learner, SolveMetric, default_layer
 
 ID = {"name": "tiny", "model_type": "qwen2", "hidden_size": 32}
 FACTS = [
@@ -190,3 +192,51 @@ def test_files_that_are_not_edits_are_refused_with_one_line(tiny_qwen2, tokenize
         with pytest.raises(EditsError, match=message) as e:
             Edits.load(file)
         assert "\n" not in str(e.value)
+
+
+def _metric(d_mlp=96, shrink=0.1, seed=0) -> SolveMetric:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(300, d_mlp, generator=g) * torch.linspace(0.2, 2.0, d_mlp)
+    return SolveMetric(KeyMetric(X.T @ X / len(X), shrink), corpus="test", texts=300)
+
+
+def test_a_covariance_metric_solve_is_the_editors_covariance_weighted_solve(tiny_qwen2, tokenizer):
+    other = copy.deepcopy(tiny_qwen2)
+    metric = _metric()
+    learner = _learner(tiny_qwen2, tokenizer, FACTS[:2], layer=2, metric=metric)
+    assert all(f["solve"]["residual"] < 1e-9 for f in learner.edits.manifest()["facts"])
+    editor = Editor(other, tokenizer, EditConfig(layers=(2,), positions="answer", covariance=True), metrics={2: metric.keys})
+    for fact in FACTS[:2]:
+        editor.learn(*fact)
+    torch.testing.assert_close(_weight(learner), locate(other, 2).down.weight, rtol=0, atol=1e-6)
+    plain = _learner(copy.deepcopy(other), tokenizer, FACTS[:2], layer=2)  # `other` is edited: only its shape matters
+    assert not torch.allclose(plain.edits.update().delta(), learner.edits.update().delta(), atol=1e-4)
+
+
+def test_edits_solved_in_a_metric_round_trip_apply_without_it_and_refuse_to_mix(tiny_qwen2, tokenizer, tmp_path):
+    fresh, scratch = copy.deepcopy(tiny_qwen2), copy.deepcopy(tiny_qwen2)
+    metric = _metric()
+    learner = _learner(tiny_qwen2, tokenizer, FACTS, metric=metric)
+    path = tmp_path / "metric.safetensors"
+    learner.edits.save(path)
+    with safe_open(str(path), "pt") as f:
+        manifest = json.loads(f.metadata()[META_KEY])
+        assert list(f.get_slice("fact1.b").get_shape()) == [learner.edits.facts[1].rows, 96]
+    assert manifest["format"] == "transformers-qf/edits/2" and manifest["metric"] == metric.describe()
+
+    applied = Learner(fresh, tokenizer, ID, edits=Edits.load(path))  # applying needs no metric
+    assert torch.equal(_weight(applied), _weight(learner))
+    with pytest.raises(EditsError, match="solved in a key covariance metric .*learning needs it too"):
+        applied.learn(*FACTS[0])
+    applied.forget(1)  # the stored rows of B suffice to forget
+    rest = _learner(copy.deepcopy(scratch), tokenizer, [FACTS[0], FACTS[2]], metric=metric)
+    assert torch.equal(_weight(applied), _weight(rest))
+
+    with pytest.raises(EditsError, match="solved in the key covariance .* not .*use the same corpus and shrink"):
+        Learner(copy.deepcopy(scratch), tokenizer, ID, edits=Edits.load(path), metric=_metric(shrink=0.5))
+    with pytest.raises(EditsError, match="another key covariance of this layer"):
+        Learner(copy.deepcopy(scratch), tokenizer, ID, edits=Edits.load(path), metric=_metric(seed=1))
+    plain_path = tmp_path / "plain.safetensors"
+    _learner(copy.deepcopy(scratch), tokenizer, FACTS[:1]).edits.save(plain_path)
+    with pytest.raises(EditsError, match="plain metric: leave out --covariance"):
+        Learner(copy.deepcopy(scratch), tokenizer, ID, edits=Edits.load(plain_path), metric=metric)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from transformers_qf.keysolve import KeyMetric
 from transformers_qf.qf import SolveError, relative_residual, solve
 
 
@@ -35,6 +36,26 @@ def test_eq3_is_the_minimum_norm_change():
     assert torch.linalg.norm(dW) < torch.linalg.norm(other)
     # and the minimum-norm change lies in the row space of U'
     torch.testing.assert_close(dW @ P, torch.zeros_like(dW), atol=1e-10, rtol=0)
+
+
+def test_a_basis_of_keys_times_c_inverse_gives_the_smallest_change_in_that_metric():
+    W, U, Up, V, Vp = _rows()
+    X = torch.randn(400, W.shape[1], generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3, W.shape[1])
+    metric = KeyMetric(X.T @ X / len(X), shrink=0.1)
+    C = metric.factor @ metric.factor.T  # the shrunk covariance the metric inverts
+    update, report = solve(W, U, Up, V, Vp, basis=metric.apply(Up))
+    dW = update.delta()
+    target = U.double() @ W.double().T + V.double()
+    assert report.method == "exact" and report.residual < 1e-10
+    assert relative_residual(W.double() + dW, Up.double(), Vp.double(), target) < 1e-10
+    assert report.delta_rel == pytest.approx(float(torch.linalg.norm(dW) / torch.linalg.norm(W.double())), rel=1e-9)
+    # optimal in the metric: dW C lies in the row space of U' (and the plain solve's dW does not)
+    P = torch.eye(W.shape[1], dtype=torch.float64) - torch.linalg.pinv(Up.double()) @ Up.double()
+    torch.testing.assert_close(dW @ C @ P, torch.zeros_like(dW), atol=1e-9, rtol=0)
+    plain = solve(W, U, Up, V, Vp)[0].delta()
+    assert torch.linalg.norm(plain @ C @ P) > 1e-3 * torch.linalg.norm(plain @ C)
+    with pytest.raises(SolveError, match="basis has shape"):
+        solve(W, U, Up, V, Vp, basis=metric.apply(Up)[:3])
 
 
 def test_duplicated_rows_fall_back_to_pinv_with_the_same_answer():

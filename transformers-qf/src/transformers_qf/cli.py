@@ -2,7 +2,8 @@
 
     qf ask "Who started Oxinnovate?" [--system FACT] [--edits FILE] [--model M]
     qf learn --system FACT --user QUESTION --assistant ANSWER --edits FILE [--significance 0,1,1] [--layer L]
-    qf chat [--edits FILE] [--model M]
+             [--covariance]
+    qf chat [--edits FILE] [--model M] [--covariance]
     qf bench ...                     (forwards to python -m transformers_qf.bench)
 
 Mistakes print one line on stderr, `qf: error: ...`, and exit 1 (2 for a bad command line).
@@ -25,9 +26,10 @@ from .qf import SolveError
 from .repl import Chat
 from .scriptargs import add_model_args
 from .store import ParametersError
-from .teach import Learner, parse_significance
+from .teach import Learner, SolveMetric, parse_significance, resolve_layer
 
 BENCH_MODULE = "transformers_qf.bench"
+DEFAULT_METRIC = {"corpus": "generic+facts", "shrink": 0.1, "texts": 256}  # the benchmark's default (editor.RECOMMENDED)
 EXPECTED = (ModelLoadError, EditsError, PromptError, SolveError, UnsupportedModelError, ParametersError,
             FloatingPointError, OSError)
 
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (learn, chat):
         p.add_argument("--layer", type=int, default=None,
                        help="layer to edit (default: the edits file's, else the model's last layer)")
+        p.add_argument("--covariance", action="store_true",
+                       help="solve in the metric of the layer's key covariance (generic text and the model's answers "
+                            "about real entities, made once per model and layer and cached: minutes on a CPU), as the "
+                            "benchmark's default; implied by an edits file solved that way")
     for p in (ask, chat):
         p.add_argument("--max-new-tokens", type=_positive, default=48, help="answer length cap (default 48)")
     sub.add_parser("bench", help=f"run the benchmark (python -m {BENCH_MODULE})", add_help=False)
@@ -118,9 +124,29 @@ def _one_line(e: BaseException) -> str:
     return text
 
 
-def _learner(args, edits: Edits | None, layer: int | None = None, max_new_tokens: int = 48) -> Learner:
+def _learner(args, edits: Edits | None, layer: int | None = None, max_new_tokens: int = 48,
+             covariance: bool = False) -> Learner:
     lm = load(args.model, args.device, args.dtype)
-    return Learner(lm.model, lm.tokenizer, lm.identity, layer=layer, edits=edits, max_new_tokens=max_new_tokens)
+    metric = None
+    if covariance or (edits is not None and edits.metric is not None):
+        metric = solve_metric(lm, resolve_layer(lm.model, layer, edits), edits.metric if edits is not None else None)
+    return Learner(lm.model, lm.tokenizer, lm.identity, layer=layer, edits=edits, max_new_tokens=max_new_tokens,
+                   metric=metric)
+
+
+def solve_metric(lm: LoadedModel, layer: int, recorded: dict | None = None) -> SolveMetric:
+    """The key covariance metric of `layer` of the model as loaded (before any edit is applied): the recorded
+    one of an edits file (its corpus, shrink and number of texts), else the benchmark's default."""
+    from . import keystats
+    from .bench.answering import Answerer
+
+    spec = recorded or DEFAULT_METRIC
+    print(f"qf: key covariance of layer {layer} ({spec['corpus']}, {spec['texts']} texts; made once per model and "
+          "layer, then cached) ...", file=sys.stderr, flush=True)
+    name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
+    metrics = keystats.key_metrics(lm.model, lm.tokenizer, Answerer(lm.model, lm.tokenizer).answers, [layer],
+                                   spec["corpus"], spec["shrink"], spec["texts"], cache_key=name)
+    return SolveMetric(next(iter(metrics.values())), spec["corpus"], spec["texts"])
 
 
 def _existing(path: str | None) -> Edits | None:
@@ -136,20 +162,21 @@ def run_ask(args) -> int:
 
 def run_learn(args) -> int:
     edits = _existing(args.edits)
-    learner = _learner(args, edits, layer=args.layer)
+    learner = _learner(args, edits, layer=args.layer, covariance=args.covariance)
     t0 = time.perf_counter()
     fact, report = learner.learn(args.system, args.user, args.assistant, args.significance)
     seconds = time.perf_counter() - t0
     learner.edits.save(args.edits)
     n = len(learner.edits.facts)
-    print(f"learned fact {n} in {seconds:.2f} s (layer {learner.layer}, {fact.rows} rows, residual "
+    metric = "" if learner.edits.metric is None else ", covariance metric"
+    print(f"learned fact {n} in {seconds:.2f} s (layer {learner.layer}{metric}, {fact.rows} rows, residual "
           f"{report.residual_applied:.1e}); {args.edits} holds {n} fact{'s' * (n != 1)}")
     return 0
 
 
 def run_chat(args) -> int:
     edits = _existing(args.edits)
-    learner = _learner(args, edits, layer=args.layer, max_new_tokens=args.max_new_tokens)
+    learner = _learner(args, edits, layer=args.layer, max_new_tokens=args.max_new_tokens, covariance=args.covariance)
     try:
         import readline  # noqa: F401 - line editing and history at the prompt
     except ImportError:

@@ -10,12 +10,16 @@ needs) and that fact's share of the factors of the combined update (what applyin
     fact{i}.up  [k_i, d_mlp]    float32  closed-book u'
     fact{i}.vp  [k_i, d_model]  float32  closed-book v'
     fact{i}.a   [d_model, k_i]  float64  its columns of A in  W' = W + A B,  B = [up_1; up_2; ...]
+    fact{i}.b   [k_i, d_mlp]    float64  only in a covariance metric: its rows of B = U' C^-1 (format 2)
 
 so a fact costs k_i (2 d_mlp + 2 d_model) floats plus k_i d_model doubles (about 1.5 MB for 15 rows
-of the 1.5B model's layer, against 55 MB for the weight). The rows of a layer do not depend on that
+of the 1.5B model's layer, against 55 MB for the weight; k_i d_mlp doubles more, about 1 MB, in a
+covariance metric). The rows of a layer do not depend on that
 layer's down_proj, so they stay valid whatever was learned before. The header's metadata holds the
 manifest as JSON under "qf_edits": format, model identity, layer, shape and sha256 of the original
-W, and per fact its text, tokens, weights and the report (residuals) of the solve that kept it.
+W, the metric of the solve (null: QF's plain one; else the key covariance's corpus and shrink), and
+per fact its text, tokens, weights and the report (residuals) of the solve that kept it. Files in the
+plain metric are format 1, those in a covariance metric format 2 (an older reader refuses them).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from safetensors.torch import save_file
 from .qf import Update
 from .store import atomic_write
 
-FORMAT = "transformers-qf/edits/1"
+FORMAT = "transformers-qf/edits/1"  # QF's plain metric
+FORMAT_METRIC = "transformers-qf/edits/2"  # a covariance metric: the facts' rows of B are stored too
 META_KEY = "qf_edits"
 ROWS = ("u", "v", "up", "vp")
 
@@ -72,6 +77,7 @@ class Fact:
     vp: torch.Tensor
     a: torch.Tensor | None = None
     solve: dict = field(default_factory=dict)
+    b: torch.Tensor | None = None  # [k, d_mlp] float64, U' C^-1: its rows of B in a covariance metric
 
     @property
     def rows(self) -> int:
@@ -94,6 +100,7 @@ class Edits:
     weight_sha256: str
     facts: list[Fact] = field(default_factory=list)
     solve: dict | None = None  # report of the latest solve over all facts
+    metric: dict | None = None  # None: QF's plain metric; else the key covariance's {"corpus", "shrink", ...}
     source: str | None = field(default=None, compare=False)  # the file it was read from (not saved)
 
     # -- what the facts add up to -----------------------------------------------------------------
@@ -104,12 +111,19 @@ class Edits:
         weights = torch.tensor([w for f in facts for w in f.weights], dtype=torch.float64)
         return U, Up, V, Vp, weights
 
+    def basis(self, facts: list[Fact] | None = None) -> torch.Tensor | None:
+        """The rows of B of `facts` (default: all) in a covariance metric, [K, d_mlp]; None in the plain one."""
+        if self.metric is None:
+            return None
+        return torch.cat([f.b for f in (self.facts if facts is None else facts)])
+
     def update(self) -> Update | None:
-        """The combined update W' - W = A B (A: [d_model, K], B = U': [K, d_mlp]), None with no facts."""
+        """The combined update W' - W = A B (A: [d_model, K], B = U' or U' C^-1: [K, d_mlp]), None with no facts."""
         if not self.facts:
             return None
+        basis = self.basis()
         return Update(A=torch.cat([f.a for f in self.facts], dim=1),
-                      B=torch.cat([f.up for f in self.facts]).to(torch.float64))
+                      B=torch.cat([f.up for f in self.facts]).to(torch.float64) if basis is None else basis)
 
     # -- checks ------------------------------------------------------------------------------------
     def check_fits(self, identity: dict, layer: int | None = None, weight_sha256: str | None = None) -> None:
@@ -132,9 +146,9 @@ class Edits:
 
     # -- file ----------------------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return {"format": FORMAT, "method": "QF", "identity": self.identity, "layer": self.layer,
-                "weight_shape": self.weight_shape, "weight_sha256": self.weight_sha256, "solve": self.solve,
-                "facts": [f.entry() for f in self.facts]}
+        return {"format": FORMAT if self.metric is None else FORMAT_METRIC, "method": "QF", "identity": self.identity,
+                "layer": self.layer, "weight_shape": self.weight_shape, "weight_sha256": self.weight_sha256,
+                "metric": self.metric, "solve": self.solve, "facts": [f.entry() for f in self.facts]}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the file atomically (a temporary file, then a rename)."""
@@ -145,6 +159,8 @@ class Edits:
             for name in ROWS:
                 tensors[f"fact{i}.{name}"] = getattr(f, name).detach().to("cpu", torch.float32).contiguous()
             tensors[f"fact{i}.a"] = f.a.detach().to("cpu", torch.float64).contiguous()
+            if self.metric is not None:
+                tensors[f"fact{i}.b"] = f.b.detach().to("cpu", torch.float64).contiguous()
         metadata = {META_KEY: json.dumps(self.manifest())}
         atomic_write(Path(path), lambda tmp: _save_readable(tensors, tmp, metadata))
 
@@ -165,12 +181,16 @@ class Edits:
             raise EditsError(f"{path} has no {META_KEY!r} manifest: it was not written by qf learn or /save")
         try:
             manifest = json.loads(meta[META_KEY])
-            if manifest.get("format") != FORMAT:
-                raise EditsError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}: "
-                                 "write it again with this version of qf")
+            if manifest.get("format") not in (FORMAT, FORMAT_METRIC):
+                raise EditsError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r} or "
+                                 f"{FORMAT_METRIC!r}: write it again with this version of qf")
+            metric = manifest.get("metric")
+            if (metric is None) != (manifest["format"] == FORMAT):
+                raise ValueError(f"format {manifest['format']!r} with metric {metric!r}")
             edits = cls(manifest["identity"], int(manifest["layer"]), list(manifest["weight_shape"]),
-                        manifest["weight_sha256"], solve=manifest.get("solve"), source=str(path))
-            edits.facts = [_fact_from(entry, i, tensors, edits.weight_shape) for i, entry in enumerate(manifest["facts"])]
+                        manifest["weight_sha256"], solve=manifest.get("solve"), metric=metric, source=str(path))
+            edits.facts = [_fact_from(entry, i, tensors, edits.weight_shape, metric is not None)
+                           for i, entry in enumerate(manifest["facts"])]
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, EditsError):
                 raise
@@ -186,11 +206,14 @@ def _save_readable(tensors: dict[str, torch.Tensor], path: str, metadata: dict[s
     os.chmod(path, 0o666 & ~umask)
 
 
-def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_shape: list[int]) -> Fact:
+def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_shape: list[int],
+               with_basis: bool = False) -> Fact:
     """Fact i of a manifest, its tensors checked against the weight's shape [d_model, d_mlp]."""
     d_model, d_mlp = weight_shape
     k = int(entry["rows"])
     expected = {"u": [k, d_mlp], "v": [k, d_model], "up": [k, d_mlp], "vp": [k, d_model], "a": [d_model, k]}
+    if with_basis:
+        expected["b"] = [k, d_mlp]
     got = {}
     for name, shape in expected.items():
         key = f"fact{i}.{name}"
@@ -202,7 +225,8 @@ def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_sha
         raise ValueError(f"fact {i + 1} lists {len(entry['targets'])} targets for {k} rows")
     return Fact(entry["system"], entry["user"], entry["answer"], entry.get("significance"), list(entry["targets"]),
                 [float(w) for w in entry["weights"]], got["u"].float(), got["v"].float(), got["up"].float(),
-                got["vp"].float(), a=got["a"].double(), solve=entry.get("solve") or {})
+                got["vp"].float(), a=got["a"].double(), solve=entry.get("solve") or {},
+                b=got["b"].double() if with_basis else None)
 
 
 def _describe(identity: dict) -> str:

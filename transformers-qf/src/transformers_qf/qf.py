@@ -17,6 +17,9 @@ solve minimises lambda ||dW||^2 + sum_t s_t ||dW u'_t + r_t||^2 instead, and the
 how closely each row is met:
 
     dW = -R^T S^1/2 (lambda I + S^1/2 G S^1/2)^-1 S^1/2 U'
+
+A covariance-weighted solve (the smallest ||dW C^1/2||_F for a key covariance C, MEMIT's metric) is the
+same with B = U' C^-1 in place of U' as the update's right factor, and G = U' C^-1 U'^T: give `basis=B`.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ class _System:
     """Eq. 3's float64 quantities where W lives. Rows are positions; rows marked in `pad` are all zero
     and inert (a unit diagonal in G, zero residual), so a padded system solves like the unpadded one.
 
-    Up: [k, d_mlp]; Vp, P (= U' W^T), target (= U W^T + V), R: [k, d_model]; G: [k, k]; w_sq: ||W||_F^2.
+    Up: [k, d_mlp]; Vp, P (= U' W^T), target (= U W^T + V), R: [k, d_model]; G: [k, k]; w_sq: ||W||_F^2;
+    B: the update's right factor [k, d_mlp] (U', or U' C^-1 in a covariance metric) and BB = B B^T.
     """
 
     Up: torch.Tensor
@@ -138,23 +142,40 @@ class _System:
     G: torch.Tensor
     w_sq: torch.Tensor
     pad: torch.Tensor | None = None  # [k], 1.0 on padded rows
+    B: torch.Tensor | None = None  # None: B = U'
+    BB: torch.Tensor | None = None
+
+    @property
+    def basis(self) -> torch.Tensor:
+        return self.Up if self.B is None else self.B
+
+    @property
+    def basis_gram(self) -> torch.Tensor:
+        return self.G if self.BB is None else self.BB
 
     @functools.cached_property
     def finite(self) -> torch.Tensor:
         return torch.isfinite(self.G).all() & torch.isfinite(self.R).all()
 
 
-def _system(W: torch.Tensor, U, Up, V, Vp, pad: torch.Tensor | None = None) -> _System:
+def _system(W: torch.Tensor, U, Up, V, Vp, pad: torch.Tensor | None = None, basis: torch.Tensor | None = None) -> _System:
     f64 = dict(dtype=torch.float64, device=W.device)
     U, Up, V, Vp = (t.detach().to(**f64) for t in (U, Up, V, Vp))
     k = U.shape[0]
     products, w_sq = _times_wt(W, torch.cat([Up, U]))
     P, Q = products[:k], products[k:]  # U' W^T, U W^T
     target = Q + V  # W u_t + v_t, the open-book layer output
-    G = Up @ Up.T
+    B = BB = None
+    if basis is None:
+        G = Up @ Up.T
+    else:
+        B = basis.detach().to(**f64)
+        G = Up @ B.T
+        G = (G + G.T) / 2  # symmetric in exact arithmetic (C^-1 is); rounding would upset the Cholesky factor
+        BB = B @ B.T
     if pad is not None:
         G = G + torch.diag(pad)
-    return _System(Up, Vp, P, target, P + Vp - target, G, w_sq, pad)
+    return _System(Up, Vp, P, target, P + Vp - target, G, w_sq, pad, B, BB)
 
 
 def _exact_coefficients(s: _System) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,12 +209,12 @@ def _finish(W: torch.Tensor, s: _System, coef: torch.Tensor, gate: torch.Tensor 
     A = A.contiguous()
     # W' u'_t + v'_t = P_t - (G coef)_t + v'_t, and ||A B||_F^2 = trace(A^T A B B^T): no d_model x d_mlp work
     closed = s.P - s.G @ coef + s.Vp
-    seen = Update(A, s.Up).apply_(W, probe=s.Up) if apply else None
+    seen = Update(A, s.basis).apply_(W, probe=s.Up) if apply else None
     nan = torch.full((), float("nan"), dtype=torch.float64, device=W.device)  # no host copy: graph-capturable
     return A, torch.stack([
         _max_rel(closed, s.target, s.pad),
         nan if seen is None else _max_rel(seen + s.Vp, s.target, s.pad),
-        torch.trace((coef @ coef.T) @ s.G),
+        torch.trace((coef @ coef.T) @ s.basis_gram),
         s.w_sq,
     ])
 
@@ -208,17 +229,21 @@ def solve(
     weights: torch.Tensor | None = None,
     ridge: float = 0.0,
     apply: bool = False,
+    basis: torch.Tensor | None = None,
 ) -> tuple[Update, SolveReport]:
     """The minimum-norm (or ridge) update of W; see the module docstring. Returns the factors and a report.
 
     Works where W lives (CPU or GPU) and never makes a full-size float64 copy of it. With `apply`, W
     is updated in place to W' and the report's `residual_applied` (that of W' as stored in W's dtype)
     is filled; without it W is left alone and `residual_applied` is nan. On a GPU the whole solve is
-    queued at once and read back with one sync, unless G turns out (nearly) singular.
+    queued at once and read back with one sync, unless G turns out (nearly) singular. basis: the update's
+    right factor U' C^-1 [k, d_mlp] for a solve in the metric of a key covariance C (KeyMetric.apply(U')).
     """
     t0 = time.perf_counter()
     _check_rows(W, U, Up, V, Vp, weights)
-    s = _system(W, U, Up, V, Vp)
+    if basis is not None and tuple(basis.shape) != tuple(Up.shape):
+        raise SolveError(f"basis has shape {tuple(basis.shape)}, expected {tuple(Up.shape)} (one row per u' row)")
+    s = _system(W, U, Up, V, Vp, basis=basis)
     if ridge > 0:
         coef, info, gate = _ridge_coefficients(s, weights, ridge), torch.zeros((), device=W.device), s.finite
     else:
@@ -267,7 +292,7 @@ def _conclude(W, s: _System, coef, A, spectrum: torch.Tensor, values: list[float
         seconds=time.perf_counter() - t0,
         ridge=ridge,
     )
-    return Update(A=A[:, :k], B=s.Up[:k]), report
+    return Update(A=A[:, :k], B=s.basis[:k]), report
 
 
 class GraphedSolver:

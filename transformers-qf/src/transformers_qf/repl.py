@@ -59,7 +59,8 @@ class Chat:
 
     def banner(self) -> str:
         n = len(self.learner.edits.facts)
-        return (f"qf chat: {self.learner.edits.identity.get('name', 'model')}, layer {self.learner.layer}, "
+        metric = "" if self.learner.edits.metric is None else " (covariance metric)"
+        return (f"qf chat: {self.learner.edits.identity.get('name', 'model')}, layer {self.learner.layer}{metric}, "
                 f"{n} fact{'s' * (n != 1)} learned. Ask a question; /help lists the commands.")
 
     def run(self, read: Callable[[str], str] | None = None) -> int:

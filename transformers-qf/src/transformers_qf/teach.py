@@ -4,6 +4,10 @@ A `Learner` keeps the down_proj weight of one layer equal to
 
     W' = W + A B      (the QF solve, from the original W, over the rows of every fact kept)
 
+in QF's plain metric (B = U', the smallest ||W' - W||_F) or, given a `SolveMetric`, in the metric of the
+layer's key covariance C (B = U' C^-1, the smallest ||(W' - W) C^1/2||_F: the change falls least on the
+keys of generic text and of the model's answers about real entities, as in the benchmark's default).
+
 Learning records a fact's rows (the open-book and closed-book passes in one forward that stops
 after the layer) and re-solves all facts from W; forgetting drops a fact's rows and re-solves the
 rest, which gives exactly what learning the rest from scratch gives. Applying an edits file puts
@@ -12,11 +16,14 @@ its stored factors into the weight without solving again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import prompting
 from .capture import record
 from .edits import Edits, EditsError, Fact, weight_digest
+from .keysolve import KeyMetric
 from .modes import QF
 from .qf import SolveReport, solve
 
@@ -28,21 +35,38 @@ def default_layer(model) -> int:
     return int(model.config.num_hidden_layers) - 1
 
 
+@dataclass(frozen=True)
+class SolveMetric:
+    """A key covariance metric for the solve (keystats.key_metrics of the unedited model) and how it was made."""
+
+    keys: KeyMetric
+    corpus: str  # keystats corpus, e.g. "generic+facts"
+    texts: int  # how many generic texts it was estimated on
+
+    def describe(self) -> dict:
+        return {"corpus": self.corpus, "shrink": self.keys.shrink, "texts": self.texts}
+
+
+def resolve_layer(model, layer: int | None, edits: Edits | None) -> int:
+    """The layer a Learner edits: `layer`, else the edits file's, else `default_layer`."""
+    return layer if layer is not None else edits.layer if edits is not None else default_layer(model)
+
+
 class Learner:
     """One layer of a loaded causal LM, kept equal to its original weight plus the QF update of `edits`.
 
     identity: the model's identity (LoadedModel.identity), recorded in and checked against edits files;
     layer: the layer to edit (default: `default_layer`, or the layer of `edits`); edits: facts learned
-    before (checked to fit this model, then applied). The weight in the model at construction is taken as
-    the original W.
+    before (checked to fit this model, then applied); metric: solve in a key covariance metric (None: QF's
+    plain one). Edits solved in a metric are applied without it, but learning and forgetting need the same
+    metric again. The weight in the model at construction is taken as the original W.
     """
 
     def __init__(self, model, tokenizer, identity: dict, layer: int | None = None, edits: Edits | None = None,
-                 max_new_tokens: int = 48):
+                 max_new_tokens: int = 48, metric: SolveMetric | None = None):
         if edits is not None:
             edits.check_fits(identity)  # the model first: the edits' layer may not exist in another one
-        if layer is None:
-            layer = edits.layer if edits is not None else default_layer(model)
+        layer = resolve_layer(model, layer, edits)
         self.qf = QF(model, tokenizer, layer=layer, folder=None, identity=identity, max_new_tokens=max_new_tokens)
         self.tokenizer = tokenizer
         self.parts = self.qf.parts
@@ -53,6 +77,8 @@ class Learner:
             edits = Edits(identity, self.layer, list(self.original.shape), digest)
         else:
             edits.check_fits(identity, self.layer, digest)
+        self.metric = metric
+        self._check_metric(edits)
         self.edits = edits
         self._put_factors()
 
@@ -87,15 +113,41 @@ class Learner:
         return weight_digest(self.parts.down.weight) == self.edits.weight_sha256
 
     # -- internals ---------------------------------------------------------------------------------
+    def _check_metric(self, edits: Edits) -> None:
+        """The metric given must be the one the edits were solved in (a fileless or empty edits takes it)."""
+        where = f"{edits.source}'s facts were" if edits.source else "these facts were"
+        if self.metric is None:
+            return
+        if not edits.facts:
+            edits.metric = self.metric.describe()
+            return
+        if edits.metric is None:
+            raise EditsError(f"{where} solved in QF's plain metric: leave out --covariance, or start another edits file")
+        if edits.metric != self.metric.describe():
+            raise EditsError(f"{where} solved in the key covariance {edits.metric}, not {self.metric.describe()}: "
+                             "use the same corpus and shrink, or start another edits file")
+        first = edits.facts[0]
+        again = self.metric.keys.apply(first.up).cpu()
+        if float(torch.linalg.norm(again - first.b) / torch.linalg.norm(first.b)) > 1e-4:
+            raise EditsError(f"{where} solved with another key covariance of this layer (the cached one changed?): "
+                             "learn them again, or start another edits file")
+
+    def _require_metric(self, action: str) -> None:
+        if self.edits.metric is not None and self.metric is None:
+            raise EditsError(f"these facts were solved in a key covariance metric ({self.edits.metric}): "
+                             f"{action} needs it too (qf learn / qf chat --covariance)")
+
     def record(self, fact: str, question: str, answer: str, significance=None) -> Fact:
         """The rows of one fact: both passes in one forward cut after the layer (no weight changes)."""
+        self._require_metric("learning")
         tfs = [prompting.teacher_forced(self.tokenizer, system, question, answer, significance).nonzero()
                for system in (fact, "")]
         recs = record(self.qf.model, self.parts, [tf.input_ids for tf in tfs])
         (u, v), (up, vp) = ((rec.u[tf.kept.to(rec.u.device)], rec.v[tf.kept.to(rec.v.device)]) for rec, tf in zip(recs, tfs))
-        rows = (t.detach().to("cpu", torch.float32) for t in (u, v, up, vp))
+        u, v, up, vp = (t.detach().to("cpu", torch.float32) for t in (u, v, up, vp))
+        basis = None if self.metric is None else self.metric.keys.apply(up).cpu()
         return Fact(fact, question, answer, None if significance is None else [float(s) for s in significance],
-                    tfs[0].targets.tolist(), tfs[0].weights.tolist(), *rows)
+                    tfs[0].targets.tolist(), tfs[0].weights.tolist(), u, v, up, vp, b=basis)
 
     def _resolve(self, facts: list[Fact]) -> SolveReport | None:
         """Make the weight W + the solve over `facts`, and make `facts` the edits' facts. On any error
@@ -106,7 +158,7 @@ class Learner:
             if not facts:
                 update, report = None, None
             else:
-                update, report = solve(weight, *self.edits.stacked(facts), apply=True)
+                update, report = solve(weight, *self.edits.stacked(facts), apply=True, basis=self.edits.basis(facts))
         except BaseException:
             self._put_factors()
             raise
