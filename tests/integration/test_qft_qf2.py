@@ -7,7 +7,10 @@ model a short blended run (60 steps, c = 0.9) was measured to raise the loss fro
 alpha fell to 0 and to end at 3.1: the shock the closed-form start avoids.
 
 The QF2 round checks what the rule guarantees: the weight moves by exactly lr * sum_t s_t (y*_t - 0.5)
-x'_t^T computed from the recorded files, and more firings land on y*'s side of 0.5. It does not assert
+x'_t^T computed from the recorded files, so the weighted pull sum_t s_t (y*_t - 0.5) . (W x'_t) towards y*
+grows, by ||dW||^2 / lr. It does not assert that more single firings land on y*'s side of 0.5: cross terms
+between positions can flip some, and on one machine (session 16) this conversion went from 0.89789 to
+0.89779 of them, where an earlier machine's conversion had gained. Nor does it assert
 that the answer's log p without the fact rises: on this small converted model that was measured to
 depend on the step and on the conversion itself (one conversion: -25.05 -> -24.86 at lr 1e-4 but
 -> -26.03 at the paper's 4e-4; a conversion differing only by float64 instead of float32 sums in the
@@ -64,11 +67,15 @@ def test_the_saved_model_reloads_with_its_block_and_learns_one_qf2_round(convert
     report = qf2.solve(lr=1e-4)
     answer = qf2.respond("", fact[1], qfmode="QF-infer-wp")
     assert isinstance(answer, str)
-    assert 0 < report.delta_rel < 0.01 and report.agreement_after > report.agreement_before
+    assert 0 < report.delta_rel < 0.01 and 0 <= report.agreement_after <= 1
     ystar, xp = qf2.folder.load("ystar"), qf2.folder.load("xp")
     weights = torch.tensor(qf2.folder.rounds[-1]["weights"])
-    expected = up.double() + firing_update(ystar, xp, weights, 1e-4)
-    assert torch.allclose(qf2.parts.up.weight.double(), expected, rtol=0, atol=1e-6)
+    dW = firing_update(ystar, xp, weights, 1e-4)
+    after = qf2.parts.up.weight.detach().double()
+    assert torch.allclose(after, up.double() + dW, rtol=0, atol=1e-6)
+    pull = [float(((weights.double()[:, None] * (ystar.double() - 0.5)) * (xp.double() @ w.T)).sum())
+            for w in (up.double(), after)]
+    assert pull[1] - pull[0] == pytest.approx(float(dW.square().sum()) / 1e-4, rel=1e-3) and pull[1] > pull[0]
     assert torch.isfinite(torch.tensor(qf2.answer_logprob("", fact[1], fact[2])))
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
         f"layer{LAYER}_{n}.safetensors" for n in ("w", "w_prime", "xp", "ystar")]
