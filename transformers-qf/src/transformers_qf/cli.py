@@ -128,6 +128,8 @@ def _learner(args, edits: Edits | None, layer: int | None = None, max_new_tokens
              covariance: bool = False) -> Learner:
     lm = load(args.model, args.device, args.dtype)
     metric = None
+    if edits is not None:
+        edits.check_fits(lm.identity, layer)  # before the minutes a metric may take
     if covariance or (edits is not None and edits.metric is not None):
         metric = solve_metric(lm, resolve_layer(lm.model, layer, edits), edits.metric if edits is not None else None)
     return Learner(lm.model, lm.tokenizer, lm.identity, layer=layer, edits=edits, max_new_tokens=max_new_tokens,
