@@ -58,8 +58,8 @@ class Learner:
     identity: the model's identity (LoadedModel.identity), recorded in and checked against edits files;
     layer: the layer to edit (default: `default_layer`, or the layer of `edits`); edits: facts learned
     before (checked to fit this model, then applied); metric: solve in a key covariance metric (None: QF's
-    plain one). Edits solved in a metric are applied without it, but learning and forgetting need the same
-    metric again. The weight in the model at construction is taken as the original W.
+    plain one). Edits solved in a metric are applied, and their facts forgotten, without it (their rows of B
+    are stored); learning more needs the same metric again. The weight in the model at construction is taken as the original W.
     """
 
     def __init__(self, model, tokenizer, identity: dict, layer: int | None = None, edits: Edits | None = None,
@@ -132,14 +132,14 @@ class Learner:
             raise EditsError(f"{where} solved with another key covariance of this layer (the cached one changed?): "
                              "learn them again, or start another edits file")
 
-    def _require_metric(self, action: str) -> None:
+    def _require_metric(self) -> None:
         if self.edits.metric is not None and self.metric is None:
             raise EditsError(f"these facts were solved in a key covariance metric ({self.edits.metric}): "
-                             f"{action} needs it too (qf learn / qf chat --covariance)")
+                             "learning needs it too (qf learn / qf chat --covariance)")
 
     def record(self, fact: str, question: str, answer: str, significance=None) -> Fact:
         """The rows of one fact: both passes in one forward cut after the layer (no weight changes)."""
-        self._require_metric("learning")
+        self._require_metric()
         tfs = [prompting.teacher_forced(self.tokenizer, system, question, answer, significance).nonzero()
                for system in (fact, "")]
         recs = record(self.qf.model, self.parts, [tf.input_ids for tf in tfs])
