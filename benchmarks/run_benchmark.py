@@ -64,6 +64,12 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
                                  "--target-steps", "60", "--target-wordings", "2"],
     "L8-rome-60-copies-ctx2": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                "--target-steps", "60", "--target-contexts", "2"],
+    # no context lifted paraphrase at layer 8, and the target added at every subject row answers only 0.57 of them
+    # (paraphrase_transfer-copies.md): the same edit earlier (ROME's layer 5 of GPT-J's 28) and later
+    "L5-rome-60-copies": ["--layer", "5", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                          "--target-steps", "60"],
+    "L12-rome-60-copies": ["--layer", "12", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                           "--target-steps", "60"],
 }
 
 
