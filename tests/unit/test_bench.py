@@ -316,7 +316,12 @@ def test_paraphrases_limits_the_paraphrases_scored(bench_model, facts_file, tmp_
     rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
     scored = sorted(r["key"] for r in rows if r.get("kind") == "paraphrase" and r["key"].startswith("checkpoint/"))
     assert scored == [f"checkpoint/3/fact/{i}/p0" for i in range(3)]
-    assert json.loads((out / "summary.json").read_text())["options"]["paraphrases"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["paraphrases"] == 1 and summary["n_paraphrases_scored"] == 3
+    # the report's count: the summary's, else (older summaries) what --paraphrases 1 or 2 makes exact
+    older = {k: v for k, v in summary.items() if k != "n_paraphrases_scored"}
+    assert report._value(summary, "n_paraphrases_scored") == report._value(older, "n_paraphrases_scored") == 3
+    assert report._value({**older, "options": {"paraphrases": None}}, "n_paraphrases_scored") is None
 
 
 def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, capsys):

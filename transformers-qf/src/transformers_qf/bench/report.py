@@ -22,6 +22,7 @@ from ..report import _cell, write_json
 
 COLUMNS = (
     ("efficacy", "efficacy", "{:.2f}"), ("paraphrase", "paraphrase", "{:.2f}"),
+    ("n_paraphrases_scored", "paraphrases scored", "{:d}"),
     ("specificity", "specificity", "{:.2f}"), ("specificity_same_relation", "spec. same relation", "{:.2f}"),
     ("specificity_other", "spec. other", "{:.2f}"), ("leak", "leak", "{:.2f}"),
     ("fluency_drop", "fluency drop", "{:+.1%}"), ("logprob_before", "log p before", "{:.1f}"),
@@ -72,6 +73,16 @@ def _config(run: dict) -> str:
     return ""
 
 
+def _value(run: dict, key: str):
+    """A summary's value; the number of paraphrases scored, which older summaries lack, from their options where
+    that is exact (every fact has at least two paraphrases, so --paraphrases 1 or 2 scores that many a fact)."""
+    if key == "n_paraphrases_scored" and run.get(key) is None:
+        per_fact = (run.get("options") or {}).get("paraphrases")
+        scored = run.get("n_questions_scored")
+        return per_fact * scored if per_fact in (1, 2) and scored is not None else None
+    return run.get(key)
+
+
 def _method(run: dict) -> str:
     """qf-paper only where the run's configuration is the paper's (a run started from --paper and changed is qf)."""
     if not run["method"].startswith("qf"):
@@ -85,7 +96,7 @@ def table(runs: list[dict], sequential: bool, first: str = "run") -> list[str]:
     lines = [f"| {first} | method | configuration | " + " | ".join(c[1] for c in columns) + " |",
              "|" + "---|" * (len(columns) + 3)]
     for run in runs:
-        cells = [_fmt(run.get(key), pattern) for key, _, pattern in columns]
+        cells = [_fmt(_value(run, key), pattern) for key, _, pattern in columns]
         lines.append(f"| {_cell(run['label'])} | {_method(run)} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
     return lines
 

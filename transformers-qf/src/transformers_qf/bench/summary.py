@@ -77,6 +77,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "n_controls": len(data.controls),
         "n_controls_answered_before": len(answered_before),
         "n_questions_scored": len(questions),
+        "n_paraphrases_scored": len(paraphrases),
         "complete": len(edits) == n or header["method"] in ("none", "in-context"),
         **extra,
         "model": header["model"],
