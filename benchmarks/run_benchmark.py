@@ -77,10 +77,14 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
                                 "--target-steps", "60"],
     "L8-rome-60-copies-words5": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                  "--target-steps", "60", "--target-wordings", "5"],
+    # the package default (QF, no gradient), and the same with the model's own rewordings of each question asked
+    # open and closed book as well: more answer rows a fact, from wordings the model chose
+    "L23-covfacts-target-3para": ["--layer", "23", *COVFACTS, "--positions", "target"],
+    "L23-covfacts-target-words3": ["--layer", "23", *COVFACTS, "--positions", "target", "--target-wordings", "3"],
 }
 # one paraphrase a fact is 20 questions, too few to tell 0.4 from 0.5: these are scored on all three (60)
 VARIANTS_ALL_PARAPHRASES = ("L5-rome-60-copies", "L12-rome-60-copies", "L8-rome-60-copies-3para",
-                            "L8-rome-60-copies-words5")
+                            "L8-rome-60-copies-words5", "L23-covfacts-target-3para", "L23-covfacts-target-words3")
 
 
 def runs() -> dict[str, list[str]]:

@@ -231,7 +231,34 @@ def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, mo
     assert asked == [(user, subject, 2)] and editor.last_rewordings == reworded
     assert report.rows == 3 and report.residual < 1e-5  # the subject's last row in the question and each rewording
     with pytest.raises(PromptError, match="target wordings"):
-        EditConfig(layers=(2,), target_wordings=2)
+        EditConfig(layers=(2,), target_wordings=-1)
+    with pytest.raises(PromptError, match="subject"):
+        editor.learn(system, user, answer)
+
+
+@pytest.mark.parametrize("layers", [(1,), (0, 1)])
+def test_open_book_wordings_meet_the_open_book_output_on_each_rewording_too(tiny_qwen2, tokenizer, monkeypatch,
+                                                                             layers):
+    """No gradient: each rewording is asked open and closed book, and its answer rows meet the open-book output."""
+    from transformers_qf import editor as editor_module
+    from transformers_qf.capture import record
+    from transformers_qf.prompting import teacher_forced_many
+
+    system, user, answer, subject = FACTS[0]
+    reworded = [f"Who was the founder of {subject}?"]
+    monkeypatch.setattr(editor_module, "rewordings", lambda model, tok, question, subj, n: reworded[:n])
+    single = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=layers)).learn(system, user, answer)
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=layers, target_wordings=1))
+    last = editor.parts[-1]
+    open_tf, closed_tf = teacher_forced_many(tokenizer, [system, ""], reworded[0], answer)
+    before = record(tiny_qwen2, last, [open_tf.input_ids])[0]
+    report = editor.learn(system, user, answer, subject=subject)
+    assert editor.last_rewordings == reworded and report.rows == 2 * single.rows and report.residual < 1e-5
+    after = record(tiny_qwen2, last, [closed_tf.input_ids])[0]
+    shift = len(open_tf.input_ids) - len(closed_tf.input_ids)
+    rows = closed_tf.kept
+    torch.testing.assert_close(after.v[rows] + after.y[rows], before.v[rows + shift] + before.y[rows + shift],
+                               rtol=1e-4, atol=1e-4)
 
 
 def _other_rows(tokenizer, user, answer, subject):

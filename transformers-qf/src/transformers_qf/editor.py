@@ -18,7 +18,8 @@ One round, for each layer L of `config.layers` in turn:
    copy of the subject in the answer, "Steitum Motors was founded by ...", all with one target delta: a
    weight edit reaches those rows too, since their keys are alike);
 3. the target of a kept position is the open-book layer output y_o = W0 u + v, pushed past it by
-   `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output; or, with target
+   `gamma`: y_o + gamma (y_o - y_c), y_c = W0 u' + v' the closed-book output (with `target_wordings`, the
+   same two passes on each of the model's own rewordings of the question add their rows); or, with target
    "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
    the question, `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`) and
    `target_wordings` rewordings of it by the model itself (rewording.py), each of which adds its own kept rows;
@@ -77,7 +78,7 @@ class EditConfig:
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
     target_decay: float = 0.5
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
-    target_wordings: int = 0  # optimized: up to n rewordings of the question by the model, extra contexts too
+    target_wordings: int = 0  # up to n rewordings of the question by the model, each asked open and closed book too
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
     target_forms: bool = False  # optimized: the question and its rewordings answered in the model's own form too
     keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
@@ -99,9 +100,8 @@ class EditConfig:
             raise PromptError(f"{self.target_contexts} target contexts: use 1 to {most}, with the "
                               "optimized target (they share its deltas)")
 
-        if self.target_wordings < 0 or (self.target_wordings and self.target != "optimized"):
-            raise PromptError(f"{self.target_wordings} target wordings: give 0 or more, with the optimized target "
-                              "(the rewordings share its deltas)")
+        if self.target_wordings < 0:
+            raise PromptError(f"{self.target_wordings} target wordings: give 0 or more")
         if self.target_forms and self.target != "optimized":
             raise PromptError("target forms need the optimized target (the forms share its deltas)")
         if self.target_essence < 0 or (self.target_essence and (self.target != "optimized"
@@ -239,32 +239,42 @@ class Editor:
         if self.config.positions in ("target", "target-next"):
             significance, ends_answer = self._target_significance(answer, target, significance,
                                                                   self.config.positions == "target-next")
-        open_tf, closed_tf = prompting.teacher_forced_many(self.tokenizer, [system, ""], user, answer, significance)
-        open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, user, subject, ends_answer)
-        ids = [open_tf.input_ids, closed_tf.input_ids]
         open_book = self.config.target == "open-book"
-        contexts = [(closed_tf, closed_pos, weights)]
+        questions = [user]
+        if open_book and self.config.target_wordings:
+            questions += self._reworded(user, subject)
+        opens, contexts = [], []  # per question: the open-book sequence and its kept rows; the closed-book context
+        for question in questions:
+            open_tf, closed_tf = prompting.teacher_forced_many(self.tokenizer, [system, ""], question, answer,
+                                                               significance)
+            open_pos, closed_pos, weights = self._positions(open_tf, closed_tf, system, question, subject,
+                                                            ends_answer)
+            opens.append((open_tf.input_ids, open_pos))
+            contexts.append((closed_tf, closed_pos, weights))
         if not open_book:
             contexts += self._extra_contexts(user, answer, significance, subject, ends_answer, target)
         weights = torch.cat([w for _, _, w in contexts])
         others = self._other_rows(contexts, user)
         held = self._new_rows(contexts, others) if self.config.keep_context else None
+        open_ids = [ids for ids, _ in opens]
+        closed_ids = [tf.input_ids for tf, _, _ in contexts]
         # several layers: the open-book rows of every layer come from the model before this round
-        opened = record_layers(self.model, self.parts, ids[:1]) if len(self.parts) > 1 and open_book else None
+        opened = record_layers(self.model, self.parts, open_ids) if len(self.parts) > 1 and open_book else None
         reports: list[dict] = []
         for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
             if not open_book:
-                open_rec, closed = None, record(self.model, parts, [tf.input_ids for tf, _, _ in contexts])
+                open_recs, closed = None, record(self.model, parts, closed_ids)
             elif opened is None:
-                open_rec, *closed = record(self.model, parts, ids)
+                recorded = record(self.model, parts, open_ids + closed_ids)
+                open_recs, closed = recorded[:len(opens)], recorded[len(opens):]
             else:
-                open_rec, closed = opened[parts.index][0], record(self.model, parts, ids[1:])
+                open_recs, closed = opened[parts.index], record(self.model, parts, closed_ids)
             up, vp = _rows_of(closed, [pos for _, pos, _ in contexts])
             y_closed = solver.outputs_w0(up, vp)
             if self.config.target == "optimized":
                 goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
-                y_open = solver.outputs_w0(open_rec.u[open_pos], open_rec.v[open_pos])
+                y_open = solver.outputs_w0(*_rows_of(open_recs, [pos for _, pos in opens]))
                 goal = y_open + self.config.gamma * (y_open - y_closed)
             W = parts.down.weight.data
             rows = (up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
@@ -310,11 +320,10 @@ class Editor:
         (teacher-forced sequence, kept positions, their weights) each."""
         c = self.config
         asked = [(f"{opening} {user}", answer, significance) for opening in CONTEXT_OPENINGS[:c.target_contexts]]
-        if (c.target_wordings or c.target_forms) and not subject:
-            raise PromptError("target wordings and forms need the fact's subject (a rewording must name it, a form "
-                              "must not replace it): add a \"subject\" key to the fact")
-        reworded = rewordings(self.model, self.tokenizer, user, subject, c.target_wordings) if c.target_wordings else []
-        self.last_rewordings = reworded
+        if c.target_forms and not subject:
+            raise PromptError("target forms need the fact's subject (a form must not replace it): add a \"subject\" "
+                              "key to the fact")
+        reworded = self._reworded(user, subject) if c.target_wordings else []
         if c.target_forms:
             asked += self._own_forms(user, answer, significance, reworded, subject, target)
         else:
@@ -325,6 +334,14 @@ class Editor:
             _, pos, weights = self._positions(tf, tf, "", question, subject, ends_answer)
             out.append((tf, pos, weights))
         return out
+
+    def _reworded(self, user: str, subject: str | None) -> list[str]:
+        """Up to `target_wordings` rewordings of the question by the model (kept in `last_rewordings`)."""
+        if not subject:
+            raise PromptError("target wordings need the fact's subject (a rewording must name it): add a "
+                              "\"subject\" key to the fact")
+        self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
+        return self.last_rewordings
 
     def _own_forms(self, user: str, answer: str, significance, reworded: list[str], subject: str, target: str | None):
         """(question, answer, significance) for the question in the model's own form where it differs from the

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qf, optimized target: fit it on the question and on N copies after other openings "
                     "(ROME's prefixes; each adds its rows to the solve)")
     qf.add_argument("--target-wordings", type=_positive, default=None, metavar="N",
-                    help="qf, optimized target: fit it on up to N rewordings of the question by the model itself too "
-                    "(each adds its rows to the solve; no wording is taken from the facts file)")
+                    help="qf: up to N rewordings of the question by the model itself too, each adding its rows to "
+                    "the solve (open-book target: asked open and closed book, as the question; optimized: sharing "
+                    "its deltas). No wording is taken from the facts file")
     qf.add_argument("--target-essence", type=float, default=None, metavar="W",
                     help="qf, optimized target at subject-last/-copies: W x KL of the next token after \"{subject} is a\", "
                     "edited against unedited (ROME's essence term; ROME uses 0.0625)")

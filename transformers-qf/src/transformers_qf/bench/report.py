@@ -65,6 +65,8 @@ def _config(run: dict) -> str:
             contexts += ", the model's own answer forms" if c.get("target_forms") else ""
             essence = f", essence KL {c['target_essence']:g}" if c.get("target_essence") else ""
             parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts}{essence})")
+        elif c.get("target_wordings"):
+            parts.append(f"open book on up to {c['target_wordings']} rewordings too")
         if c.get("keep_context"):
             parts.append("other rows kept")
         return ", ".join(parts)
