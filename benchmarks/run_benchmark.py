@@ -123,6 +123,10 @@ def runs() -> dict[str, list[str]]:
         # "The CEO of ... is", whose keys controls share, then cannot move)
         "qf-covfacts-target-keep": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
                                     "--keep-context"],
+        # the default, each question's 3 rewordings by the model asked open and closed book too (at 20 facts:
+        # efficacy 0.70 -> 0.85, paraphrase 0.70 -> 0.68, specificity 0.92 -> 0.86)
+        "qf-covfacts-target-words3": ["--method", "qf", "--layer", "23", *COVFACTS, "--positions", "target",
+                                      "--target-wordings", "3"],
         "in-context": ["--method", "in-context"],
         "ft": ["--method", "ft", "--layer", "23"],
         "none": ["--method", "none"],
