@@ -220,6 +220,8 @@ def run(args, argv: list[str]) -> int:
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")
     out = Path(args.out)
+    # the code this process runs, and when: read before the minutes of loading and key statistics
+    commit, started = git_commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lm = load(args.model, args.device, args.dtype)
     method = build_method(args, lm, data)
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
@@ -234,8 +236,8 @@ def run(args, argv: list[str]) -> int:
         "facts_file": str(args.facts),
         "n_facts": len(data.facts),
         "command": " ".join(["python -m transformers_qf.bench", *argv]),
-        "commit": git_commit(),
-        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "started": started,
     }
     added_later = {"options": RunOptions().as_dict(), **({"method_config": EditConfig().as_dict()} if args.method == "qf"
                                                         else {})}
