@@ -82,6 +82,10 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     "L23-covfacts-target-3para": ["--layer", "23", *COVFACTS, "--positions", "target"],
     "L23-covfacts-target-words3": ["--layer", "23", *COVFACTS, "--positions", "target", "--target-wordings", "3"],
 }
+# the edits of earlier runs (their state after the last edit), scored again on all three paraphrases: run name ->
+# the run whose edits it scores (--edits-from; its answers of the unedited model are reused too)
+RESCORED = {"variant-L8-rome-60-copies-ctx2-3para": "variant-L8-rome-60-copies-ctx2",
+            "variant-L8-rome-60-copies-words2-3para": "variant-L8-rome-60-copies-words2"}
 # one paraphrase a fact is 20 questions, too few to tell 0.4 from 0.5: these are scored on all three (60)
 VARIANTS_ALL_PARAPHRASES = ("L5-rome-60-copies", "L12-rome-60-copies", "L8-rome-60-copies-3para",
                             "L8-rome-60-copies-words5", "L23-covfacts-target-3para", "L23-covfacts-target-words3")
@@ -100,6 +104,8 @@ def runs() -> dict[str, list[str]]:
     for name, options in VARIANTS.items():
         scoring = every_paraphrase if name in VARIANTS_ALL_PARAPHRASES else sweep_scoring
         plan[f"variant-{name}"] = [*scoring, "--method", "qf", "--paper", *options]
+    for name, source in RESCORED.items():
+        plan[name] = [*every_paraphrase, "--method", "qf", "--paper", *VARIANTS[source.removeprefix("variant-")]]
     # FT-L costs 18-22 s per edit here (25 Adam steps in bf16 on 2 cores): 20 facts fit the CPU time, 100 did not
     plan["variant-ft-L23"] = [*sweep_scoring, "--method", "ft", "--layer", "23"]
     methods = {  # in the order they run: the most telling first
@@ -193,9 +199,11 @@ def main(argv=None) -> int:
     for name, run_args in chosen.items():
         out = ROOT / args.runs_dir / name
         command = [sys.executable, "-m", "transformers_qf.bench", *run_args, *COMMON, "--out", str(out)]
-        source = ROOT / args.runs_dir / donor(name)
+        source = ROOT / args.runs_dir / RESCORED.get(name, donor(name))
         if source != out and (source / "cases.jsonl").is_file():
             command += ["--before-from", str(source)]
+        if name in RESCORED:
+            command += ["--edits-from", str(ROOT / args.runs_dir / RESCORED[name])]
         if args.list:
             print(f"{name}{' (done)' if done(out) else ''}: {' '.join(command[1:])}")
             continue

@@ -324,6 +324,46 @@ def test_paraphrases_limits_the_paraphrases_scored(bench_model, facts_file, tmp_
     assert report._value({**older, "options": {"paraphrases": None}}, "n_paraphrases_scored") is None
 
 
+def test_a_finished_runs_edits_are_scored_again_on_more_paraphrases_without_editing(bench_model, facts_file,
+                                                                                     tmp_path, monkeypatch, capsys):
+    common = ["--facts", str(facts_file), "--method", "qf", "--paper", "--layer", "2", "--protocol", "sequential",
+              "--no-immediate", "--max-new-tokens", "3", "--checkpoints", "3"]
+    made = tmp_path / "made"
+    assert cli.main([*common, "--paraphrases", "1", "--out", str(made)]) == 0
+
+    def no_edit(self, fact):
+        raise AssertionError("a re-scored run made an edit")
+
+    monkeypatch.setattr(QFEdit, "edit", no_edit)
+    out = tmp_path / "all"
+    capsys.readouterr()
+    assert cli.main([*common, "--edits-from", str(made), "--before-from", str(made), "--out", str(out)]) == 0
+    assert "the state after 3 edits taken" in capsys.readouterr().err
+    rows = {}
+    for name in (made, out):
+        rows[name] = {r["key"]: r for r in map(json.loads, (name / "cases.jsonl").read_text().splitlines())}
+    paraphrases = sorted(k for k, r in rows[out].items() if r.get("kind") == "paraphrase")
+    assert paraphrases == sorted(f"checkpoint/3/fact/{i}/p{j}" for i in range(3) for j in range(3))
+    for key, row in rows[made].items():  # the same edits, the same model: the same answers where both asked
+        if key.startswith("edit/"):
+            assert rows[out][key] == row
+        elif "answer" in row:
+            assert rows[out][key]["answer"] == row["answer"], key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_paraphrases_scored"] == 9 and summary["edits_from"]["run"] == str(made)
+    assert summary["edits_from"]["commit"] == rows[made]["header"]["commit"]
+    # refused in one line: another configuration, checkpoints the last state cannot score, an unfinished run
+    for extra, message in ((["--layer", "3"], "differs in method_config"),
+                           (["--checkpoints", "1,3"], "give --no-immediate and --checkpoints 3"),
+                           (["--limit", "2"], "differs in n_facts")):
+        assert cli.main([*common, *extra, "--edits-from", str(made), "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()  # refused before the run's folder is written
+    (made / "state.safetensors").unlink()
+    assert cli.main([*common, "--edits-from", str(made), "--out", str(tmp_path / "y")]) == 2
+    assert "no state after its last edit (none)" in capsys.readouterr().err
+
+
 def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "assistant": ""}) + "\n")

@@ -23,7 +23,7 @@ from ..scriptargs import add_model_args, parse_layers
 from .answering import Answerer
 from .data import FactsFile, FactsFileError, read_facts
 from .methods import FineTune, InContext, NoEdit, QFEdit
-from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions
+from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions, adopt_edits, finished_edits, read_header
 from .state import STATE_FILE
 from .summary import summarize
 
@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: keep no state file (a resumed run makes every edit again)")
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
+    p.add_argument("--edits-from", default=None, metavar="DIR",
+                   help="sequential: take a finished run's edits (its state after the last edit) and only score, "
+                        "e.g. on more paraphrases (same model, dtype, facts and method options; with "
+                        "--no-immediate and --checkpoints N_FACTS)")
     qf = p.add_argument_group("qf and ft options", "qf's default: layer 23, target positions, the exact solve in the "
                               "covariance of generic and real-entity text (made once per model and layer, cached); "
                               "--paper: the paper's settings")
@@ -241,12 +245,20 @@ def run(args, argv: list[str]) -> int:
     }
     added_later = {"options": RunOptions().as_dict(), **({"method_config": EditConfig().as_dict()} if args.method == "qf"
                                                         else {})}
+    state = None if args.no_state else out / STATE_FILE
+    taken = None
+    if args.edits_from:  # the edits were made by that run's code; this one scores them
+        made = read_header(Path(args.edits_from) / "cases.jsonl")
+        header["edits_from"] = {"run": str(args.edits_from), "commit": made.get("commit")}
+        taken = finished_edits(Path(args.edits_from), header, state, added_later)  # checked before DIR is written
     cases = Cases(out / "cases.jsonl", header, defaults=added_later)
     if args.before_from:
         copied = cases.adopt_before(Path(args.before_from) / "cases.jsonl")
         print(f"bench: {copied} answers of the unedited model taken from {args.before_from}", file=sys.stderr)
     answerer = Answerer(lm.model, lm.tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    state = None if args.no_state else out / STATE_FILE
+    if taken is not None:
+        adopt_edits(cases, *taken, state)
+        print(f"bench: the state after {len(taken[0])} edits taken from {args.edits_from}", file=sys.stderr)
     Runner(method, data, answerer, cases, options, state, args.state_every).run()
     summary = summarize(cases, data, cases.rows["header"])
     write_json(out / "summary.json", summary)

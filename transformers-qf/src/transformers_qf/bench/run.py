@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .answering import Answerer
 from .data import Control, Fact, FactsFile
 from .metrics import gives, ngram_entropy
-from .state import load_state, save_state
+from .state import STATE_FILE, load_state, save_state
 
 PROTOCOLS = ("single", "sequential")
 
@@ -125,6 +125,55 @@ class Cases:
                 self.add(row)
                 copied += 1
         return copied
+
+
+def finished_edits(other: Path, header: dict, state: Path | None, defaults: dict[str, dict] | None = None
+                   ) -> tuple[list[dict], dict]:
+    """A finished sequential run's edits ("edit/..." rows) and its state after the last edit, checked to be this
+    run's (header): same model, dtype, facts and method configuration (`defaults` as in `Cases`), scored after
+    the last edit only (its state holds no earlier one). `adopt_edits` puts them into this run, which then
+    only scores."""
+    if not (other / "cases.jsonl").is_file():
+        raise CasesFileError(f"--edits-from: {other / 'cases.jsonl'} does not exist: give the folder of a finished "
+                             "sequential run")
+    rows = {r["key"]: r for r in _read_rows(other / "cases.jsonl")}
+    theirs = rows.get("header", {})
+    completed = _with_defaults(theirs, defaults or {})
+    differ = [k for k in ("model", "dtype", "facts_file", "n_facts", "method", "method_config")
+              if completed.get(k) != header.get(k)]
+    differ += [k for k in ("protocol",) if completed.get("options", {}).get(k) != header["options"].get(k)]
+    if differ:
+        raise CasesFileError(f"--edits-from: {other} differs in {', '.join(differ)}: its edits are not this run's")
+    n = header["n_facts"]
+    if header["options"]["immediate"] or [c for c in header["options"]["checkpoints"] if c < n]:
+        raise CasesFileError(f"--edits-from scores the state after the last edit only: give --no-immediate and "
+                             f"--checkpoints {n}")
+    if state is None:
+        raise CasesFileError("--edits-from needs a state file to put the edits in: leave out --no-state")
+    found = load_state(other / STATE_FILE, theirs)
+    if found is None or found[0] != n:
+        got = "none" if found is None else f"one after edit {found[0]}"
+        raise CasesFileError(f"--edits-from: {other} has no state after its last edit ({got}): finish that run first")
+    edits = [r for k, r in rows.items() if k.startswith("edit/")]
+    if len(edits) != n:
+        raise CasesFileError(f"--edits-from: {other} has {len(edits)} edit rows for {n} facts: finish that run first")
+    return edits, found[1]
+
+
+def adopt_edits(cases: Cases, edits: list[dict], tensors: dict, state: Path) -> None:
+    """`finished_edits`' rows into the cases file, and its tensors as this run's state after the last edit."""
+    for row in edits:
+        if row["key"] not in cases:
+            cases.add(row)
+    header = cases.rows["header"]
+    if load_state(state, header) is None:
+        save_state(state, tensors, header["n_facts"], header)
+
+
+def read_header(path: Path) -> dict:
+    """A cases file's header row ({} if there is no file)."""
+    rows = _read_rows(path) if path.is_file() else []
+    return rows[0] if rows and rows[0].get("key") == "header" else {}
 
 
 def _read_rows(path: Path) -> list[dict]:

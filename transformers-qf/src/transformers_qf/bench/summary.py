@@ -86,6 +86,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "options": header["options"],
         "facts_file": header["facts_file"],
         "commit": header.get("commit"),
+        "edits_from": header.get("edits_from"),  # --edits-from: the run whose edits this one scored
         "command": header.get("command"),
     }
     return summary
