@@ -466,6 +466,8 @@ def test_report_writes_run_folders_relative_to_the_runs_folder_it_was_given():
     assert report.portable(recorded, "runs/b/") == ("python -m transformers_qf.bench --facts f.jsonl --out runs/b/seq "
                                                     "--before-from runs/b/paper --dtype bfloat16")
     assert report.portable(None, "runs/b") is None
+    rescored = "python -m transformers_qf.bench --out /a/runs/b/again --edits-from /a/runs/b/seq"
+    assert report.portable(rescored, "runs/b") == "python -m transformers_qf.bench --out runs/b/again --edits-from runs/b/seq"
 
 
 def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):

@@ -151,11 +151,11 @@ def retention_plot(runs: list[dict], path: Path) -> None:
 
 
 def portable(command: str | None, runs: str) -> str | None:
-    """A run's recorded command with its --out/--before-from folders under `runs` as given to the report, not
-    the absolute paths of the machine that made it."""
+    """A run's recorded command with its --out/--before-from/--edits-from folders under `runs` as given to the
+    report, not the absolute paths of the machine that made it."""
     if command is None:
         return None
-    return re.sub(r"(--out|--before-from) \S*?([^/\s]+)(?=\s|$)", lambda m: f"{m[1]} {runs.rstrip('/')}/{m[2]}",
+    return re.sub(r"(--out|--before-from|--edits-from) \S*?([^/\s]+)(?=\s|$)", lambda m: f"{m[1]} {runs.rstrip('/')}/{m[2]}",
                   command)
 
 
