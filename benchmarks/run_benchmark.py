@@ -81,6 +81,9 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # open and closed book as well: more answer rows a fact, from wordings the model chose
     "L23-covfacts-target-3para": ["--layer", "23", *COVFACTS, "--positions", "target"],
     "L23-covfacts-target-words3": ["--layer", "23", *COVFACTS, "--positions", "target", "--target-wordings", "3"],
+    # 2 and 5 rewordings lifted the paraphrases from 0.25 to 0.43 and 0.55 (on 60): all 10 instructions
+    "L8-rome-60-copies-words10": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
+                                  "--target-steps", "60", "--target-wordings", "10"],
 }
 # the edits of earlier runs (their state after the last edit), scored again on all three paraphrases: run name ->
 # the run whose edits it scores (--edits-from; its answers of the unedited model are reused too)
@@ -88,7 +91,7 @@ RESCORED = {"variant-L8-rome-60-copies-ctx2-3para": "variant-L8-rome-60-copies-c
             "variant-L8-rome-60-copies-words2-3para": "variant-L8-rome-60-copies-words2"}
 # one paraphrase a fact is 20 questions, too few to tell 0.4 from 0.5: these are scored on all three (60)
 VARIANTS_ALL_PARAPHRASES = ("L5-rome-60-copies", "L12-rome-60-copies", "L8-rome-60-copies-3para",
-                            "L8-rome-60-copies-words5", "L23-covfacts-target-3para", "L23-covfacts-target-words3")
+                            "L8-rome-60-copies-words5", "L8-rome-60-copies-words10", "L23-covfacts-target-3para", "L23-covfacts-target-words3")
 
 
 def runs() -> dict[str, list[str]]:

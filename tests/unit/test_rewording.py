@@ -18,6 +18,19 @@ def test_rewordings_keep_new_questions_that_name_the_subject(monkeypatch):
     monkeypatch.setattr(rewording, "greedy_batch", fake_greedy)
     got = rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 3)
     assert got == ["Who established Steitum Motors?", "Who is the founder of Steitum Motors?"]
-    assert len(prompts_seen) == len(rewording.INSTRUCTIONS)
+    assert len(prompts_seen) == rewording.FIRST  # up to FIRST rewordings: the first FIRST instructions, as ever
     assert all(p.endswith("<|im_start|>assistant\n") and "Who founded Steitum Motors?" in p for p in prompts_seen)
     assert rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 1) == got[:1]
+
+
+def test_more_rewordings_than_the_first_instructions_ask_all_of_them(monkeypatch):
+    prompts_seen = []
+
+    def fake_greedy(model, tokenizer, prompts, max_new_tokens, stop):
+        prompts_seen.extend(prompts)
+        return [f"Question {i} about Steitum Motors?" for i in range(len(prompts))]
+
+    monkeypatch.setattr(rewording, "greedy_batch", fake_greedy)
+    got = rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 8)
+    assert len(prompts_seen) == len(rewording.INSTRUCTIONS) > rewording.FIRST
+    assert got == [f"Question {i} about Steitum Motors?" for i in range(8)]
