@@ -64,9 +64,9 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
                                  "--target-steps", "60", "--target-wordings", "2"],
     "L8-rome-60-copies-ctx2": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                "--target-steps", "60", "--target-contexts", "2"],
-    # no context lifted paraphrase at layer 8, and the target added at every subject row answers only 0.57 of them
-    # (paraphrase_transfer-copies.md): the same edit earlier (ROME's layer 5 of GPT-J's 28) and later, scored on
-    # every paraphrase (VARIANTS_ALL_PARAPHRASES)
+    # the target added at every subject row answers only 0.57 of the paraphrases (paraphrase_transfer-copies.md):
+    # the same edit earlier (ROME's layer 5 of GPT-J's 28) and later, scored on every paraphrase
+    # (VARIANTS_ALL_PARAPHRASES)
     "L5-rome-60-copies": ["--layer", "5", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                           "--target-steps", "60"],
     "L12-rome-60-copies": ["--layer", "12", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
@@ -91,7 +91,8 @@ RESCORED = {"variant-L8-rome-60-copies-ctx2-3para": "variant-L8-rome-60-copies-c
             "variant-L8-rome-60-copies-words2-3para": "variant-L8-rome-60-copies-words2"}
 # one paraphrase a fact is 20 questions, too few to tell 0.4 from 0.5: these are scored on all three (60)
 VARIANTS_ALL_PARAPHRASES = ("L5-rome-60-copies", "L12-rome-60-copies", "L8-rome-60-copies-3para",
-                            "L8-rome-60-copies-words5", "L8-rome-60-copies-words10", "L23-covfacts-target-3para", "L23-covfacts-target-words3")
+                            "L8-rome-60-copies-words5", "L8-rome-60-copies-words10", "L23-covfacts-target-3para",
+                            "L23-covfacts-target-words3")
 
 
 def runs() -> dict[str, list[str]]:

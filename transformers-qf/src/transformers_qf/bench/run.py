@@ -141,7 +141,8 @@ def finished_edits(other: Path, header: dict, state: Path | None, defaults: dict
     completed = _with_defaults(theirs, defaults or {})
     differ = [k for k in ("model", "dtype", "facts_file", "n_facts", "method", "method_config")
               if completed.get(k) != header.get(k)]
-    differ += [k for k in ("protocol",) if completed.get("options", {}).get(k) != header["options"].get(k)]
+    if completed.get("options", {}).get("protocol") != header["options"]["protocol"]:
+        differ.append("protocol")
     if differ:
         raise CasesFileError(f"--edits-from: {other} differs in {', '.join(differ)}: its edits are not this run's")
     n = header["n_facts"]
