@@ -34,3 +34,13 @@ def test_more_rewordings_than_the_first_instructions_ask_all_of_them(monkeypatch
     got = rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 8)
     assert len(prompts_seen) == len(rewording.INSTRUCTIONS) > rewording.FIRST
     assert got == [f"Question {i} about Steitum Motors?" for i in range(8)]
+
+
+def test_an_answer_instead_of_a_rewording_is_not_kept(monkeypatch):
+    answers = ["Steitum Motors was founded by John Doe.",  # the model answered (with a value of its own)
+               "Who established Steitum Motors",  # no question mark: not kept either
+               "Who started Steitum Motors?"]
+    monkeypatch.setattr(rewording, "greedy_batch",
+                        lambda model, tokenizer, prompts, max_new_tokens, stop: answers + [""] * (len(prompts) - 3))
+    assert rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 3) == \
+        ["Who started Steitum Motors?"]

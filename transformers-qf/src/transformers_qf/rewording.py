@@ -6,7 +6,9 @@
 A target fitted on one question holds for that question only (benchmarks/paraphrase_transfer.py): the
 rows after the subject read it one way. Fitting it on the model's own rewordings as well asks it to hold
 across wordings, with no wording taken from a benchmark. Greedy answers to a few fixed instructions; a
-rewording is kept only if it names the subject exactly and is new (not the question, not one kept before).
+rewording is kept only if it is a question (ends with "?"), names the subject exactly and is new (not the question,
+not one kept before). The question test matters: asked to reword, the model sometimes answers instead ("Droram's
+CEO is John Doe."), and fitting the fact after a user turn that states another value works against it.
 """
 
 from __future__ import annotations
@@ -30,18 +32,37 @@ INSTRUCTIONS = (
 FIRST = 5
 
 
-def rewordings(model, tokenizer, question: str, subject: str, n: int, max_new_tokens: int = 40) -> list[str]:
-    """Up to n rewordings of `question` by the model (fewer when its answers repeat or drop the subject), from
-    the first FIRST instructions, or from all of them when n is larger."""
+def prompts(question: str, n: int, system: str = "") -> list[str]:
+    """The generation prompts that ask for rewordings of `question`: the first FIRST instructions, or all of them
+    when n is larger (so that runs of up to FIRST repeat as they were made)."""
     asked = INSTRUCTIONS if n > FIRST else INSTRUCTIONS[:FIRST]
-    prompts = [generation_prompt("", f"{instruction}\n\n{question}") for instruction in asked]
-    answers = greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=["<|im_end|>"])
+    return [generation_prompt(system, f"{instruction}\n\n{question}") for instruction in asked]
+
+
+def first_line(answer: str) -> str:
+    lines = answer.strip().splitlines()
+    return lines[0].strip().strip('"').strip() if lines else ""
+
+
+def verdict(text: str, subject: str, seen: set[str]) -> str:
+    """"kept", or why a candidate rewording is not: "not a question", "subject dropped" or "repeat" (of the
+    question or of one kept before: `seen` holds them lower-cased)."""
+    if not text.endswith("?"):
+        return "not a question"
+    if subject not in text:
+        return "subject dropped"
+    return "repeat" if text.lower() in seen else "kept"
+
+
+def rewordings(model, tokenizer, question: str, subject: str, n: int, max_new_tokens: int = 40,
+               system: str = "") -> list[str]:
+    """Up to n rewordings of `question` by the model (fewer when its answers are not questions, drop the
+    subject or repeat), one a prompt of `prompts`."""
+    answers = greedy_batch(model, tokenizer, prompts(question, n, system), max_new_tokens, stop=["<|im_end|>"])
     kept: list[str] = []
     seen = {question.strip().lower()}
-    for answer in answers:
-        lines = answer.strip().splitlines()
-        text = lines[0].strip().strip('"').strip() if lines else ""
-        if subject in text and text.lower() not in seen:
+    for text in map(first_line, answers):
+        if verdict(text, subject, seen) == "kept":
             kept.append(text)
             seen.add(text.lower())
     return kept[:n]
