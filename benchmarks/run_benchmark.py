@@ -84,6 +84,9 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # 2 and 5 rewordings lifted the paraphrases from 0.25 to 0.43 and 0.55 (on 60): all 10 instructions
     "L8-rome-60-copies-words10": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                   "--target-steps", "60", "--target-wordings", "10"],
+    # the same after rewording.py keeps only questions (session 18): 30 of words10's 81 rewordings were answers
+    "L8-rome-60-copies-words10-questions": ["--layer", "8", *COVFACTS, "--positions", "subject-copies",
+                                            "--target", "optimized", "--target-steps", "60", "--target-wordings", "10"],
 }
 # the edits of earlier runs (their state after the last edit), scored again on all three paraphrases: run name ->
 # the run whose edits it scores (--edits-from; its answers of the unedited model are reused too)
@@ -92,7 +95,7 @@ RESCORED = {"variant-L8-rome-60-copies-ctx2-3para": "variant-L8-rome-60-copies-c
 # one paraphrase a fact is 20 questions, too few to tell 0.4 from 0.5: these are scored on all three (60)
 VARIANTS_ALL_PARAPHRASES = ("L5-rome-60-copies", "L12-rome-60-copies", "L8-rome-60-copies-3para",
                             "L8-rome-60-copies-words5", "L8-rome-60-copies-words10", "L23-covfacts-target-3para",
-                            "L23-covfacts-target-words3")
+                            "L23-covfacts-target-words3", "L8-rome-60-copies-words10-questions")
 
 
 def runs() -> dict[str, list[str]]:
