@@ -4,8 +4,9 @@
 
 For each of the first N facts of the facts file, the unedited model answers every rewording instruction of
 rewording.py (greedy, as `--target-wordings 10` asks them), once with an empty system turn (what the editor
-does) and once with `--system` as the system turn. Each first line is sorted as the editor sorts it: kept,
-not a question (the model answered instead: "Droram's CEO is John Doe."), subject dropped, or a repeat.
+did before session 18) and once with `--system` as the system turn (default: rewording.SYSTEM, what it does
+now). Each first line is sorted as the editor sorts it: kept, not a question (the model answered instead:
+"Droram's CEO is John Doe."), subject dropped, or a repeat.
 A kept rewording that is word for word one of the fact's paraphrases in the facts file is counted too (the
 bench's `paraphrase_unseen` leaves those out). Writes results/rewording_yield.md and .json.
 """
@@ -22,10 +23,9 @@ from transformers_qf import load_model
 from transformers_qf.bench.data import read_facts
 from transformers_qf.generation import greedy_batch
 from transformers_qf.report import git_commit, write_json
-from transformers_qf.rewording import FIRST, INSTRUCTIONS, first_line, prompts, verdict
+from transformers_qf.rewording import FIRST, INSTRUCTIONS, SYSTEM, first_line, prompts, verdict
 
 VERDICTS = ("kept", "not a question", "subject dropped", "repeat")
-REWRITER = "You rewrite questions in other words. You never answer them: reply with the rewritten question only."
 
 
 def sorted_answers(lm, fact, system: str) -> list[dict]:
@@ -60,7 +60,7 @@ def markdown(result: dict) -> str:
              f"{result['n_facts']} facts, greedy, {result['seconds']:.0f} s.", ""]
     for name, run in result["runs"].items():
         t = run["tally"]
-        lines += [f"## System turn: {name}", "",
+        lines += [f"## System turn: {name}", "", f"System turn: {run['system']!r}.", "",
                   f"Kept a fact: {t['kept_per_fact_first']:.2f} from the first {FIRST} instructions, "
                   f"{t['kept_per_fact_all']:.2f} from all {len(INSTRUCTIONS)}; facts with none kept: "
                   f"{t['facts_with_none']}; kept rewordings that are one of the fact's paraphrases word for word: "
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", default="benchmarks/facts/facts_100.jsonl")
     parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--system", default=REWRITER, help="the system turn compared with an empty one")
+    parser.add_argument("--system", default=SYSTEM, help="the system turn compared with an empty one")
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--out", default="results")
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     lm = load_model(args.model, "cpu", args.dtype)
     t0 = time.perf_counter()
     runs = {}
-    for name, system in (("empty (the editor's)", ""), (repr(args.system), args.system)):
+    asked = "rewording.SYSTEM (the editor's now)" if args.system == SYSTEM else "--system"
+    for name, system in (("empty (the editor's before session 18)", ""), (asked, args.system)):
         facts_rows = []
         for i, fact in enumerate(facts):
             facts_rows.append(sorted_answers(lm, fact, system))

@@ -84,7 +84,8 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # 2 and 5 rewordings lifted the paraphrases from 0.25 to 0.43 and 0.55 (on 60): all 10 instructions
     "L8-rome-60-copies-words10": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                   "--target-steps", "60", "--target-wordings", "10"],
-    # the same after rewording.py keeps only questions (session 18): 30 of words10's 81 rewordings were answers
+    # the same after rewording.py keeps only questions, asked with its rewriter system turn (session 18): 30 of
+    # words10's 81 rewordings were answers; now 3.75 real ones a fact instead of 2.70 (results/rewording_yield.md)
     "L8-rome-60-copies-words10-questions": ["--layer", "8", *COVFACTS, "--positions", "subject-copies",
                                             "--target", "optimized", "--target-steps", "60", "--target-wordings", "10"],
 }

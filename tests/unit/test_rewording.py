@@ -19,7 +19,8 @@ def test_rewordings_keep_new_questions_that_name_the_subject(monkeypatch):
     got = rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 3)
     assert got == ["Who established Steitum Motors?", "Who is the founder of Steitum Motors?"]
     assert len(prompts_seen) == rewording.FIRST  # up to FIRST rewordings: the first FIRST instructions, as ever
-    assert all(p.endswith("<|im_start|>assistant\n") and "Who founded Steitum Motors?" in p for p in prompts_seen)
+    assert all(p.endswith("<|im_start|>assistant\n") and "Who founded Steitum Motors?" in p and rewording.SYSTEM in p
+               for p in prompts_seen)
     assert rewording.rewordings(None, None, "Who founded Steitum Motors?", "Steitum Motors", 1) == got[:1]
 
 

@@ -5,7 +5,9 @@
 
 A target fitted on one question holds for that question only (benchmarks/paraphrase_transfer.py): the
 rows after the subject read it one way. Fitting it on the model's own rewordings as well asks it to hold
-across wordings, with no wording taken from a benchmark. Greedy answers to a few fixed instructions; a
+across wordings, with no wording taken from a benchmark. Greedy answers to a few fixed instructions, asked
+with a system turn that says to reword and never answer (`SYSTEM`: with it the model answers 1 of 200 times
+instead of 35, and 3.75 rewordings a fact are kept instead of 2.70, results/rewording_yield.md); a
 rewording is kept only if it is a question (ends with "?"), names the subject exactly and is new (not the question,
 not one kept before). The question test matters: asked to reword, the model sometimes answers instead ("Droram's
 CEO is John Doe."), and fitting the fact after a user turn that states another value works against it.
@@ -30,9 +32,10 @@ INSTRUCTIONS = (
     "Ask the same thing in the fewest words you can, keeping the names. Reply with the question only.",
 )
 FIRST = 5
+SYSTEM = "You rewrite questions in other words. You never answer them: reply with the rewritten question only."
 
 
-def prompts(question: str, n: int, system: str = "") -> list[str]:
+def prompts(question: str, n: int, system: str = SYSTEM) -> list[str]:
     """The generation prompts that ask for rewordings of `question`: the first FIRST instructions, or all of them
     when n is larger (so that runs of up to FIRST repeat as they were made)."""
     asked = INSTRUCTIONS if n > FIRST else INSTRUCTIONS[:FIRST]
@@ -55,7 +58,7 @@ def verdict(text: str, subject: str, seen: set[str]) -> str:
 
 
 def rewordings(model, tokenizer, question: str, subject: str, n: int, max_new_tokens: int = 40,
-               system: str = "") -> list[str]:
+               system: str = SYSTEM) -> list[str]:
     """Up to n rewordings of `question` by the model (fewer when its answers are not questions, drop the
     subject or repeat), one a prompt of `prompts`."""
     answers = greedy_batch(model, tokenizer, prompts(question, n, system), max_new_tokens, stop=["<|im_end|>"])
