@@ -234,6 +234,8 @@ def test_a_stopped_sequential_run_resumes_where_it_stopped(bench_model, facts_fi
     ["--layer", "2", "--cov-texts", "4", "--cov-fact-texts", "4"],  # the default: covariance metric
     ["--layer", "2", "--no-covariance", "--positions", "subject-copies", "--target", "optimized",
      "--target-steps", "2", "--keep-context"],  # held rows' prefixes and drift watches in the state too
+    ["--layers", "1,2", "--no-covariance", "--positions", "subject-copies", "--target", "optimized",
+     "--target-steps", "2", "--keep-context"],  # a target spread over two layers: each layer's solver resumes
 ])
 def test_a_stopped_sequential_run_goes_on_from_its_state_without_making_the_edits_again(
         bench_model, facts_file, tmp_path, monkeypatch, capsys, config):

@@ -326,6 +326,29 @@ def test_target_forms_fit_the_models_own_answers_to_the_question_and_its_rewordi
         editor.learn(system, user, answer, subject=subject)
 
 
+def test_an_optimized_target_is_spread_over_several_layers_from_the_deepest(tiny_qwen2, tokenizer):
+    from transformers_qf.capture import record
+
+    system, user, answer, subject = FACTS[0]
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 2, 3), target="optimized", target_steps=3,
+                                                      positions="subject-copies"))
+    closed = prompting.teacher_forced(tokenizer, "", user, answer)
+    rows = editor._positions(closed, closed, "", user, subject)[1]
+    before = {i: record(tiny_qwen2, editor.parts[i], [closed.input_ids])[0] for i in range(3)}
+    report = editor.learn(system, user, answer, subject=subject)
+    assert len(report.layers) == 3 and report.residual < 1e-4
+    delta = editor.last_target_delta[0].float()  # one delta shared by every copy of the subject
+
+    def moved(i):
+        after = record(tiny_qwen2, editor.parts[i], [closed.input_ids])[0]
+        return (after.v + after.y)[rows] - (before[i].v + before[i].y)[rows]
+
+    torch.testing.assert_close(moved(2), delta.expand(len(rows), -1), rtol=1e-3, atol=1e-4)  # the deepest: all
+    torch.testing.assert_close(moved(0), delta.expand(len(rows), -1) / 3, rtol=1e-3, atol=1e-4)  # the lowest: 1/3
+    with pytest.raises(PromptError, match="increasing order"):
+        EditConfig(layers=(3, 1), target="optimized")
+
+
 @pytest.mark.parametrize("options", [dict(target_contexts=2), dict(target="optimized", target_contexts=9)])
 def test_target_contexts_need_the_optimized_target_and_an_opening_each(options):
     with pytest.raises(PromptError, match="target contexts: use 1 to 5"):

@@ -35,6 +35,10 @@ With the optimised target, each solve also reports how far layer L's output has 
 not constrain, this fact's and every earlier one's (drift.py).
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
 only closes what the earlier ones left open (open-book rows come from the model before the round).
+An optimised target is fitted once, at the deepest layer, and spread over the layers as MEMIT spreads
+its v*: from the lowest layer up, each closes 1/(layers left) of what the deepest layer still misses at
+the kept rows (the change added to the residual stream there carries up to it), so the last one closes the
+rest and no layer carries the whole change.
 """
 
 from __future__ import annotations
@@ -100,6 +104,9 @@ class EditConfig:
             raise PromptError(f"{self.target_contexts} target contexts: use 1 to {most}, with the "
                               "optimized target (they share its deltas)")
 
+        if self.target == "optimized" and list(self.layers) != sorted(set(self.layers)):
+            raise PromptError(f"layers {','.join(map(str, self.layers))}: an optimized target is spread over its "
+                              "layers from the lowest up, give them in increasing order without repeats")
         if self.target_wordings < 0:
             raise PromptError(f"{self.target_wordings} target wordings: give 0 or more")
         if self.target_forms and self.target != "optimized":
@@ -155,6 +162,12 @@ def _rows_of(records, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     """Keys u and MLP inputs v at the given rows of each recorded sequence, stacked."""
     return (torch.cat([rec.u[r.to(rec.u.device)] for rec, r in zip(records, rows)]),
             torch.cat([rec.v[r.to(rec.v.device)] for rec, r in zip(records, rows)]))
+
+
+def _outputs_at(records, contexts) -> torch.Tensor:
+    """The layer's output (residual stream after its MLP) at each context's kept rows, stacked, float64."""
+    return torch.cat([(rec.v + rec.y)[pos.to(rec.v.device)].to(torch.float64)
+                      for rec, (_, pos, _) in zip(records, contexts)])
 
 
 def _with_held_rows(rows, keys: torch.Tensor, v: torch.Tensor, solver: KeySolver):
@@ -260,9 +273,15 @@ class Editor:
         closed_ids = [tf.input_ids for tf, _, _ in contexts]
         # several layers: the open-book rows of every layer come from the model before this round
         opened = record_layers(self.model, self.parts, open_ids) if len(self.parts) > 1 and open_book else None
+        spread = not open_book and len(self.parts) > 1
+        top, goal_top = self.parts[-1], None
         reports: list[dict] = []
         for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
-            if not open_book:
+            if spread:  # this layer and the deepest, as the layers below have left them
+                recorded = record_layers(self.model, [parts] if parts is top else [parts, top], closed_ids)
+                closed, at_top = recorded[parts.index], recorded[top.index]
+                open_recs = None
+            elif not open_book:
                 open_recs, closed = None, record(self.model, parts, closed_ids)
             elif opened is None:
                 recorded = record(self.model, parts, open_ids + closed_ids)
@@ -271,7 +290,12 @@ class Editor:
                 open_recs, closed = opened[parts.index], record(self.model, parts, closed_ids)
             up, vp = _rows_of(closed, [pos for _, pos, _ in contexts])
             y_closed = solver.outputs_w0(up, vp)
-            if self.config.target == "optimized":
+            if spread:
+                if goal_top is None:
+                    goal_top = self._optimized_target(top.index, at_top, contexts, subject)
+                left = goal_top - _outputs_at(at_top, contexts)  # what the deepest layer still misses
+                goal = _outputs_at(closed, contexts) + left / (len(self.parts) - i)
+            elif self.config.target == "optimized":
                 goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
                 y_open = solver.outputs_w0(*_rows_of(open_recs, [pos for _, pos in opens]))
