@@ -453,6 +453,8 @@ def test_report_names_an_optimized_targets_steps_and_contexts():
     assert report._config({"method": "qf", "method_config": reworded}).endswith("(40 steps, up to 2 rewordings)")
     open_book = editor.EditConfig(layers=(23,), positions="target", target_wordings=3).as_dict()
     assert report._config({"method": "qf", "method_config": open_book}).endswith("open book on up to 3 rewordings too")
+    spread = {**rome.as_dict(), "layers": [4, 6, 8]}
+    assert report._config({"method": "qf", "method_config": spread}).endswith("(40 steps, fitted at layer 8 and spread)")
 
 
 def test_report_calls_a_run_qf_paper_only_with_the_papers_configuration():

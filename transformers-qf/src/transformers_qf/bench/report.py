@@ -64,7 +64,8 @@ def _config(run: dict) -> str:
             contexts += f", up to {c['target_wordings']} rewordings" if c.get("target_wordings") else ""
             contexts += ", the model's own answer forms" if c.get("target_forms") else ""
             essence = f", essence KL {c['target_essence']:g}" if c.get("target_essence") else ""
-            parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts}{essence})")
+            spread = f", fitted at layer {c['layers'][-1]} and spread" if len(c["layers"]) > 1 else ""
+            parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts}{essence}{spread})")
         elif c.get("target_wordings"):
             parts.append(f"open book on up to {c['target_wordings']} rewordings too")
         if c.get("keep_context"):
