@@ -7,11 +7,18 @@ weight W0. With C = L L^T a key covariance (the identity for QF's plain metric) 
     minimise   sum_t s_t |dW u'_t + r_t|^2  +  lambda |dW L|_F^2
 
     lambda > 0:  dW = -R^T S^1/2 (lambda I + S^1/2 K S^1/2)^-1 S^1/2 B
-    lambda = 0:  dW = -R^T K^+ B          (every row met exactly, smallest |dW L|_F)
+    lambda = 0:  dW = -R^T (K + eps I)^-1 B   (every row met, smallest |dW L|_F)
 
 with B = U' C^-1 ([k, d_mlp], "what the keys look like to the metric") and K = U' C^-1 U'^T ([k, k]).
 With C = I and lambda = 0 this is eq. 3 of the QF paper (`qf.solve`). A covariance estimated on
 generic text makes the change smallest where generic keys live, so unrelated inputs move least.
+
+Both are solved by one Cholesky factorisation, O(k^3 / 3), with no eigendecomposition. The jitter eps
+(`JITTER` times K's mean diagonal, raised tenfold while the factorisation fails) stands in for the
+pseudo-inverse when rows repeat or nearly do, as they do once earlier facts' rows are held: directions of
+K far above eps are inverted as they are, directions near or below it are damped instead of amplified.
+Where no row is that close to the others' span the jitter changes nothing that matters (method "exact");
+otherwise the method is "jittered", and the residual says how well the rows are met.
 
 `KeySolver` keeps the rows of every round and re-solves from W0 over all of them (QF's accumulated
 re-solve), growing K by the new rows only. When the rows outnumber what the dual form can hold
@@ -34,21 +41,28 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .qf import CHUNK, SINGULAR_COND, SolveError
+from .qf import CHUNK, SolveError
 
 PRIMAL_JITTER = 1e-8
+JITTER = 1e-10  # of K's mean diagonal, added before the dual form's Cholesky factorisation
+JITTER_TRIES = 6  # tenfold rises of the jitter before the dual solve gives up
 
 
 @dataclass
 class KeySolveReport:
     rows: int
-    method: str  # "exact", "pinv" or "ridge"
-    cond: float  # of K (exact) or of the ridge system
+    method: str  # "exact", "jittered" or "ridge" (or a primal form's name)
+    cond: float  # of the system factorised, estimated as (largest / smallest Cholesky pivot)^2: a lower bound
     residual: float  # max_t |W' u'_t + v'_t - target_t| / |target_t|, W' in float64
     delta_rel: float  # ||W' - W0||_F / ||W0||_F
     seconds: float
     ridge: float
     covariance: bool
+    jitter: float = 0.0  # added to the factorised system's diagonal, relative to its mean diagonal
+
+    @classmethod
+    def empty(cls, ridge: float, covariance: bool) -> "KeySolveReport":
+        return cls(0, "none", 1.0, 0.0, 0.0, 0.0, ridge, covariance)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +116,6 @@ class KeySolver:
         self.target_norm = torch.zeros(0, **f64)
         self.weights = torch.zeros(0, **f64)
         self.K = torch.zeros(0, 0, **f64)
-        self.BB = None if metric is None else torch.zeros(0, 0, **f64)  # B B^T, for ||dW||_F (grown like K)
         self.coef: torch.Tensor | None = None  # the last dual solve's coefficients: dW = -coef^T B
 
     @property
@@ -119,25 +132,27 @@ class KeySolver:
                     "last_keys": keys, "last_R": residuals, "last_target_norm": target_norm}
         out.update(keys=self.keys, R=self.R, target_norm=self.target_norm, weights=self.weights, K=self.K)
         if self.metric is not None:
-            out.update(B=self.B, BB=self.BB)
+            out["B"] = self.B
         if self.coef is not None:
             out["coef"] = self.coef
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Go on from a `state_dict` of a solver made with the same W0, metric and ridge."""
+        """Go on from a `state_dict` of a solver made with the same W0, metric and ridge.
+
+        States saved before the Cholesky solve also hold BB (B B^T), which is no longer needed.
+        """
         f64 = dict(dtype=torch.float64, device=self.W0.device)
-        get = {k: v.to(**f64) for k, v in state.items() if k != "count"}
+        get = {k: v.to(**f64) for k, v in state.items() if k not in ("count", "BB")}
         self.count = int(state["count"])
         if "P" in get:
             self.primal = _Primal.restored(self, get)
-            self.keys = self.B = self.R = self.K = self.BB = None
+            self.keys = self.B = self.R = self.K = None
             return
         self.primal = None
         self.keys, self.R, self.target_norm, self.weights, self.K = (get[k] for k in ("keys", "R", "target_norm",
                                                                                      "weights", "K"))
         self.B = get["B"] if self.metric is not None else self.keys
-        self.BB = get["BB"] if self.metric is not None else None
         self.coef = get.get("coef")
 
     def outputs_w0(self, keys: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -172,7 +187,7 @@ class KeySolver:
         self.count += m
         if self.primal is None and self.count > self.dual_rows:
             self.primal = _Primal(self)
-            self.keys = self.B = self.R = self.K = self.BB = None  # the dual form's rows are folded into P and dW
+            self.keys = self.B = self.R = self.K = None  # the dual form's rows are folded into P and dW
         if self.primal is not None:
             self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
             return
@@ -180,9 +195,6 @@ class KeySolver:
         cross = B @ self.keys.T  # [m, k]: new metric keys against old keys
         new = B @ keys.T
         self.K = torch.cat([torch.cat([self.K, cross.T], 1), torch.cat([cross, (new + new.T) / 2], 1)])
-        if self.BB is not None:
-            cross_b, new_b = B @ self.B.T, B @ B.T
-            self.BB = torch.cat([torch.cat([self.BB, cross_b.T], 1), torch.cat([cross_b, new_b], 1)])
         self.keys = torch.cat([self.keys, keys])
         self.B = torch.cat([self.B, B])
         self.R = torch.cat([self.R, residuals])
@@ -195,40 +207,65 @@ class KeySolver:
         t0 = time.perf_counter()
         if self.rows == 0:
             W.copy_(self.W0)
-            return KeySolveReport(0, "none", 1.0, 0.0, 0.0, 0.0, self.ridge, self.metric is not None)
+            return KeySolveReport.empty(self.ridge, self.metric is not None)
         if self.primal is not None:
             return self.primal.solve_into(W, t0)
-        coef, method, cond = self._coefficients()  # [k, d_model]
+        coef, method, cond, jitter = self._coefficients()  # [k, d_model]
         self.coef = coef
         seen = torch.zeros_like(self.R)  # (W' - W0) u'_t as stored
         w0_sq = torch.zeros((), dtype=torch.float64, device=W.device)
+        delta_sq = torch.zeros((), dtype=torch.float64, device=W.device)
         for c in range(0, W.shape[1], CHUNK):
             block0 = self.W0[:, c:c + CHUNK].to(torch.float64)
-            block = block0 - coef.T @ self.B[:, c:c + CHUNK]
-            W[:, c:c + CHUNK].copy_(block)
+            delta = coef.T @ self.B[:, c:c + CHUNK]
+            W[:, c:c + CHUNK].copy_(block0 - delta)
             seen.addmm_(self.keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
             w0_sq += block0.square().sum()
+            delta_sq += delta.square().sum()
         residual = (torch.linalg.norm(seen + self.R, dim=1) / self.target_norm).max()
-        delta_sq = torch.trace(coef.T @ (self.K if self.metric is None else self.BB) @ coef)
         residual, delta_sq, w0_sq = torch.stack([residual, delta_sq, w0_sq]).tolist()
-        return KeySolveReport(self.rows, method, cond, residual, (max(delta_sq, 0.0) / w0_sq) ** 0.5,
-                              time.perf_counter() - t0, self.ridge, self.metric is not None)
+        return KeySolveReport(self.rows, method, cond, residual, (delta_sq / w0_sq) ** 0.5,
+                              time.perf_counter() - t0, self.ridge, self.metric is not None, jitter)
 
-    def _coefficients(self):
-        K, R, k = self.K, self.R, self.rows
-        eye = torch.eye(k, dtype=torch.float64, device=K.device)
+    def _coefficients(self) -> tuple[torch.Tensor, str, float, float]:
+        """coef [k, d_model] with dW = -coef^T B; the method, the factorised system's cond and its jitter."""
         if self.ridge > 0:
             s = self.weights.sqrt()
-            M = self.ridge * eye + s[:, None] * K * s[None, :]
-            eig = torch.linalg.eigvalsh(M)
-            coef = s[:, None] * torch.linalg.solve(M, s[:, None] * R)
-            return coef, "ridge", float(eig[-1] / eig[0])
-        eig = torch.linalg.eigvalsh(K)
-        lo, hi = float(eig[0]), float(eig[-1])
-        cond = hi / lo if lo > 0 else float("inf")
-        if cond < SINGULAR_COND:
-            return torch.cholesky_solve(R, torch.linalg.cholesky(K)), "exact", cond
-        return torch.linalg.pinv(K, hermitian=True) @ R, "pinv", cond
+            M = s[:, None] * self.K * s[None, :]
+            M.diagonal().add_(self.ridge)
+            L, jitter = _jittered_cholesky(M, 0.0)
+            coef = s[:, None] * torch.cholesky_solve(s[:, None] * self.R, L)
+            return coef, "ridge", _pivot_cond(L), jitter
+        M = self.K.clone()
+        L, jitter = _jittered_cholesky(M, JITTER)
+        added = jitter * float(self.K.diagonal().mean())
+        # each pivot is a row's squared distance (in the metric) from the earlier rows' span, plus the jitter
+        method = "exact" if float(L.diagonal().min()) ** 2 > 1e4 * added else "jittered"
+        return torch.cholesky_solve(self.R, L), method, _pivot_cond(L), jitter
+
+
+def _jittered_cholesky(M: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float]:
+    """The Cholesky factor of M + j mean(diag M) I for the first j of jitter, 10 jitter, ... that factorises.
+
+    M (symmetric, float64) is changed in place. Returns the factor and j.
+    """
+    scale = float(M.diagonal().mean())
+    tries = [jitter] + [max(jitter, JITTER) * 10 ** i for i in range(1, JITTER_TRIES + 1)]
+    added = 0.0
+    for j in tries:
+        M.diagonal().add_((j - added) * scale)
+        added = j
+        L, info = torch.linalg.cholesky_ex(M)
+        if int(info) == 0:
+            return L, j
+    raise SolveError(f"the rows' key system does not factorise even with a jitter of {added:.0e} of its mean "
+                     "diagonal: the recorded keys are not finite or wildly scaled; record in float32 (--dtype float32) "
+                     "or solve with a ridge (--ridge)")
+
+
+def _pivot_cond(L: torch.Tensor) -> float:
+    pivots = L.diagonal()
+    return float((pivots.max() / pivots.min()) ** 2)
 
 
 class _Primal:
