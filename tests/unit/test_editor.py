@@ -105,7 +105,7 @@ def test_gamma_scales_the_push_and_ridge_shrinks_it(tiny_qwen2, tokenizer):
 def _problem(k=6, d_model=12, d_mlp=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(d_model, d_mlp, generator=g, dtype=torch.float64)
-    keys = torch.randn(k, d_mlp, generator=g, dtype=torch.float64)
+    keys = torch.randn(k, d_mlp, generator=g, dtype=torch.float64).float().double()  # as recorded: float32 at most
     R = torch.randn(k, d_model, generator=g, dtype=torch.float64)
     return W0, keys, R
 

@@ -110,7 +110,10 @@ class KeySolver:
         self.count = 0
         self.primal: _Primal | None = None
         f64 = dict(dtype=torch.float64, device=W0.device)
-        self.keys = torch.zeros(0, W0.shape[1], **f64)  # U'
+        # With a metric, B holds what the solve needs in float64 and U' is only read to check the rows as met by
+        # the stored weight: float32 holds it exactly (the model's activations are bf16 or float32) in half the memory
+        self.key_dtype = torch.float64 if metric is None else torch.float32
+        self.keys = torch.zeros(0, W0.shape[1], dtype=self.key_dtype, device=W0.device)  # U'
         self.B = torch.zeros(0, W0.shape[1], **f64)  # U' C^-1
         self.R = torch.zeros(0, W0.shape[0], **f64)
         self.target_norm = torch.zeros(0, **f64)
@@ -143,15 +146,15 @@ class KeySolver:
         States saved before the Cholesky solve also hold BB (B B^T), which is no longer needed.
         """
         f64 = dict(dtype=torch.float64, device=self.W0.device)
-        get = {k: v.to(**f64) for k, v in state.items() if k not in ("count", "BB")}
+        get = {k: v.to(**f64) for k, v in state.items() if k not in ("count", "BB", "keys")}
         self.count = int(state["count"])
         if "P" in get:
             self.primal = _Primal.restored(self, get)
             self.keys = self.B = self.R = self.K = None
             return
         self.primal = None
-        self.keys, self.R, self.target_norm, self.weights, self.K = (get[k] for k in ("keys", "R", "target_norm",
-                                                                                     "weights", "K"))
+        self.keys = state["keys"].to(dtype=self.key_dtype, device=self.W0.device)
+        self.R, self.target_norm, self.weights, self.K = (get[k] for k in ("R", "target_norm", "weights", "K"))
         self.B = get["B"] if self.metric is not None else self.keys
         self.coef = get.get("coef")
 
@@ -175,7 +178,10 @@ class KeySolver:
     @torch.no_grad()
     def add(self, keys: torch.Tensor, residuals: torch.Tensor, targets_norm: torch.Tensor,
             weights: torch.Tensor | None = None) -> None:
-        """Append rows: keys u' [m, d_mlp], residuals r [m, d_model], |target_t| [m], significances [m] (> 0)."""
+        """Append rows: keys u' [m, d_mlp], residuals r [m, d_model], |target_t| [m], significances [m] (> 0).
+
+        The keys are a layer's activations, exact in float32; with a metric they are kept in float32.
+        """
         f64 = dict(dtype=torch.float64, device=self.W0.device)
         keys, residuals = keys.to(**f64), residuals.to(**f64)
         m = keys.shape[0]
@@ -192,10 +198,10 @@ class KeySolver:
             self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
             return
         B = keys if self.metric is None else self.metric.apply(keys)
-        cross = B @ self.keys.T  # [m, k]: new metric keys against old keys
+        cross = keys @ self.B.T  # [m, k]: new keys against old metric keys (K is symmetric)
         new = B @ keys.T
         self.K = torch.cat([torch.cat([self.K, cross.T], 1), torch.cat([cross, (new + new.T) / 2], 1)])
-        self.keys = torch.cat([self.keys, keys])
+        self.keys = torch.cat([self.keys, keys.to(self.key_dtype)])
         self.B = torch.cat([self.B, B])
         self.R = torch.cat([self.R, residuals])
         self.target_norm = torch.cat([self.target_norm, targets_norm.to(**f64)])
@@ -219,7 +225,7 @@ class KeySolver:
             block0 = self.W0[:, c:c + CHUNK].to(torch.float64)
             delta = coef.T @ self.B[:, c:c + CHUNK]
             W[:, c:c + CHUNK].copy_(block0 - delta)
-            seen.addmm_(self.keys[:, c:c + CHUNK], (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
+            seen.addmm_(self.keys[:, c:c + CHUNK].to(torch.float64), (W[:, c:c + CHUNK].to(torch.float64) - block0).T)
             w0_sq += block0.square().sum()
             delta_sq += delta.square().sum()
         residual = (torch.linalg.norm(seen + self.R, dim=1) / self.target_norm).max()
@@ -287,7 +293,7 @@ class _Primal:
         f64 = dict(dtype=torch.float64, device=solver.W0.device)
         d = solver.W0.shape[1]
         metric = torch.eye(d, **f64) if solver.metric is None else solver.metric.factor @ solver.metric.factor.T
-        keys, w = solver.keys, solver.weights
+        keys, w = solver.keys.to(torch.float64), solver.weights
         M = (keys.T * w) @ keys  # U'^T S U'
         lam = solver.ridge if solver.ridge > 0 else PRIMAL_JITTER * float(torch.trace(M)) / d
         self.lam = lam
