@@ -71,7 +71,7 @@ def compare(name: str, state: dict[str, torch.Tensor], W0: torch.Tensor) -> dict
     print(f"{name}: pinv {pinv_seconds:.1f} s", file=sys.stderr, flush=True)
 
     def residual(update: torch.Tensor) -> float:
-        return float((torch.linalg.norm(solver.keys @ update.T + solver.R, dim=1) / solver.target_norm).max())
+        return float((torch.linalg.norm(solver.keys.double() @ update.T + solver.R, dim=1) / solver.target_norm).max())
 
     lo, hi = float(eig[0]), float(eig[-1])
     return {"problem": name, "rows": solver.rows, "d_model": W0.shape[0], "d_mlp": W0.shape[1],
