@@ -1,6 +1,7 @@
 """How long one dual-form solve of `KeySolver` takes, by Cholesky with a jitter, against the pseudo-inverse.
 
     python benchmarks/keysolve_speed.py [--rows 2000,4000,8000] [--state DIR/state.safetensors] [--out results]
+    python benchmarks/keysolve_speed.py --device cuda      # on a GPU: random rows only
 
 Each problem is solved twice from the same rows: by `KeySolver.solve_into` as it is (one Cholesky
 factorisation of K plus a jitter), and by the solve it replaced (K's eigenvalues, then K's pseudo-inverse).
@@ -12,7 +13,7 @@ Problems:
           part as real MLP keys have, and one row in ten a copy of an earlier one with its target (as held
           rows repeat), so K is singular as it is in long runs;
   --state: every row of a sequential bench run's solver (its first layer's), as saved in its state file.
-Writes results/keysolve_speed.md and .json.
+Writes results/keysolve_speed.md and .json (keysolve_speed_cuda.* with --device cuda).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from transformers_qf.keysolve import KeyMetric, KeySolver
 from transformers_qf.report import git_commit, write_json
 
 
-def random_state(k: int, d_model: int, d_mlp: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    f64 = dict(dtype=torch.float64)
+def random_state(k: int, d_model: int, d_mlp: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator(device).manual_seed(seed)
+    f64 = dict(dtype=torch.float64, device=device)
     shared = torch.randn(1, d_mlp, generator=g, **f64)
     keys = 0.5 * shared + torch.randn(k, d_mlp, generator=g, **f64)
     R = torch.randn(k, d_model, generator=g, **f64)
-    copies = torch.arange(10, k, 10)
-    source = torch.randint(0, 10, (len(copies),), generator=g) + copies - 10
+    copies = torch.arange(10, k, 10, device=device)
+    source = torch.randint(0, 10, (len(copies),), generator=g, device=device) + copies - 10
     keys[copies], R[copies] = keys[source], R[source]
     return {"count": torch.tensor(k), "keys": keys, "R": R, "target_norm": torch.linalg.norm(R, dim=1),
             "weights": torch.ones(k, **f64), "K": keys @ keys.T}
@@ -54,7 +55,8 @@ def stored_state(path: Path, layer: str) -> dict[str, torch.Tensor]:
 
 
 def compare(name: str, state: dict[str, torch.Tensor], W0: torch.Tensor) -> dict:
-    metric = KeyMetric(torch.eye(W0.shape[1], dtype=torch.float64)) if "B" in state else None  # B is stored
+    metric = (KeyMetric(torch.eye(W0.shape[1], dtype=torch.float64, device=W0.device)) if "B" in state
+              else None)  # B is stored: the metric's C enters only when rows are added
     solver = KeySolver(W0, metric)
     solver.load_state_dict(state)
     W = W0.clone()
@@ -63,10 +65,12 @@ def compare(name: str, state: dict[str, torch.Tensor], W0: torch.Tensor) -> dict
     print(f"{name}: cholesky {report.seconds:.1f} s ({report.method}, jitter {report.jitter:g})", file=sys.stderr,
           flush=True)
 
+    _sync(W0.device)
     t0 = time.perf_counter()
     eig = torch.linalg.eigvalsh(solver.K)  # the replaced solve: eigenvalues for cond, then the pseudo-inverse
     coef = torch.linalg.pinv(solver.K, hermitian=True) @ solver.R
     dW_pinv = -coef.T @ solver.B
+    _sync(W0.device)
     pinv_seconds = time.perf_counter() - t0
     print(f"{name}: pinv {pinv_seconds:.1f} s", file=sys.stderr, flush=True)
 
@@ -82,6 +86,11 @@ def compare(name: str, state: dict[str, torch.Tensor], W0: torch.Tensor) -> dict
             "residual": residual(dW), "residual_pinv": residual(dW_pinv)}
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="2000,4000,8000", help="sizes of the random problems ('' for none)")
@@ -89,8 +98,11 @@ def main(argv=None) -> int:
     parser.add_argument("--d-mlp", type=int, default=8960)
     parser.add_argument("--state", type=Path, help="a sequential bench run's state.safetensors")
     parser.add_argument("--layer-key", default="layer0", help="whose solver in --state (layer0: the first layer)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here; run on a GPU machine or leave --device out")
     try:
         sizes = [int(k) for k in args.rows.split(",") if k.strip()]
     except ValueError:
@@ -99,23 +111,27 @@ def main(argv=None) -> int:
         parser.error(f"--state {args.state}: no such file; give a run folder's state.safetensors")
 
     rows = []
-    W0 = torch.randn(args.d_model, args.d_mlp, generator=torch.Generator().manual_seed(1)) / args.d_mlp ** 0.5
+    W0 = (torch.randn(args.d_model, args.d_mlp, generator=torch.Generator().manual_seed(1)) / args.d_mlp ** 0.5
+          ).to(args.device)
     for k in sizes:
-        rows.append(compare(f"random, {k} rows", random_state(k, args.d_model, args.d_mlp), W0))
+        rows.append(compare(f"random, {k} rows", random_state(k, args.d_model, args.d_mlp, args.device), W0))
     if args.state is not None:
         state = stored_state(args.state, args.layer_key)
-        W0 = torch.randn(state["R"].shape[1], state["keys"].shape[1], generator=torch.Generator().manual_seed(1))
+        W0 = torch.randn(state["R"].shape[1], state["keys"].shape[1], generator=torch.Generator().manual_seed(1)
+                         ).to(args.device)
         rows.append(compare(f"{args.state.parent.name} ({args.layer_key})", state, W0))
     for row in rows:
         print(json.dumps(row), file=sys.stderr)
 
     result = {"command": " ".join(["python benchmarks/keysolve_speed.py", *(argv or sys.argv[1:])]),
-              "commit": git_commit(), "threads": torch.get_num_threads(), "rows": rows}
+              "commit": git_commit(), "device": _device_name(args.device), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "rows": rows}
     out = Path(args.out)
-    write_json(out / "keysolve_speed.json", result)
+    stem = "keysolve_speed" if args.device == "cpu" else f"keysolve_speed_{args.device}"
+    write_json(out / f"{stem}.json", result)
     lines = ["# KeySolver's dual solve: Cholesky with a jitter against the pseudo-inverse", "",
-             f"Written by `{result['command']}` at commit {result['commit']}, {result['threads']} CPU threads, "
-             "float64. Times are one `solve_into` (the factorisation, the solve and writing W) against the "
+             f"Written by `{result['command']}` at commit {result['commit']}, on {result['device']} "
+             f"({result['threads']} CPU threads, torch {result['torch']}), float64. Times are one `solve_into` (the factorisation, the solve and writing W) against the "
              "replaced solve's eigenvalues and pseudo-inverse. The distance is relative, in the Frobenius norm. "
              "Residuals: max over rows of the row's miss relative to its target.", "",
              "| problem | rows | Cholesky s | pinv s | speed-up | method | cond (eig) | "
@@ -124,9 +140,13 @@ def main(argv=None) -> int:
     lines += [f"| {r['problem']} | {r['rows']} | {r['cholesky_seconds']:.2f} | {r['pinv_seconds']:.2f} | "
               f"{r['speedup']:.1f}x | {r['method']} | {r['cond']:.2g} | {r['relative_difference']:.1e} | "
               f"{r['residual']:.1e} | {r['residual_pinv']:.1e} |" for r in rows]
-    (out / "keysolve_speed.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {out / 'keysolve_speed.md'}")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out / f'{stem}.md'}")
     return 0
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device == "cuda" else "the CPU"
 
 
 if __name__ == "__main__":
