@@ -158,6 +158,25 @@ def test_repeated_and_dependent_rows_are_solved_as_the_pseudo_inverse_would(metr
     assert float(met[[0, 2, 3, 4, 6, 7]].max()) < 1e-8  # the consistent rows are met; the two copies split
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_key_solver_gives_the_same_update_on_cuda():
+    W0, keys, R = _problem(k=8)
+    keys[6], R[6] = keys[2], R[2]  # a repeated row: the jittered factorisation
+    g = torch.Generator().manual_seed(1)
+    samples = torch.randn(200, 40, generator=g, dtype=torch.float64)
+    covariance = samples.T @ samples / 200
+    size = torch.linalg.norm(R, dim=1)
+    updates, reports = [], []
+    for device in ("cpu", "cuda"):
+        solver = KeySolver(W0.to(device), KeyMetric(covariance.to(device)))
+        solver.add(keys.to(device), R.to(device), size.to(device))
+        W = W0.to(device).clone()
+        reports.append(solver.solve_into(W))
+        updates.append((W - W0.to(device)).cpu())
+    torch.testing.assert_close(updates[1], updates[0], rtol=1e-6, atol=1e-9)
+    assert reports[0].method == reports[1].method == "jittered"
+
+
 def test_a_state_saved_with_the_old_b_b_transpose_goes_on_the_same():
     W0, keys, R = _problem(k=10)
     g = torch.Generator().manual_seed(3)

@@ -84,7 +84,7 @@ def test_a_converted_model_round_trips_through_save_and_load(tiny_model, tokeniz
     tokenizer.save_pretrained(tmp_path)
     assert all("." in k and "hooks" not in k for k in state)  # the stock state dict: same parameter names
 
-    loaded = load_model(str(tmp_path), dtype="float32")
+    loaded = load_model(str(tmp_path), "cpu", dtype="float32")  # beside the CPU model, also where a GPU is
     assert qf2_config(loaded.model) == {"format": 1, "layer": 2, "beta": 7.0}
     restored = locate(loaded.model, 2).mlp
     assert isinstance(restored, QF2MLP) and restored.beta == 7.0 and restored.alpha == 0.0
