@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, lr=args.lr, loss=args.loss, init=args.init, seed=args.seed,
                             max_minutes=args.max_minutes, distill=args.distill,
                             trainable=tuple(args.trainable) if args.trainable else None)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cpu=args.device == "cpu")
     loaded = load_model(args.model, args.device or str(accelerator.device), args.dtype or _train_dtype(accelerator))
     model, tokenizer = loaded.model, loaded.tokenizer
     config.check(model.config.num_hidden_layers)

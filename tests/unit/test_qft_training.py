@@ -17,6 +17,10 @@ def samples():
     return qft_data.build(FACTS[:60], n_samples=48, heldout_facts=20, seed=1).train
 
 
+def _cpu_accelerator():
+    return make_accelerator(cpu=True)  # the tiny models live on the CPU, also where a GPU is visible
+
+
 def _state(model, layer):
     return {k: v.detach().clone() for k, v in locate(model, layer).layer.state_dict().items()}
 
@@ -24,7 +28,7 @@ def _state(model, layer):
 @torch.no_grad()
 def test_the_cached_top_gives_the_full_models_loss(tiny_model, tokenizer, samples):
     """Layers start.. from the cached hidden states = the whole model, for the loss at the answer."""
-    conversion = Conversion(tiny_model, tokenizer, QFtConfig(layer=2, loss="answer"), accelerator=make_accelerator())
+    conversion = Conversion(tiny_model, tokenizer, QFtConfig(layer=2, loss="answer"), accelerator=_cpu_accelerator())
     conversion.prepare(samples[:4], progress=False)
     assert conversion.start == 1
     hidden, positions, targets = conversion._collate([0, 1, 2, 3])
@@ -52,7 +56,7 @@ def test_a_blended_conversion_anneals_alpha_to_0_and_learns(tiny_qwen2, tokenize
     frozen_before = _state(tiny_qwen2, 0)
     trained_before = _state(tiny_qwen2, 2)
     config = QFtConfig(layer=2, c=0.8, steps=40, batch_size=8, lr=3e-3, loss="answer", init="none")
-    conversion = Conversion(tiny_qwen2, tokenizer, config, accelerator=make_accelerator())
+    conversion = Conversion(tiny_qwen2, tokenizer, config, accelerator=_cpu_accelerator())
     conversion.prepare(samples, progress=False)
     log = conversion.train(progress=False)
     assert log.alpha[0] == 1.0 and log.alpha[1] == pytest.approx(0.8) and log.alpha[-1] == 0.0
@@ -77,7 +81,7 @@ def test_the_closed_form_down_proj_fits_the_original_layer_better_than_the_origi
 
     original = error(parts.down.weight)
     conversion = Conversion(tiny_qwen2, tokenizer, QFtConfig(layer=2, init="lstsq", init_tokens=10_000),
-                            accelerator=make_accelerator())
+                            accelerator=_cpu_accelerator())
     conversion.prepare(samples[:40], progress=False)
     fit = conversion.fit_down_proj()
     assert error(parts.down.weight) < 0.5 * original
@@ -88,7 +92,7 @@ def test_the_closed_form_down_proj_fits_the_original_layer_better_than_the_origi
 def test_a_conversion_saves_and_reloads_with_its_block(tiny_model, tokenizer, samples, tmp_path):
     config = QFtConfig(layer=1, steps=3, batch_size=4, lr=1e-3, loss="answer", init="lstsq", init_tokens=2000,
                        beta=20.0)
-    conversion = Conversion(tiny_model, tokenizer, config, accelerator=make_accelerator())
+    conversion = Conversion(tiny_model, tokenizer, config, accelerator=_cpu_accelerator())
     conversion.prepare(samples[:12], progress=False)
     conversion.fit_down_proj()
     with torch.enable_grad():
@@ -116,7 +120,7 @@ def test_distillation_targets_are_the_original_models_layer_output(tiny_qwen2, t
     """With distill > 0 the cache also keeps the original output of the last trainable layer, and the loss
     adds how far the converted stack's output there is from it (0 while nothing has changed)."""
     config = QFtConfig(layer=1, loss="answer", distill=1.0)
-    conversion = Conversion(tiny_qwen2, tokenizer, config, accelerator=make_accelerator())
+    conversion = Conversion(tiny_qwen2, tokenizer, config, accelerator=_cpu_accelerator())
     conversion.prepare(samples[:6], progress=False)
     ids = conversion.encoded[2].ids
     out = {}

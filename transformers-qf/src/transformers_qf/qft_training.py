@@ -116,7 +116,7 @@ class Conversion:
         self.block: QF2MLP | None = None
         self.log = TrainLog()
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
-        self.accelerator = accelerator or make_accelerator()
+        self.accelerator = accelerator or make_accelerator(cpu=next(model.parameters()).device.type == "cpu")
 
     # -- 1. tokenize and cache the frozen bottom -----------------------------------------------------------
     @torch.no_grad()
@@ -361,15 +361,20 @@ class _Top(torch.nn.Module):
         return loss + self.distill * ((h - t).square().sum(-1) / t.square().sum(-1)).mean()
 
 
-def make_accelerator(mixed_precision: str | None = None):
-    """accelerate's Accelerator: bf16 autocast where bf16 is fast (CUDA, or a CPU with native bf16)."""
+def make_accelerator(mixed_precision: str | None = None, cpu: bool = False):
+    """accelerate's Accelerator: bf16 autocast where bf16 is fast (CUDA, or a CPU with native bf16).
+
+    cpu: train on the CPU although a GPU is visible (for a model loaded on the CPU). One process holds one
+    accelerate state: every Accelerator it makes must agree on this.
+    """
     from accelerate import Accelerator
 
     from .models import cpu_has_native_bf16
 
     if mixed_precision is None:
-        mixed_precision = "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+        on_gpu = torch.cuda.is_available() and not cpu
+        mixed_precision = "bf16" if on_gpu or cpu_has_native_bf16() else "no"
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def with_overrides(config: QFtConfig, **overrides) -> QFtConfig:
