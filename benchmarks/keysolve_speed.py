@@ -135,7 +135,8 @@ def main(argv=None) -> int:
              f"Written by `{result['command']}` at commit {result['commit']}, on {result['device']} "
              f"({result['threads']} CPU threads, torch {result['torch']}), float64. Times are one `solve_into` "
              "(the factorisation, the solve and writing W) against the replaced solve's eigenvalues and "
-             "pseudo-inverse. The distance is relative, in the Frobenius norm. Residuals: max over rows of the row's miss relative to its target.", "",
+             "pseudo-inverse. The distance is relative, in the Frobenius norm. Residuals: max over rows of the "
+             "row's miss relative to its target.", "",
              "| problem | rows | Cholesky s | pinv s | speed-up | method | cond (eig) | "
              "dW's distance from pinv's | residual | residual (pinv) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
