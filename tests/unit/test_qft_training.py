@@ -100,7 +100,7 @@ def test_a_conversion_saves_and_reloads_with_its_block(tiny_model, tokenizer, sa
     conversion.save(tmp_path, dtype=torch.float32)
     ids = torch.randint(3, 300, (1, 9))
     expected = tiny_model(input_ids=ids, use_cache=False).logits
-    loaded = load_model(str(tmp_path), dtype="float32").model
+    loaded = load_model(str(tmp_path), "cpu", dtype="float32").model  # beside the CPU model
     assert qf2_config(loaded)["layer"] == 1 and locate(loaded, 1).mlp.beta == 20.0
     torch.testing.assert_close(loaded(input_ids=ids, use_cache=False).logits, expected, rtol=0, atol=1e-5)
     assert conversion.summary()["steps_done"] == 3 and conversion.summary()["trainable"] == [0, 1, 2]
