@@ -39,14 +39,22 @@ class DriftWatch:
         self.fitted.append(base + keys @ W.detach().float().cpu().T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        if not self.keys:
-            return {}
-        return {"sizes": torch.tensor([len(k) for k in self.keys]), "keys": torch.cat(self.keys),
-                "base": torch.cat(self.base), "fitted": torch.cat(self.fitted)}
+        """Each edit's rows as they are kept ("keys.3": edit 3's keys), not copied into one tensor: at a hundred
+        edits of several layers the copies would take gigabytes while the state is written."""
+        out = {}
+        for i, tensors in enumerate(zip(self.keys, self.base, self.fitted)):
+            out.update({f"{name}.{i}": t for name, t in zip(("keys", "base", "fitted"), tensors)})
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        sizes = state["sizes"].tolist() if state else []
-        self.keys, self.base, self.fitted = (list(state[name].float().split(sizes)) if sizes else []
+        """Either form: per edit, or (states saved before session 20) concatenated with the edits' "sizes"."""
+        if "sizes" in state:
+            sizes = state["sizes"].tolist()
+            self.keys, self.base, self.fitted = (list(state[name].float().split(sizes))
+                                                 for name in ("keys", "base", "fitted"))
+            return
+        edits = len([k for k in state if k.startswith("keys.")])
+        self.keys, self.base, self.fitted = ([state[f"{name}.{i}"].float() for i in range(edits)]
                                              for name in ("keys", "base", "fitted"))
 
     @torch.no_grad()

@@ -192,8 +192,9 @@ class KeySolver:
         weights = torch.ones(m, **f64) if weights is None else weights.to(**f64)
         self.count += m
         if self.primal is None and self.count > self.dual_rows:
+            self.B = self.K = self.coef = None  # the primal form is built without them: their memory first
             self.primal = _Primal(self)
-            self.keys = self.B = self.R = self.K = None  # the dual form's rows are folded into P and dW
+            self.keys = self.R = None  # the dual form's rows are folded into P and dW
         if self.primal is not None:
             self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
             return
@@ -242,8 +243,7 @@ class KeySolver:
             L, jitter = _jittered_cholesky(M, 0.0)
             coef = s[:, None] * torch.cholesky_solve(s[:, None] * self.R, L)
             return coef, "ridge", _pivot_cond(L), jitter
-        M = self.K.clone()
-        L, jitter = _jittered_cholesky(M, JITTER)
+        L, jitter = _jittered_cholesky(self.K.clone(), JITTER)
         added = jitter * float(self.K.diagonal().mean())
         # each pivot is a row's squared distance (in the metric) from the earlier rows' span, plus the jitter
         method = "exact" if float(L.diagonal().min()) ** 2 > 1e4 * added else "jittered"
@@ -292,16 +292,25 @@ class _Primal:
         self.solver = solver
         f64 = dict(dtype=torch.float64, device=solver.W0.device)
         d = solver.W0.shape[1]
-        metric = torch.eye(d, **f64) if solver.metric is None else solver.metric.factor @ solver.metric.factor.T
-        keys, w = solver.keys.to(torch.float64), solver.weights
-        M = (keys.T * w) @ keys  # U'^T S U'
+        keys, w, R = solver.keys, solver.weights, solver.R
+        # U'^T S U' and R^T S U', a block of rows at a time: no float64 copy of every key at once
+        M = torch.zeros(d, d, **f64)
+        RSU = torch.zeros(R.shape[1], d, **f64)
+        for c in range(0, len(keys), CHUNK):
+            block = keys[c:c + CHUNK].to(torch.float64)
+            M.addmm_(block.T * w[c:c + CHUNK], block)
+            RSU.addmm_(R[c:c + CHUNK].T * w[c:c + CHUNK], block)
         lam = solver.ridge if solver.ridge > 0 else PRIMAL_JITTER * float(torch.trace(M)) / d
         self.lam = lam
-        M += lam * metric
+        if solver.metric is None:
+            M.diagonal().add_(lam)
+        else:
+            M.addmm_(solver.metric.factor, solver.metric.factor.T, alpha=lam)
         self.P = torch.cholesky_inverse(torch.linalg.cholesky(M))
-        self.dW = -((solver.R.T * w) @ keys) @ self.P  # -R^T S U' P
+        del M
+        self.dW = -RSU @ self.P  # -R^T S U' P
         self.method = self._method_name()
-        self.last = (keys[-1:], solver.R[-1:], solver.target_norm[-1:])
+        self.last = (keys[-1:].to(torch.float64), R[-1:], solver.target_norm[-1:])
 
     def add(self, keys, residuals, target_norm, weights) -> None:
         PU = self.P @ keys.T  # [d, m]

@@ -1,0 +1,39 @@
+import torch
+
+from transformers_qf.drift import DriftWatch
+
+
+def _watch(edits=3, d_model=6, d_mlp=10):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(d_model, d_mlp, generator=g)
+    watch = DriftWatch()
+    for rows in range(2, 2 + edits):
+        watch.add(torch.randn(rows, d_mlp, generator=g), torch.randn(rows, d_model, generator=g), W)
+        W = W + 0.01 * torch.randn(d_model, d_mlp, generator=g)  # the edit that follows moves the weight
+    return watch, W
+
+
+def test_the_drift_is_the_move_of_each_edits_rows_since_it_was_fitted():
+    watch, W = _watch()
+    keys, base, fitted = watch.keys[0], watch.base[0], watch.fitted[0]
+    want = torch.linalg.norm(base + keys @ W.T - fitted, dim=1) / torch.linalg.norm(fitted, dim=1)
+    report = watch.measure(W)
+    earlier = torch.cat([watch._drift(W, 0), watch._drift(W, 1)])
+    assert torch.allclose(watch._drift(W, 0), want)
+    assert report["drift_earlier_max"] == float(earlier.max()) and report["drift_own"] > 0
+
+
+def test_a_watch_goes_on_from_its_state_in_either_form():
+    watch, W = _watch()
+    state = watch.state_dict()
+    assert sorted(state) == sorted(f"{name}.{i}" for name in ("keys", "base", "fitted") for i in range(3))
+    assert all(state[f"keys.{i}"] is watch.keys[i] for i in range(3))  # kept as they are, not copied
+    concatenated = {"sizes": torch.tensor([len(k) for k in watch.keys]),  # how states were saved before
+                    **{name: torch.cat(getattr(watch, name)) for name in ("keys", "base", "fitted")}}
+    for saved in (state, concatenated):
+        restored = DriftWatch()
+        restored.load_state_dict(saved)
+        assert restored.measure(W) == watch.measure(W)
+    empty = DriftWatch()
+    empty.load_state_dict({})
+    assert empty.measure(W) == {} and empty.state_dict() == {}
