@@ -61,7 +61,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "layer": layers[0] if len(layers) == 1 else (layers or None),
         "efficacy": fraction(r["gives"] for r in questions),
         "paraphrase": fraction(r["gives"] for r in paraphrases),
-        "paraphrase_unseen": fraction(r["gives"] for r in paraphrases if not _fitted_on(r, edits_by_fact)),
+        "paraphrase_unseen": fraction(r["gives"] for r in paraphrases if not fitted_on(r, edits_by_fact)),
         "specificity": fraction(r["gives"] for r in kept),
         "specificity_same_relation": fraction(r["gives"] for r in kept if r["same_relation"]),
         "specificity_other": fraction(r["gives"] for r in kept if not r["same_relation"]),
@@ -92,7 +92,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
     return summary
 
 
-def _fitted_on(row: dict, edits_by_fact: dict) -> bool:
+def fitted_on(row: dict, edits_by_fact: dict) -> bool:
     """Whether a paraphrase is word for word one of the model's rewordings that its fact's edit was fitted on."""
     reworded = edits_by_fact.get(row["fact"], {}).get("rewordings") or []
     return row["user"].strip().lower() in {r.strip().lower() for r in reworded}

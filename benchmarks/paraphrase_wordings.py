@@ -1,0 +1,105 @@
+"""Which wordings of the unseen paraphrases finished bench runs answer: by where the subject stands, and by wording.
+
+    python benchmarks/paraphrase_wordings.py RUN_DIR [RUN_DIR ...] [--out results]
+
+Reads each run's cases.jsonl (its answers after the last edit) and its facts file (for the subjects). Only the
+unseen paraphrases count: those that are not, word for word, one of the rewordings their fact's edit was fitted
+on (the bench's `paraphrase_unseen`). Each is sorted by where the fact's subject stands in it: last ("Who is
+the CEO of Droram?"), possessive ("Can you tell me the name of Droram's CEO?") or elsewhere ("How many people
+work at Glothasti?"); and by its wording with the subject taken out ("Who runs X as CEO?"). Writes
+OUT/paraphrase_wordings.md and .json. No model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from transformers_qf.bench.data import read_facts
+from transformers_qf.bench.summary import fitted_on
+from transformers_qf.report import write_json
+
+PLACES = ("last", "possessive", "elsewhere")
+
+
+def subject_place(question: str, subject: str) -> str:
+    """Where `subject` stands in `question`: "last" (only punctuation after it), "possessive" (followed by 's
+    or '), or "elsewhere"."""
+    at = question.find(subject)
+    if at < 0:
+        raise ValueError(f"{question!r} does not name its subject {subject!r}")
+    after = question[at + len(subject):]
+    if not after.strip(" ?.!"):
+        return "last"
+    return "possessive" if re.match(r"'s?(?!\w)", after) else "elsewhere"
+
+
+def wordings(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    header = rows[0]
+    facts = read_facts(header["facts_file"]).facts[:header["n_facts"]]
+    final = f"checkpoint/{header['n_facts']}/"
+    edits = {r["fact"]: r for r in rows if r["key"].startswith("edit/")}
+    unseen = [r for r in rows if r["key"].startswith(final) and r.get("kind") == "paraphrase"
+              and not fitted_on(r, edits)]
+    if not unseen:
+        raise SystemExit(f"paraphrase_wordings: {run} has no unseen paraphrases scored after its last edit: "
+                         "finish the run first, or pick one scored on its paraphrases")
+    by_place, by_wording = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    for r in unseen:
+        subject = facts[r["fact"]].subject
+        place, wording = subject_place(r["user"], subject), r["user"].replace(subject, "X")
+        for table, key in ((by_place, place), (by_wording, wording)):
+            table[key][0] += bool(r["gives"])
+            table[key][1] += 1
+    return {"run": run.name, "n_facts": header["n_facts"], "unseen": len(unseen),
+            "answered": sum(bool(r["gives"]) for r in unseen),
+            "by_place": {p: {"answered": by_place[p][0], "scored": by_place[p][1]} for p in PLACES},
+            "by_wording": {w: {"answered": a, "scored": n} for w, (a, n) in sorted(by_wording.items(),
+                                                                                   key=lambda item: -item[1][1])}}
+
+
+def _share(counts: dict) -> str:
+    a, n = counts["answered"], counts["scored"]
+    return f"{a / n:.2f} ({a}/{n})" if n else "–"
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = ["# The unseen paraphrases answered, by wording", "",
+             f"Written by `{command}` from the runs' cases.jsonl (answers after the last edit). Unseen: not word "
+             "for word one of the rewordings the fact's edit was fitted on. The subject stands last (\"Who is the "
+             "CEO of X?\"), possessive (\"X's CEO\") or elsewhere (\"How many people work at X?\").", "",
+             "## By where the subject stands", "",
+             "| run | facts | unseen answered | " + " | ".join(PLACES) + " |", "|---|---|---|" + "---|" * len(PLACES)]
+    for r in results:
+        lines.append(f"| {r['run']} | {r['n_facts']} | {_share({'answered': r['answered'], 'scored': r['unseen']})} | "
+                     + " | ".join(_share(r["by_place"][p]) for p in PLACES) + " |")
+    for r in results:
+        lines += ["", f"## By wording: {r['run']}", "", "| wording | answered |", "|---|---|"]
+        lines += [f"| {w} | {_share(c)} |" for w, c in r["by_wording"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    missing = [run for run in args.runs if not (Path(run) / "cases.jsonl").is_file()]
+    if missing:
+        parser.error(f"{missing[0]} holds no cases.jsonl: give the folders of bench runs")
+    results = [wordings(Path(run)) for run in args.runs]
+    command = " ".join(["python benchmarks/paraphrase_wordings.py", *(argv if argv is not None else sys.argv[1:])])
+    out = Path(args.out)
+    write_json(out / "paraphrase_wordings.json", {"command": command, "runs": results})
+    (out / "paraphrase_wordings.md").write_text(markdown(results, command), encoding="utf-8")
+    print(f"wrote {out / 'paraphrase_wordings.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
