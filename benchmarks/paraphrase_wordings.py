@@ -6,7 +6,8 @@ Reads each run's cases.jsonl (its answers after the last edit) and its facts fil
 unseen paraphrases count: those that are not, word for word, one of the rewordings their fact's edit was fitted
 on (the bench's `paraphrase_unseen`). Each is sorted by where the fact's subject stands in it: last ("Who is
 the CEO of Droram?"), possessive ("Can you tell me the name of Droram's CEO?") or elsewhere ("How many people
-work at Glothasti?"); and by its wording with the subject taken out ("Who runs X as CEO?"). Writes
+work at Glothasti?"); and by its wording with the subject taken out ("Who runs X as CEO?"). The questions and
+the rewordings the edits were fitted on are counted by the subject's place too. Writes
 OUT/paraphrase_wordings.md and .json. No model is loaded.
 """
 
@@ -16,7 +17,7 @@ import argparse
 import json
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from transformers_qf.bench.data import read_facts
@@ -56,7 +57,10 @@ def wordings(run: Path) -> dict:
         for table, key in ((by_place, place), (by_wording, wording)):
             table[key][0] += bool(r["gives"])
             table[key][1] += 1
+    fitted = Counter(subject_place(q, facts[i].subject) for i, e in edits.items()
+                     for q in [facts[i].user, *(e.get("rewordings") or [])])
     return {"run": run.name, "n_facts": header["n_facts"], "unseen": len(unseen),
+            "fitted_by_place": {p: fitted[p] for p in PLACES},
             "answered": sum(bool(r["gives"]) for r in unseen),
             "by_place": {p: {"answered": by_place[p][0], "scored": by_place[p][1]} for p in PLACES},
             "by_wording": {w: {"answered": a, "scored": n} for w, (a, n) in sorted(by_wording.items(),
@@ -78,6 +82,9 @@ def markdown(results: list[dict], command: str) -> str:
     for r in results:
         lines.append(f"| {r['run']} | {r['n_facts']} | {_share({'answered': r['answered'], 'scored': r['unseen']})} | "
                      + " | ".join(_share(r["by_place"][p]) for p in PLACES) + " |")
+    lines += ["", "## The questions and rewordings the edits were fitted on, by where the subject stands", "",
+              "| run | " + " | ".join(PLACES) + " |", "|---|" + "---|" * len(PLACES)]
+    lines += [f"| {r['run']} | " + " | ".join(str(r["fitted_by_place"][p]) for p in PLACES) + " |" for r in results]
     for r in results:
         lines += ["", f"## By wording: {r['run']}", "", "| wording | answered |", "|---|---|"]
         lines += [f"| {w} | {_share(c)} |" for w, c in r["by_wording"].items()]

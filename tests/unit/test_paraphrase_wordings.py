@@ -33,7 +33,7 @@ def test_only_unseen_paraphrases_after_the_last_edit_count(script, tmp_path):
     facts = tmp_path / "facts.jsonl"
     facts.write_text(json.dumps(fact) + "\n", encoding="utf-8")
     rows = [{"key": "header", "facts_file": str(facts), "n_facts": 1},
-            {"key": "edit/0", "fact": 0, "rewordings": ["who leads droram?"]},  # fitted on: not unseen
+            {"key": "edit/0", "fact": 0, "rewordings": ["Who leads Droram?"]},  # fitted on: not unseen
             {"key": "checkpoint/1/paraphrase/0/0", "kind": "paraphrase", "fact": 0, "user": "Who runs Droram?",
              "gives": True},
             {"key": "checkpoint/1/paraphrase/0/1", "kind": "paraphrase", "fact": 0,
@@ -48,6 +48,7 @@ def test_only_unseen_paraphrases_after_the_last_edit_count(script, tmp_path):
     assert got["by_place"]["last"] == {"answered": 1, "scored": 1}
     assert got["by_place"]["possessive"] == {"answered": 0, "scored": 1}
     assert got["by_wording"]["What is X's CEO called?"] == {"answered": 0, "scored": 1}
+    assert got["fitted_by_place"] == {"last": 2, "possessive": 0, "elsewhere": 0}  # the question and its rewording
     assert script.main([str(run), "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "paraphrase_wordings.md").read_text(encoding="utf-8")
     assert "| run | 1 | 0.50 (1/2) | 1.00 (1/1) | 0.00 (0/1) | – |" in table
