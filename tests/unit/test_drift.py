@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from transformers_qf.drift import DriftWatch
@@ -33,7 +34,8 @@ def test_a_watch_goes_on_from_its_state_in_either_form():
     for saved in (state, concatenated):
         restored = DriftWatch()
         restored.load_state_dict(saved)
-        assert restored.measure(W) == watch.measure(W)
+        # the same rows up to float32 rounding: a block split out of one tensor may take another kernel path
+        assert restored.measure(W) == pytest.approx(watch.measure(W), rel=1e-5)
     empty = DriftWatch()
     empty.load_state_dict({})
     assert empty.measure(W) == {} and empty.state_dict() == {}
