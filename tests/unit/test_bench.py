@@ -556,3 +556,22 @@ def test_answer_weighted_covariance_adds_the_answer_positions_of_the_real_entity
     assert not torch.allclose(weighted.factor, plain.factor)
     with pytest.raises(ValueError, match="generic\\+facts"):
         keystats.key_metrics(tiny_qwen2, tokenizer, answer, [1], corpus="generic", count=2, answer_weight=1.0)
+
+
+def test_covariances_of_several_layers_from_one_forward_match_each_layer_alone_and_are_cached_per_layer(
+        tiny_qwen2, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("QF_CACHE", str(tmp_path / "cache"))
+    texts = [prompting.generation_prompt("", q) + "It is so." + prompting.ANSWER_CLOSING
+             for q in ("Who is the CEO of Apple?", "Say hello.", "What is the capital of France?")]
+    low, high = locate(tiny_qwen2, 0), locate(tiny_qwen2, 2)
+    together = keystats.key_covariances(tiny_qwen2, [low, high], tokenizer, texts, batch_size=2, cache_key="tiny")
+    for parts in (low, high):
+        alone, count = keystats.key_covariance(tiny_qwen2, parts, tokenizer, texts, batch_size=3)
+        assert together[parts.index][1] == count == sum(len(prompting.encode(tokenizer, t)) for t in texts)
+        torch.testing.assert_close(together[parts.index][0], alone, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(together[0][0], together[2][0])
+    cached = sorted(p.name for p in (tmp_path / "cache" / "keystats").iterdir())
+    assert len(cached) == 2 and "layer0" in cached[0] and "layer2" in cached[1]
+    monkeypatch.setattr(keystats, "record_layers", lambda *a, **k: pytest.fail("a cached layer was recorded again"))
+    again = keystats.key_covariances(tiny_qwen2, [high, low], tokenizer, texts, cache_key="tiny")
+    torch.testing.assert_close(again[2][0], together[2][0])

@@ -147,21 +147,7 @@ def record(model: torch.nn.Module, parts: LayerParts, sequences, stop: bool = Tr
     """
     if isinstance(sequences, torch.Tensor):
         sequences = [sequences]
-    device = next(model.parameters()).device
-    ids, positions = (t.to(device) for t in pack(sequences))
-    hooks = _Hooks(parts)
-    try:
-        if stop:
-            with truncated(model, parts) as base:
-                base(input_ids=ids, position_ids=positions, use_cache=False)
-        else:
-            model(input_ids=ids, position_ids=positions, use_cache=False)
-        recs = hooks.split_packed([len(s) for s in sequences])
-    finally:
-        hooks.remove()
-    if check:
-        check_finite(recs, parts.index)
-    return recs
+    return record_layers(model, [parts], sequences, stop, check)[parts.index]
 
 
 @torch.no_grad()
@@ -250,18 +236,24 @@ class GraphedRecorder:
 
 
 @torch.no_grad()
-def record_layers(model: torch.nn.Module, layers: list[LayerParts], sequences: list[torch.Tensor]) -> dict[int, list[Recording]]:
-    """One forward cut after the deepest of several layers; {layer index: the sequences' recordings there}."""
+def record_layers(model: torch.nn.Module, layers: list[LayerParts], sequences: list[torch.Tensor], stop: bool = True,
+                  check: bool = True) -> dict[int, list[Recording]]:
+    """`record` at several layers in one packed forward cut after the deepest of them (stop=False: the whole
+    model runs); {layer index: the sequences' recordings there}."""
     device = next(model.parameters()).device
-    batch = pad_batch(sequences).to(device)
+    ids, positions = (t.to(device) for t in pack(sequences))
     hooks = {parts.index: _Hooks(parts) for parts in layers}
     try:
-        with truncated(model, max(layers, key=lambda p: p.index)) as base:
-            base(input_ids=batch, use_cache=False)
-        recs = {index: h.split([len(s) for s in sequences]) for index, h in hooks.items()}
+        if stop:
+            with truncated(model, max(layers, key=lambda p: p.index)) as base:
+                base(input_ids=ids, position_ids=positions, use_cache=False)
+        else:
+            model(input_ids=ids, position_ids=positions, use_cache=False)
+        recs = {index: h.split_packed([len(s) for s in sequences]) for index, h in hooks.items()}
     finally:
         for h in hooks.values():
             h.remove()
-    for index, r in recs.items():
-        check_finite(r, index)
+    if check:
+        for index, r in recs.items():
+            check_finite(r, index)
     return recs

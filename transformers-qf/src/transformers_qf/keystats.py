@@ -10,6 +10,7 @@ the package's cache directory (`models.cache_dir()`).
     texts = generic_texts(answer, count=256, seed=0)                  # answer: (system, user) -> text
     texts += known_fact_texts(answer, exclude=["Who is the CEO of Google?"])  # the model on real entities
     C, n = key_covariance(model, parts, tokenizer, texts)             # [d_mlp, d_mlp] float64, n positions
+    by_layer = key_covariances(model, [p4, p8], tokenizer, texts)     # {4: (C, n), 8: (C, n)}, one forward a batch
     metrics = key_metrics(model, tokenizer, answer, layers=[23])      # all of it: {23: KeyMetric}, for editor.Editor
 
 Generic text protects fluency but holds no questions like the benchmark's: an edit that must leave
@@ -36,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from . import prompting
 from .architectures import locate
-from .capture import record
+from .capture import record_layers
 from .keysolve import KeyMetric
 from .models import cache_dir
 from .worldfacts import RELATIONS, real_facts
@@ -114,34 +115,50 @@ def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cach
     return texts
 
 
-@torch.no_grad()
 def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
                    answers_only: bool = False) -> tuple[torch.Tensor, int]:
     """E[u u^T] over every position of `texts` at layer `parts.index` ([d_mlp, d_mlp] float64), and the count;
     answers_only: over the positions of the assistant's answer only (after the last ANSWER_HEADER)."""
-    path = None
-    if cache_key is not None:
-        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
-        part = "-answers" if answers_only else ""
-        path = cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}{part}.safetensors"
+    return key_covariances(model, [parts], tokenizer, texts, batch_size, cache_key, answers_only)[parts.index]
+
+
+@torch.no_grad()
+def key_covariances(model, layers, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
+                    answers_only: bool = False) -> dict[int, tuple[torch.Tensor, int]]:
+    """`key_covariance` at several layers (LayerParts), from one forward of each batch cut after the deepest
+    layer not cached yet: {layer index: (C, count)}. Each layer is cached on its own."""
+    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
+    part = "-answers" if answers_only else ""
+    paths = {parts.index: cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}{part}.safetensors"
+             for parts in layers} if cache_key is not None else {}
+    found = {}
+    for index, path in paths.items():
         if path.is_file():
             stored = load_file(str(path))
-            return stored["covariance"].to(torch.float64), int(stored["count"])
-    d = parts.down.in_features
-    total = torch.zeros(d, d, dtype=torch.float64)
+            found[index] = stored["covariance"].to(torch.float64), int(stored["count"])
+    missing = [parts for parts in layers if parts.index not in found]
+    if not missing:
+        return found
+    d = missing[0].down.in_features
+    totals = {parts.index: torch.zeros(d, d, dtype=torch.float64) for parts in missing}
     count = 0
     ids = [torch.tensor(prompting.encode(tokenizer, t)) for t in texts]
     starts = [_answer_start(tokenizer, t) if answers_only else 0 for t in texts]
     for start in range(0, len(ids), batch_size):
-        for rec, first in zip(record(model, parts, ids[start:start + batch_size]), starts[start:start + batch_size]):
-            u = rec.u[first:].float()
-            total += (u.T @ u).to(torch.float64).cpu()
-            count += u.shape[0]
-    covariance = total / count
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"covariance": covariance.float(), "count": torch.tensor(count)}, str(path))
-    return covariance, count
+        batch = slice(start, start + batch_size)
+        recorded = record_layers(model, missing, ids[batch])
+        for index, recs in recorded.items():
+            # one product a batch: the d_mlp x d_mlp result, not the rows, is what costs memory traffic
+            u = torch.cat([rec.u[first:] for rec, first in zip(recs, starts[batch])]).float()
+            totals[index] += (u.T @ u).to(torch.float64).cpu()
+        count += sum(len(i) - first for i, first in zip(ids[batch], starts[batch]))
+    for index, total in totals.items():
+        covariance = total / count
+        found[index] = covariance, count
+        if index in paths:
+            paths[index].parent.mkdir(parents=True, exist_ok=True)
+            save_file({"covariance": covariance.float(), "count": torch.tensor(count)}, str(paths[index]))
+    return found
 
 
 def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic+facts", shrink: float = 0.1,
@@ -160,15 +177,13 @@ def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic
         raise ValueError(f"an answer weight ({answer_weight:g}) needs corpus generic+facts and must be >= 0")
     texts = generic_texts(answer, count, cache_key=cache_key)
     facts = known_fact_texts(answer, exclude, fact_count, cache_key=cache_key) if corpus == "generic+facts" else []
-    metrics = {}
-    for layer in layers:
-        parts = locate(model, layer)
-        covariance, _ = key_covariance(model, parts, tokenizer, texts + facts, cache_key=cache_key)
-        if answer_weight > 0:
-            answers, _ = key_covariance(model, parts, tokenizer, facts, cache_key=cache_key, answers_only=True)
-            covariance = covariance + answer_weight * answers
-        metrics[parts.index] = KeyMetric(covariance, shrink)
-    return metrics
+    parts = [locate(model, layer) for layer in layers]
+    covariances = {i: c for i, (c, _) in key_covariances(model, parts, tokenizer, texts + facts,
+                                                           cache_key=cache_key).items()}
+    if answer_weight > 0:
+        answers = key_covariances(model, parts, tokenizer, facts, cache_key=cache_key, answers_only=True)
+        covariances = {i: c + answer_weight * answers[i][0] for i, c in covariances.items()}
+    return {i: KeyMetric(c, shrink) for i, c in covariances.items()}
 
 
 def _answer_start(tokenizer, text: str) -> int:
