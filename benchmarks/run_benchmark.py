@@ -185,6 +185,11 @@ def runs() -> dict[str, list[str]]:
     plan["sequential100-qf-L4-8-rome-60-copies-keep-words10"] = [
         "--facts", FACTS.format(n=100), "--protocol", "sequential", "--no-immediate", "--checkpoints", "10,30,50,100",
         "--method", "qf", "--paper", *VARIANTS["L4-8-rome-60-copies-words10"], "--keep-context"]
+    # the words10 run above costs ~200 s an edit here (each rewording is one more sequence in every one of the 60
+    # steps; 4.4 kept a fact in its first 9 edits), 5.5 h for 100 facts. Five instructions keep ~2 a fact
+    # (rewording_yield.md), and compare straight with the layer-8 words5 run at 100 facts
+    plan["sequential100-qf-L4-8-rome-60-copies-keep-words5"] = [
+        *plan["sequential100-qf-L4-8-rome-60-copies-keep-words10"][:-3], "--target-wordings", "5", "--keep-context"]
     for name in ("qf-covfacts-target", "qf-paper", "qf-L27"):
         plan[f"single100-{name}"] = ["--facts", FACTS.format(n=100), "--protocol", "single", "--paraphrases", "1",
                                      *methods[name]]
