@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
-from transformers_qf.bench.data import read_facts
+from finished_runs import FinishedRun, command_line, read_run, write_reports
 from transformers_qf.bench.metrics import MISS_KINDS, miss_kind
-from transformers_qf.report import write_json
 
 KINDS = ("question", "paraphrase")
 
 
-def misses(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    header = rows[0]
-    facts = read_facts(header["facts_file"]).facts[:header["n_facts"]]
-    final = f"checkpoint/{header['n_facts']}/"
-    scored = [r for r in rows if r["key"].startswith(final) and r.get("kind") in KINDS]
+def misses(run: FinishedRun) -> dict:
+    scored, facts = run.final(*KINDS), run.facts
     if not scored:
-        raise SystemExit(f"paraphrase_misses: {run} has no answers after its last edit: finish the run first")
-    out = {"run": run.name, "n_facts": header["n_facts"], "command": header.get("command")}
+        raise SystemExit(f"paraphrase_misses: {run.path} has no answers after its last edit: finish the run first")
+    out = {"run": run.name, "n_facts": run.n_facts, "command": run.header.get("command")}
     for kind in KINDS:
         answers = [r for r in scored if r["kind"] == kind]
         missed = [r for r in answers if not r["gives"]]
@@ -67,12 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    results = [misses(Path(run)) for run in args.runs]
-    command = " ".join(["python benchmarks/paraphrase_misses.py", *(argv if argv is not None else sys.argv[1:])])
-    out = Path(args.out)
-    write_json(out / "paraphrase_misses.json", {"command": command, "runs": results})
-    (out / "paraphrase_misses.md").write_text(markdown(results, command), encoding="utf-8")
-    print(f"wrote {out / 'paraphrase_misses.md'}")
+    results = [misses(read_run(Path(run), "paraphrase_misses")) for run in args.runs]
+    command = command_line("paraphrase_misses", argv)
+    write_reports("paraphrase_misses", {"command": command, "runs": results}, markdown(results, command),
+                  Path(args.out))
     return 0
 
 

@@ -14,15 +14,12 @@ OUT/paraphrase_wordings.md and .json. No model is loaded.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from transformers_qf.bench.data import read_facts
+from finished_runs import FinishedRun, command_line, read_run, write_reports
 from transformers_qf.bench.summary import fitted_on
-from transformers_qf.report import write_json
 
 PLACES = ("last", "possessive", "elsewhere")
 
@@ -39,16 +36,11 @@ def subject_place(question: str, subject: str) -> str:
     return "possessive" if re.match(r"'s?(?!\w)", after) else "elsewhere"
 
 
-def wordings(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    header = rows[0]
-    facts = read_facts(header["facts_file"]).facts[:header["n_facts"]]
-    final = f"checkpoint/{header['n_facts']}/"
-    edits = {r["fact"]: r for r in rows if r["key"].startswith("edit/")}
-    unseen = [r for r in rows if r["key"].startswith(final) and r.get("kind") == "paraphrase"
-              and not fitted_on(r, edits)]
+def wordings(run: FinishedRun) -> dict:
+    facts, edits = run.facts, run.edits()
+    unseen = [r for r in run.final("paraphrase") if not fitted_on(r, edits)]
     if not unseen:
-        raise SystemExit(f"paraphrase_wordings: {run} has no unseen paraphrases scored after its last edit: "
+        raise SystemExit(f"paraphrase_wordings: {run.path} has no unseen paraphrases scored after its last edit: "
                          "finish the run first, or pick one scored on its paraphrases")
     by_place, by_wording = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
     for r in unseen:
@@ -59,7 +51,7 @@ def wordings(run: Path) -> dict:
             table[key][1] += 1
     fitted = Counter(subject_place(q, facts[i].subject) for i, e in edits.items()
                      for q in [facts[i].user, *(e.get("rewordings") or [])])
-    return {"run": run.name, "n_facts": header["n_facts"], "unseen": len(unseen),
+    return {"run": run.name, "n_facts": run.n_facts, "unseen": len(unseen),
             "fitted_by_place": {p: fitted[p] for p in PLACES},
             "answered": sum(bool(r["gives"]) for r in unseen),
             "by_place": {p: {"answered": by_place[p][0], "scored": by_place[p][1]} for p in PLACES},
@@ -96,15 +88,11 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    missing = [run for run in args.runs if not (Path(run) / "cases.jsonl").is_file()]
-    if missing:
-        parser.error(f"{missing[0]} holds no cases.jsonl: give the folders of bench runs")
-    results = [wordings(Path(run)) for run in args.runs]
-    command = " ".join(["python benchmarks/paraphrase_wordings.py", *(argv if argv is not None else sys.argv[1:])])
-    out = Path(args.out)
-    write_json(out / "paraphrase_wordings.json", {"command": command, "runs": results})
-    (out / "paraphrase_wordings.md").write_text(markdown(results, command), encoding="utf-8")
-    print(f"wrote {out / 'paraphrase_wordings.md'}")
+    runs = [read_run(Path(run), "paraphrase_wordings") for run in args.runs]
+    results = [wordings(run) for run in runs]
+    command = command_line("paraphrase_wordings", argv)
+    write_reports("paraphrase_wordings", {"command": command, "runs": results}, markdown(results, command),
+                  Path(args.out))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,13 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paraphrase_wordin
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("paraphrase_wordings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its sibling finished_runs.py is importable
+    try:
+        spec = importlib.util.spec_from_file_location("paraphrase_wordings", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
@@ -43,7 +48,7 @@ def test_only_unseen_paraphrases_after_the_last_edit_count(script, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    got = script.wordings(run)
+    got = script.wordings(script.read_run(run, "paraphrase_wordings"))
     assert (got["unseen"], got["answered"]) == (2, 1)
     assert got["by_place"]["last"] == {"answered": 1, "scored": 1}
     assert got["by_place"]["possessive"] == {"answered": 0, "scored": 1}
@@ -52,3 +57,5 @@ def test_only_unseen_paraphrases_after_the_last_edit_count(script, tmp_path):
     assert script.main([str(run), "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "paraphrase_wordings.md").read_text(encoding="utf-8")
     assert "| run | 1 | 0.50 (1/2) | 1.00 (1/1) | 0.00 (0/1) | – |" in table
+    with pytest.raises(SystemExit, match="holds no cases.jsonl"):
+        script.main([str(tmp_path), "--out", str(tmp_path / "out")])
