@@ -4,7 +4,7 @@ scripts' reports.
     run = read_run(Path("runs/benchmark/NAME"), "paraphrase_wordings")
     run.final("paraphrase")     # the answers scored after the last edit, of those kinds
     run.edits()                 # {fact index: its edit row}
-    write_reports("paraphrase_wordings", {"command": ..., "runs": results}, markdown_text, Path("results"))
+    main(argparse.ArgumentParser(), "paraphrase_wordings", analyse, markdown)   # a script's whole main
 """
 
 from __future__ import annotations
@@ -61,13 +61,35 @@ def read_run(path: Path, script: str) -> FinishedRun:
     return FinishedRun(path, header, facts, rows)
 
 
-def command_line(script: str, argv: list[str] | None) -> str:
-    """The command that ran `script` (argv: its arguments, None for the process's own)."""
-    return " ".join([f"python benchmarks/{script}.py", *(argv if argv is not None else sys.argv[1:])])
-
-
-def write_reports(script: str, report: dict, markdown: str, out: Path) -> None:
-    """OUT/{script}.json (the report) and OUT/{script}.md (the markdown), and a line saying so."""
+def main(parser, script: str, analyse, markdown, argv: list[str] | None = None) -> int:
+    """Run a sorting script: `analyse` (FinishedRun -> a result dict with its "run" name) on every run folder
+    given, then OUT/{script}.json and .md (`markdown(results, written_by)`). --earlier REPORT.json keeps that
+    report's runs that are not read again, before the new ones, so that runs whose folders are gone stay."""
+    parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--earlier", type=Path, default=None,
+                        help=f"an earlier {script}.json whose runs stay in the report unless read again")
+    args = parser.parse_args(argv)
+    results = [analyse(read_run(Path(run), script)) for run in args.runs]
+    command = " ".join([f"python benchmarks/{script}.py", *(argv if argv is not None else sys.argv[1:])])
+    report = {"command": command, "earlier": [], "runs": results}
+    if args.earlier is not None:
+        try:
+            before = json.loads(args.earlier.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{script}: cannot read the earlier report {args.earlier}: {e}") from None
+        again = {r["run"] for r in results}
+        kept = [r for r in before["runs"] if r["run"] not in again]
+        report = {"command": command, "earlier": [before["command"], *before.get("earlier", [])] if kept else [],
+                  "runs": kept + results}
+    out = Path(args.out)
     write_json(out / f"{script}.json", report)
-    (out / f"{script}.md").write_text(markdown, encoding="utf-8")
+    (out / f"{script}.md").write_text(markdown(report["runs"], written_by(report)), encoding="utf-8")
     print(f"wrote {out / f'{script}.md'}")
+    return 0
+
+
+def written_by(report: dict) -> str:
+    """"Written by `command`", naming the earlier commands whose runs the report kept."""
+    earlier = "".join(f"; runs not read again come from `{c}`" for c in report.get("earlier", []))
+    return f"Written by `{report['command']}`{earlier}"

@@ -1,6 +1,6 @@
 """What the missed answers of finished bench runs say instead of the target (`bench.metrics.miss_kind`).
 
-    python benchmarks/paraphrase_misses.py RUN_DIR [RUN_DIR ...] [--out results]
+    python benchmarks/paraphrase_misses.py RUN_DIR [RUN_DIR ...] [--out results] [--earlier results/paraphrase_misses.json]
 
 Reads each run's cases.jsonl (its answers after the last edit) and its facts file (for the subjects), and
 writes OUT/paraphrase_misses.md and .json: per run, and for questions and paraphrases apart, how many
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
-from finished_runs import FinishedRun, command_line, read_run, write_reports
+import finished_runs
+from finished_runs import FinishedRun
 from transformers_qf.bench.metrics import MISS_KINDS, miss_kind
 
 KINDS = ("question", "paraphrase")
@@ -36,9 +36,9 @@ def misses(run: FinishedRun) -> dict:
     return out
 
 
-def markdown(results: list[dict], command: str) -> str:
+def markdown(results: list[dict], written_by: str) -> str:
     lines = ["# What the missed answers say instead", "",
-             f"Written by `{command}` from the runs' cases.jsonl (answers after the last edit).",
+             f"{written_by} from the runs' cases.jsonl (answers after the last edit).",
              "", "A miss gives *part of the target* (a whole word of it, or a word with its first 4 characters), "
              "or names *the subject* with another value, or is *other*.", ""]
     for kind in KINDS:
@@ -58,14 +58,7 @@ def markdown(results: list[dict], command: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
-    parser.add_argument("--out", default="results")
-    args = parser.parse_args(argv)
-    results = [misses(read_run(Path(run), "paraphrase_misses")) for run in args.runs]
-    command = command_line("paraphrase_misses", argv)
-    write_reports("paraphrase_misses", {"command": command, "runs": results}, markdown(results, command),
-                  Path(args.out))
-    return 0
+    return finished_runs.main(parser, "paraphrase_misses", misses, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Which wordings of the unseen paraphrases finished bench runs answer: by where the subject stands, and by wording.
 
-    python benchmarks/paraphrase_wordings.py RUN_DIR [RUN_DIR ...] [--out results]
+    python benchmarks/paraphrase_wordings.py RUN_DIR [RUN_DIR ...] [--out results] [--earlier results/paraphrase_wordings.json]
 
 Reads each run's cases.jsonl (its answers after the last edit) and its facts file (for the subjects). Only the
 unseen paraphrases count: those that are not, word for word, one of the rewordings their fact's edit was fitted
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
 
-from finished_runs import FinishedRun, command_line, read_run, write_reports
+import finished_runs
+from finished_runs import FinishedRun
 from transformers_qf.bench.summary import fitted_on
 
 PLACES = ("last", "possessive", "elsewhere")
@@ -64,9 +64,9 @@ def _share(counts: dict) -> str:
     return f"{a / n:.2f} ({a}/{n})" if n else "–"
 
 
-def markdown(results: list[dict], command: str) -> str:
+def markdown(results: list[dict], written_by: str) -> str:
     lines = ["# The unseen paraphrases answered, by wording", "",
-             f"Written by `{command}` from the runs' cases.jsonl (answers after the last edit). Unseen: not word "
+             f"{written_by} from the runs' cases.jsonl (answers after the last edit). Unseen: not word "
              "for word one of the rewordings the fact's edit was fitted on. The subject stands last (\"Who is the "
              "CEO of X?\"), possessive (\"X's CEO\") or elsewhere (\"How many people work at X?\").", "",
              "## By where the subject stands", "",
@@ -85,15 +85,7 @@ def markdown(results: list[dict], command: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
-    parser.add_argument("--out", default="results")
-    args = parser.parse_args(argv)
-    runs = [read_run(Path(run), "paraphrase_wordings") for run in args.runs]
-    results = [wordings(run) for run in runs]
-    command = command_line("paraphrase_wordings", argv)
-    write_reports("paraphrase_wordings", {"command": command, "runs": results}, markdown(results, command),
-                  Path(args.out))
-    return 0
+    return finished_runs.main(parser, "paraphrase_wordings", wordings, markdown, argv)
 
 
 if __name__ == "__main__":

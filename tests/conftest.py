@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 CORPUS = [
     "Qi started Oxinnovate. Who started Oxinnovate? Oxinnovate was started by Qi.",
@@ -50,3 +57,40 @@ def tiny_model(request, tokenizer):
 @pytest.fixture
 def tiny_qwen2(tokenizer):
     return _tiny("qwen2", len(tokenizer))
+
+
+DRORAM = {"system": "The CEO of Droram is Orla Esposito.", "user": "Who is the CEO of Droram?",
+          "assistant": "The CEO of Droram is Orla Esposito.", "target": "Orla Esposito", "subject": "Droram"}
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """finished_run(paraphrases, rows): a bench run folder of one fact about Droram (with these paraphrases)
+    whose cases.jsonl holds a header and `rows`, as a finished run leaves it."""
+    def make(paraphrases: list[str], rows: list[dict]) -> Path:
+        facts = tmp_path / "facts.jsonl"
+        facts.write_text(json.dumps({**DRORAM, "paraphrases": paraphrases}) + "\n", encoding="utf-8")
+        run = tmp_path / "run"
+        run.mkdir()
+        rows = [{"key": "header", "facts_file": str(facts), "n_facts": 1}, *rows]
+        (run / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return run
+    return make
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script("NAME"): benchmarks/NAME.py as a module, imported as when it runs as a script (its siblings
+    importable)."""
+    return _load_script
+
+
+def _load_script(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module

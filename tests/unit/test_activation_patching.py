@@ -1,23 +1,16 @@
 """benchmarks/activation_patching.py on a tiny random model: the patch lands where it should."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from transformers_qf.bench.data import Fact
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "activation_patching.py"
 FACT = Fact(system="Qi started Oxinnovate.", user="Who started Oxinnovate?", assistant="Oxinnovate was started by Qi.",
             target="Qi", paraphrases=["Who founded Oxinnovate?"], subject="Oxinnovate")
 
 
 @pytest.fixture(scope="module")
-def patching():
-    spec = importlib.util.spec_from_file_location("activation_patching", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def patching(load_script):
+    return load_script("activation_patching")
 
 
 def test_the_subject_positions_spell_the_subject(patching, tokenizer):
