@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from transformers_qf import load_model
-from transformers_qf.errors import USER_ERRORS
-from transformers_qf.models import DEFAULT_MODEL, ModelLoadError, converted_dir
-from transformers_qf.qf2 import QF2
-from transformers_qf.qft import qf2_config
-from transformers_qf.report import firing_rounds_table, provenance, provenance_lines, steps_table, write_json
-from transformers_qf.walkthrough import Ask, Fact, Learn, run_walkthrough, validate_steps
+from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.core.models import DEFAULT_MODEL, ModelLoadError, converted_dir
+from transformers_qf.qf2.update import QF2
+from transformers_qf.qf2.block import qf2_config
+from transformers_qf.core.report import firing_rounds_table, provenance, provenance_lines, steps_table, write_json
+from transformers_qf.qf.walkthrough import Ask, Fact, Learn, run_walkthrough, validate_steps
 
 # ---- what to learn: edit here -----------------------------------------------------------------------
 LAYER = 23  # the converted layer (qft_train.py's default)

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from transformers_qf import QF, load_model
-from transformers_qf.errors import USER_ERRORS
-from transformers_qf.report import provenance, provenance_lines, rounds_table, steps_table, write_json
-from transformers_qf.scriptargs import add_model_args, parse_layers
-from transformers_qf.walkthrough import Ask, Fact, Learn, probe_answer_turn, run_walkthrough, validate_steps
+from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.core.report import provenance, provenance_lines, rounds_table, steps_table, write_json
+from transformers_qf.core.scriptargs import add_model_args, parse_layers
+from transformers_qf.qf.walkthrough import Ask, Fact, Learn, probe_answer_turn, run_walkthrough, validate_steps
 
 # ---- what to learn: edit here -----------------------------------------------------------------
 LAYER = 23

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import torch
 
-from transformers_qf import load_model, prompting, qft_checks, qft_data
-from transformers_qf.errors import USER_ERRORS
-from transformers_qf.generation import greedy_batch
-from transformers_qf.models import converted_dir
-from transformers_qf.qft_training import PRESETS, Conversion, make_accelerator, with_overrides
-from transformers_qf.qft_report import plot_loss, write_report
-from transformers_qf.report import provenance, write_json
-from transformers_qf.scriptargs import add_model_args, parse_layers
+from transformers_qf import load_model
+from transformers_qf.core import prompting
+from transformers_qf.qf2 import checks as qft_checks
+from transformers_qf.qf2 import data as qft_data
+from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.core.generation import greedy_batch
+from transformers_qf.core.models import converted_dir
+from transformers_qf.qf2.training import PRESETS, Conversion, make_accelerator, with_overrides
+from transformers_qf.qf2.report import plot_loss, write_report
+from transformers_qf.core.report import provenance, write_json
+from transformers_qf.core.scriptargs import add_model_args, parse_layers
 
 # ---- what to convert: edit here ---------------------------------------------------------------------
 LAYER = 23

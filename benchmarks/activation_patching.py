@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from transformers_qf import load_model, prompting
+from transformers_qf import load_model
+from transformers_qf.core import prompting
 from transformers_qf.bench.data import read_facts
-from transformers_qf.report import git_commit
+from transformers_qf.core.report import git_commit
 
 SETS = ("subject", "subject-last", "user", "answer", "shared")
 

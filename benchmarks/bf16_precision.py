@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from transformers_qf import QF, load_model, locate, prompting
-from transformers_qf.capture import record
-from transformers_qf.qf import solve
-from transformers_qf.report import git_commit
+from transformers_qf import QF, load_model, locate
+from transformers_qf.core import prompting
+from transformers_qf.core.capture import record
+from transformers_qf.solve.exact import solve
+from transformers_qf.core.report import git_commit
 
 QUESTION = "What is the capital of Zubrovia?"
 FACT = "The capital of Zubrovia is Pelmora."

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from probe_setup import load, probe_parser, rome_editor
-from transformers_qf.report import git_commit
+from transformers_qf.core.report import git_commit
 
 FIELDS = ("rows", "held_rows", "residual", "delta_rel", "drift_own", "drift_earlier", "drift_earlier_max")
 

@@ -43,11 +43,11 @@ from pathlib import Path
 import torch
 
 from transformers_qf import QF, load_model, locate
-from transformers_qf.capture import record
-from transformers_qf.prompting import teacher_forced, teacher_forced_many
-from transformers_qf.models import pick_device_dtype
-from transformers_qf.qf import Accumulator, solve
-from transformers_qf.report import git_commit
+from transformers_qf.core.capture import record
+from transformers_qf.core.prompting import teacher_forced, teacher_forced_many
+from transformers_qf.core.models import pick_device_dtype
+from transformers_qf.solve.exact import Accumulator, solve
+from transformers_qf.core.report import git_commit
 
 SYSTEM = "Qi started Oxinnovate in 2019 at the PKU Science Park in Beijing."
 USER = "Who started Oxinnovate?"

@@ -22,7 +22,7 @@ import torch
 from probe_setup import load, probe_parser, rome_editor
 from transformers_qf.bench.answering import Answerer
 from transformers_qf.bench.metrics import gives
-from transformers_qf.report import git_commit, write_json
+from transformers_qf.core.report import git_commit, write_json
 
 
 def answered(answerer: Answerer, questions: list[str], targets: list[str]) -> list[bool]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers_qf.bench.data import Fact, FactsFileError, read_facts
-from transformers_qf.report import write_json
+from transformers_qf.core.report import write_json
 
 ROOT = Path(__file__).resolve().parent.parent  # where the bench runs, and its relative facts paths start
 

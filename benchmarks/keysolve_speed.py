@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from transformers_qf.keysolve import KeyMetric, KeySolver
-from transformers_qf.report import git_commit, write_json
+from transformers_qf.solve.keyed import KeyMetric, KeySolver
+from transformers_qf.core.report import git_commit, write_json
 
 
 def random_state(k: int, d_model: int, d_mlp: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from transformers_qf import keystats, load_model
-from transformers_qf.architectures import locate
+from transformers_qf import load_model
+from transformers_qf.solve import keystats
+from transformers_qf.core.architectures import locate
 from transformers_qf.bench.answering import Answerer
 from transformers_qf.bench.data import read_facts
-from transformers_qf.report import git_commit, write_json
+from transformers_qf.core.report import git_commit, write_json
 
 FACTS = Path(__file__).resolve().parent / "facts" / "facts_100.jsonl"
 

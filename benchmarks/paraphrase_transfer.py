@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 
 from probe_setup import load, probe_parser, rome_editor
-from transformers_qf import prompting
+from transformers_qf.core import prompting
 from transformers_qf.bench.answering import _forced_target
 from transformers_qf.bench.metrics import gives
-from transformers_qf.capture import record
-from transformers_qf.editor import Editor
-from transformers_qf.report import git_commit
+from transformers_qf.core.capture import record
+from transformers_qf.editing.editor import Editor
+from transformers_qf.core.report import git_commit
 
 MODES = ("added-question-row", "added-every-row", "weight-edit")
 

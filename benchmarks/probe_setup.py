@@ -9,7 +9,7 @@ import argparse
 from transformers_qf import load_model
 from transformers_qf.bench.cli import key_metrics
 from transformers_qf.bench.data import read_facts
-from transformers_qf.editor import EditConfig, Editor
+from transformers_qf.editing.editor import EditConfig, Editor
 
 
 def probe_parser(doc: str, n: int) -> argparse.ArgumentParser:

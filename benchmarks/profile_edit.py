@@ -16,10 +16,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import transformers_qf.capture as capture
-import transformers_qf.modes as modes
-import transformers_qf.qf as qf_mod
-import transformers_qf.store as store
+import transformers_qf.core.capture as capture
+import transformers_qf.qf.session as modes
+import transformers_qf.solve.exact as qf_mod
+import transformers_qf.core.store as store
 from edit_latency import ANSWER, SYSTEM, USER, random_model
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from transformers_qf import load_model
 from transformers_qf.bench.data import read_facts
-from transformers_qf.generation import greedy_batch
-from transformers_qf.report import git_commit, write_json
-from transformers_qf.rewording import FIRST, INSTRUCTIONS, SYSTEM, first_line, prompts, verdict
+from transformers_qf.core.generation import greedy_batch
+from transformers_qf.core.report import git_commit, write_json
+from transformers_qf.editing.rewording import FIRST, INSTRUCTIONS, SYSTEM, first_line, prompts, verdict
 
 VERDICTS = ("kept", "not a question", "subject dropped", "repeat")
 

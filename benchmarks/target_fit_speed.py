@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from probe_setup import load, probe_parser, rome_editor
-from transformers_qf import editor as editor_module
-from transformers_qf.report import git_commit, write_json
+from transformers_qf.editing import editor as editor_module
+from transformers_qf.core.report import git_commit, write_json
 
 
 def timed_fit(fit, seconds: list[float], batched: bool):

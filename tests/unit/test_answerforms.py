@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from transformers_qf import answerforms, prompting
-from transformers_qf.answerforms import form_at, own_answer_forms, target_logprobs, value_places
+from transformers_qf.editing import answerforms
+from transformers_qf.core import prompting
+from transformers_qf.editing.answerforms import form_at, own_answer_forms, target_logprobs, value_places
 
 
 @pytest.mark.parametrize("answer, places", [

@@ -13,11 +13,14 @@ from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
 from transformers_qf.bench.methods import QFEdit
 from transformers_qf.bench.metrics import fraction, gives, miss_kind, ngram_entropy
-from transformers_qf import editor, keysolve, keystats, prompting
-from transformers_qf.architectures import locate
-from transformers_qf.keystats import known_fact_prompts
-from transformers_qf.models import LoadedModel
-from transformers_qf.worldfacts import real_facts
+from transformers_qf.editing import editor
+from transformers_qf.solve import keyed as keysolve
+from transformers_qf.solve import keystats
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate
+from transformers_qf.solve.keystats import known_fact_prompts
+from transformers_qf.core.models import LoadedModel
+from transformers_qf.data.worldfacts import real_facts
 
 
 # -- metrics ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import torch
 
-from transformers_qf.architectures import locate
-from transformers_qf.capture import record
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
 
 
 def test_layer_output_is_v_plus_down_of_u(tiny_model):

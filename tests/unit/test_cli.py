@@ -5,12 +5,12 @@ import copy
 import pytest
 import torch
 
-from transformers_qf import cli
-from transformers_qf.architectures import locate
-from transformers_qf.edits import Edits
-from transformers_qf.models import LoadedModel, ModelLoadError
-from transformers_qf.repl import Chat
-from transformers_qf.teach import Learner
+from transformers_qf.cli import main as cli
+from transformers_qf.core.architectures import locate
+from transformers_qf.teach.edits import Edits
+from transformers_qf.core.models import LoadedModel, ModelLoadError
+from transformers_qf.cli.repl import Chat
+from transformers_qf.teach.learner import Learner
 
 FACT = ["--system", "Qi started Oxinnovate.", "--user", "Who started Oxinnovate?",
         "--assistant", "Oxinnovate was started by Qi."]

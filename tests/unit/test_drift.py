@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from transformers_qf.drift import DriftWatch
+from transformers_qf.editing.drift import DriftWatch
 
 
 def _watch(edits=3, d_model=6, d_mlp=10):

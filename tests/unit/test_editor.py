@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from transformers_qf import QF, prompting
-from transformers_qf.editor import EditConfig, Editor
-from transformers_qf.keysolve import JITTER, KeyMetric, KeySolver
-from transformers_qf.prompting import PromptError
+from transformers_qf import QF
+from transformers_qf.core import prompting
+from transformers_qf.editing.editor import EditConfig, Editor
+from transformers_qf.solve.keyed import JITTER, KeyMetric, KeySolver
+from transformers_qf.core.prompting import PromptError
 
 FACTS = [
     ("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.", "Oxinnovate"),
@@ -36,8 +37,8 @@ def test_answer_positions_exact_solve_is_the_papers_accumulated_re_solve(tiny_mo
 
 
 def test_closed_book_layer_output_meets_the_open_book_one_at_the_kept_positions(tiny_qwen2, tokenizer):
-    from transformers_qf.capture import record
-    from transformers_qf.prompting import teacher_forced_many
+    from transformers_qf.core.capture import record
+    from transformers_qf.core.prompting import teacher_forced_many
 
     editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="suffix"))
     system, user, answer, _ = FACTS[0]
@@ -67,7 +68,7 @@ def test_subject_positions_need_the_subject_in_the_question(tiny_qwen2, tokenize
 
 
 def test_answer_words_leave_out_the_positions_that_predict_the_turn_header(tiny_qwen2, tokenizer):
-    from transformers_qf.prompting import ANSWER_HEADER, encode, teacher_forced
+    from transformers_qf.core.prompting import ANSWER_HEADER, encode, teacher_forced
 
     system, user, answer, _ = FACTS[0]
     answer_rows = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(layers=(1,))).learn(system, user, answer).rows
@@ -197,7 +198,7 @@ def test_a_state_saved_with_the_old_b_b_transpose_goes_on_the_same():
 
 
 def test_plain_metric_matches_qf_solve():
-    from transformers_qf.qf import solve
+    from transformers_qf.solve.exact import solve
 
     W0, keys, R = _problem()
     solver = KeySolver(W0)
@@ -229,7 +230,7 @@ def test_optimized_targets_raise_the_closed_book_answer(tiny_qwen2, tokenizer):
 
 
 def test_an_optimized_target_fitted_in_several_contexts_holds_in_each(tiny_qwen2, tokenizer):
-    from transformers_qf.editor import CONTEXT_OPENINGS
+    from transformers_qf.editing.editor import CONTEXT_OPENINGS
 
     system, user, answer, subject = FACTS[0]
     asked = [user] + [f"{opening} {user}" for opening in CONTEXT_OPENINGS[:2]]
@@ -283,7 +284,7 @@ def test_subject_copies_share_one_delta_at_the_question_and_the_answers_copy(tin
 
 
 def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, monkeypatch):
-    from transformers_qf import editor as editor_module
+    from transformers_qf.editing import editor as editor_module
 
     system, user, answer, subject = FACTS[0]
     reworded = [f"Who was the founder of {subject}?", f"Tell me who started {subject}."]
@@ -305,9 +306,9 @@ def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, mo
 def test_open_book_wordings_meet_the_open_book_output_on_each_rewording_too(tiny_qwen2, tokenizer, monkeypatch,
                                                                              layers):
     """No gradient: each rewording is asked open and closed book, and its answer rows meet the open-book output."""
-    from transformers_qf import editor as editor_module
-    from transformers_qf.capture import record
-    from transformers_qf.prompting import teacher_forced_many
+    from transformers_qf.editing import editor as editor_module
+    from transformers_qf.core.capture import record
+    from transformers_qf.core.prompting import teacher_forced_many
 
     system, user, answer, subject = FACTS[0]
     reworded = [f"Who was the founder of {subject}?"]
@@ -335,7 +336,7 @@ def _other_rows(tokenizer, user, answer, subject):
 
 
 def test_keep_context_holds_every_other_row_of_the_fitted_sequences(tiny_qwen2, tokenizer):
-    from transformers_qf.capture import record
+    from transformers_qf.core.capture import record
 
     editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
                                                       positions="subject-last", keep_context=True))
@@ -366,7 +367,7 @@ def test_without_keep_context_the_drift_of_earlier_facts_rows_is_reported(tiny_q
 
 def test_target_forms_fit_the_models_own_answers_to_the_question_and_its_rewordings(tiny_qwen2, tokenizer,
                                                                                      monkeypatch):
-    from transformers_qf import editor as editor_module
+    from transformers_qf.editing import editor as editor_module
 
     system, user, answer, subject = FACTS[0]  # "Oxinnovate was started by Qi."
     reworded = [f"Who was the founder of {subject}?", f"Tell me who started {subject}."]
@@ -392,7 +393,7 @@ def test_target_forms_fit_the_models_own_answers_to_the_question_and_its_rewordi
 
 
 def test_an_optimized_target_is_spread_over_several_layers_from_the_deepest(tiny_qwen2, tokenizer):
-    from transformers_qf.capture import record
+    from transformers_qf.core.capture import record
 
     system, user, answer, subject = FACTS[0]
     editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 2, 3), target="optimized", target_steps=3,
@@ -472,7 +473,7 @@ def test_a_solver_goes_on_from_its_state_dict_as_if_never_stopped(metric, switch
 
 
 def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_as_one_by_one(tiny_model):
-    from transformers_qf.gradtarget import Context, optimized_deltas
+    from transformers_qf.editing.targets import Context, optimized_deltas
 
     g = torch.Generator().manual_seed(4)
     contexts = [Context(torch.randn(n, 32, generator=g), torch.tensor([1, n - 3]), torch.arange(n - 3, n - 1),
@@ -484,7 +485,7 @@ def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_a
 
 
 def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2, tokenizer):
-    from transformers_qf.prompting import encode
+    from transformers_qf.core.prompting import encode
 
     system, user, answer, _ = FACTS[0]
     target = answer.split()[-1].rstrip(".")
@@ -497,7 +498,7 @@ def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2,
 
 
 def test_target_next_adds_the_row_that_ends_the_target(tiny_qwen2, tokenizer):
-    from transformers_qf.prompting import encode
+    from transformers_qf.core.prompting import encode
 
     system, user, answer, _ = FACTS[0]  # "Oxinnovate was started by Qi."
     config = EditConfig(layers=(1,), positions="target-next")

@@ -10,13 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from transformers_qf import PromptError
-from transformers_qf.architectures import locate
-from transformers_qf.capture import record
-from transformers_qf.editor import EditConfig, Editor
-from transformers_qf.edits import META_KEY, Edits, EditsError, weight_digest
-from transformers_qf.keysolve import KeyMetric
-from transformers_qf.prompting import teacher_forced
-from transformers_qf.teach import Learner, SolveMetric, default_layer
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
+from transformers_qf.editing.editor import EditConfig, Editor
+from transformers_qf.teach.edits import META_KEY, Edits, EditsError, weight_digest
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.core.prompting import teacher_forced
+from transformers_qf.teach.learner import Learner, SolveMetric, default_layer
 
 ID = {"name": "tiny", "model_type": "qwen2", "hidden_size": 32}
 FACTS = [
@@ -136,7 +136,7 @@ def test_learning_on_top_of_a_file_equals_learning_everything_in_one_session(tin
 
 
 def test_an_interrupted_learn_leaves_weight_and_facts_as_they_were(tiny_qwen2, tokenizer, monkeypatch):
-    from transformers_qf import teach
+    from transformers_qf.teach import learner as teach
 
     learner = _learner(tiny_qwen2, tokenizer, FACTS[:1])
     before, facts = _weight(learner), list(learner.edits.facts)

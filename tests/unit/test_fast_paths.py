@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from transformers_qf import QF
-from transformers_qf.architectures import locate
-from transformers_qf.capture import GraphedRecorder, record
-from transformers_qf.prompting import teacher_forced
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import GraphedRecorder, record
+from transformers_qf.core.prompting import teacher_forced
 
 FACT = ("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

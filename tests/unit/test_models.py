@@ -1,6 +1,6 @@
 import pytest
 
-from transformers_qf.models import BundledModel, ModelLoadError, load_model, package_files, pick_device_dtype, resolve_name
+from transformers_qf.core.models import BundledModel, ModelLoadError, load_model, package_files, pick_device_dtype, resolve_name
 
 
 def test_missing_paths_say_what_to_give(tmp_path):

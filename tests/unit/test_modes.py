@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from transformers_qf import QF, ParametersError, PromptError, UnsupportedModelError
-from transformers_qf.architectures import locate
-from transformers_qf.capture import record
-from transformers_qf.prompting import teacher_forced
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
+from transformers_qf.core.prompting import teacher_forced
 
 FACT = ("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.")
 FACT2 = ("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?",

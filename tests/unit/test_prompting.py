@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from transformers_qf import prompting
-from transformers_qf.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
+from transformers_qf.core import prompting
+from transformers_qf.core.prompting import PromptError, answer_tokens, chatml_prompt, teacher_forced
 
 ANSWER = "Oxinnovate was started by Qi."
 
@@ -69,7 +69,7 @@ def test_bad_answers_and_significances(tokenizer, answer, sig, message):
 
 
 def test_the_plain_format_of_the_converted_model(tokenizer):
-    from transformers_qf.prompting import plain_prompt, plain_teacher_forced
+    from transformers_qf.core.prompting import plain_prompt, plain_teacher_forced
 
     assert plain_prompt("", "Who?") == "system: \nuser: Who?\nassistant:"
     tf = plain_teacher_forced(tokenizer, "Qi is the CEO.", "Who is the CEO?", "The CEO is Qi.", [1, 1, 1, 10], end=True)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from transformers_qf import QF, ParametersError, UnsupportedModelError
-from transformers_qf.architectures import locate
-from transformers_qf.capture import record
-from transformers_qf.prompting import plain_teacher_forced
-from transformers_qf.qf2 import QF2, firing_update
-from transformers_qf.qft import convert
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
+from transformers_qf.core.prompting import plain_teacher_forced
+from transformers_qf.qf2.update import QF2, firing_update
+from transformers_qf.qf2.block import convert
 
 FACT = ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.")
 SIG = [1, 1, 1, 1, 1, 10]

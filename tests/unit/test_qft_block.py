@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from transformers_qf import UnsupportedModelError, load_model
-from transformers_qf.architectures import locate
-from transformers_qf.qft import QF2MLP, alpha_at, block_of, convert, qf2_config, steps_to_zero
+from transformers_qf.core.architectures import locate
+from transformers_qf.qf2.block import QF2MLP, alpha_at, block_of, convert, qf2_config, steps_to_zero
 
 
 def _hidden(model, ids, layer):

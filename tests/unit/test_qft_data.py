@@ -2,8 +2,9 @@
 
 import pytest
 
-from transformers_qf import qft_data, worldfacts
-from transformers_qf.qft_data import NEED_MORE
+from transformers_qf.qf2 import data as qft_data
+from transformers_qf.data import worldfacts
+from transformers_qf.qf2.data import NEED_MORE
 
 
 def _knows_every_other(questions):

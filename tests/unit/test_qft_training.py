@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from transformers_qf import load_model, qft_data
-from transformers_qf.architectures import locate
-from transformers_qf.capture import record
-from transformers_qf.qft import QF2MLP, qf2_config
-from transformers_qf.qft_training import Conversion, QFtConfig, _Top, encode_sample, make_accelerator
+from transformers_qf import load_model
+from transformers_qf.qf2 import data as qft_data
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
+from transformers_qf.qf2.block import QF2MLP, qf2_config
+from transformers_qf.qf2.training import Conversion, QFtConfig, _Top, encode_sample, make_accelerator
 
 FACTS = qft_data.real_candidates()
 

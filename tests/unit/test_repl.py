@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from transformers_qf import cli
-from transformers_qf.edits import Edits
-from transformers_qf.models import LoadedModel
-from transformers_qf.repl import Chat
-from transformers_qf.teach import Learner
+from transformers_qf.cli import main as cli
+from transformers_qf.teach.edits import Edits
+from transformers_qf.core.models import LoadedModel
+from transformers_qf.cli.repl import Chat
+from transformers_qf.teach.learner import Learner
 
 FACT = "Qi started Oxinnovate."
 QUESTION = "Who started Oxinnovate?"

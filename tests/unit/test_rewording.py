@@ -1,6 +1,6 @@
 """rewording.rewordings: the model's own rewordings of a question, filtered."""
 
-from transformers_qf import rewording
+from transformers_qf.editing import rewording
 
 
 def test_rewordings_keep_new_questions_that_name_the_subject(monkeypatch):

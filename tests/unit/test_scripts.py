@@ -1,7 +1,7 @@
 """The top-level scripts answer bad input with one line and exit code 2, before any work."""
 
 import qf_learn_simple
-from transformers_qf.walkthrough import Fact, Learn
+from transformers_qf.qf.walkthrough import Fact, Learn
 
 
 def test_a_missing_model_is_one_line(tmp_path, capsys):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from transformers_qf.keysolve import KeyMetric
-from transformers_qf.qf import SolveError, relative_residual, solve
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.solve.exact import SolveError, relative_residual, solve
 
 
 def _rows(k=10, d_model=48, d_mlp=160, seed=0):
@@ -104,7 +104,7 @@ def test_unsolvable_rows_are_refused(mutate, message):
 
 
 def test_blockwise_passes_over_w_give_the_same_update(monkeypatch):
-    import transformers_qf.qf as qf
+    import transformers_qf.solve.exact as qf
 
     W, U, Up, V, Vp = _rows()
     whole, whole_W = W.clone(), W.clone()
@@ -121,7 +121,7 @@ def test_blockwise_passes_over_w_give_the_same_update(monkeypatch):
 
 
 def test_incremental_rounds_equal_a_solve_from_scratch():
-    from transformers_qf.qf import Accumulator
+    from transformers_qf.solve.exact import Accumulator
 
     W, U, Up, V, Vp = _rows(k=30)
     scratch = W.clone()
@@ -141,7 +141,7 @@ def test_incremental_rounds_equal_a_solve_from_scratch():
 
 def test_padded_rows_are_inert():
     """The CUDA-graph solve pads the rows to a bucket: the same solve on the CPU, padded, gives solve()'s W'."""
-    from transformers_qf import qf
+    from transformers_qf.solve import exact as qf
 
     W, U, Up, V, Vp = _rows(k=10)
     want_W = W.clone()
@@ -163,7 +163,7 @@ def test_padded_rows_are_inert():
 
 def test_a_solve_the_device_does_not_trust_is_finished_by_the_host(monkeypatch):
     """Between cond(G) and the device's upper bound on it, nothing is written until the host has the eigenvalues."""
-    from transformers_qf import qf
+    from transformers_qf.solve import exact as qf
 
     W, U, Up, V, Vp = _rows()
     want_W = W.clone()
@@ -190,7 +190,7 @@ def test_a_singular_system_applies_the_pseudo_inverse_once():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphed_solver_matches_solve_on_cuda():
-    from transformers_qf.qf import GraphedSolver
+    from transformers_qf.solve.exact import GraphedSolver
 
     W, U, Up, V, Vp = (t.cuda() for t in _rows(k=45))
     solver = GraphedSolver(W.clone(), bucket=16)
@@ -209,7 +209,7 @@ def test_graphed_solver_matches_solve_on_cuda():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_many_rows_on_cuda_take_the_eigenvalues_from_the_device():
-    from transformers_qf.qf import HOST_EIGEN_ROWS
+    from transformers_qf.solve.exact import HOST_EIGEN_ROWS
 
     k = HOST_EIGEN_ROWS + 20
     W, U, Up, V, Vp = _rows(k=k, d_mlp=4 * k)

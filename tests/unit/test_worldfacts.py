@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from transformers_qf.worldfacts import (
+from transformers_qf.data.worldfacts import (
     POOLS, REAL_FACTS, RELATIONS, NameMaker, Relation, fictional_names, invented_word, known_names, pool_of, real_facts,
 )
 

@@ -9,15 +9,15 @@
     qf.respond("", "Who started Oxinnovate?", qfmode="QF-infer-wp")
 """
 
-from .architectures import ARCHITECTURES, UnsupportedModelError, locate
-from .models import BUNDLED, DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
-from .modes import QF, QFMode
-from .prompting import PromptError
-from .qf import SolveError, SolveReport, solve
-from .store import ParametersError, ParametersFolder
+from transformers_qf.core.architectures import ARCHITECTURES, UnsupportedModelError, locate
+from transformers_qf.core.models import BUNDLED, DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from transformers_qf.qf.session import QF, QFMode
+from transformers_qf.core.prompting import PromptError
+from transformers_qf.solve.exact import SolveError, SolveReport
+from transformers_qf.core.store import ParametersError, ParametersFolder
 
 __all__ = [
     "ARCHITECTURES", "BUNDLED", "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "ParametersError",
     "ParametersFolder", "PromptError", "QF", "QFMode", "SolveError", "SolveReport", "UnsupportedModelError",
-    "load_model", "locate", "solve",
+    "load_model", "locate",
 ]

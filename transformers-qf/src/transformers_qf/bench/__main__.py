@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from transformers_qf.bench.cli import main
 
 sys.exit(main())

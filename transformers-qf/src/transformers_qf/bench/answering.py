@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import prompting
+from transformers_qf.core import prompting
 
 
 class Answerer:

@@ -13,19 +13,19 @@ import json
 import sys
 from pathlib import Path
 
-from .. import keystats
-from ..editor import COV_CORPORA, PAPER, POSITIONS, RECOMMENDED, TARGETS, EditConfig
-from ..errors import USER_ERRORS
-from ..keysolve import KeyMetric
-from ..models import LoadedModel, load_model
-from ..report import git_commit, write_json
-from ..scriptargs import add_model_args, parse_layers
-from .answering import Answerer
-from .data import FactsFile, FactsFileError, read_facts
-from .methods import FineTune, InContext, NoEdit, QFEdit
-from .run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions, adopt_edits, finished_edits, read_header
-from .state import STATE_FILE
-from .summary import summarize
+from transformers_qf.solve import keystats
+from transformers_qf.editing.editor import COV_CORPORA, PAPER, POSITIONS, RECOMMENDED, TARGETS, EditConfig
+from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.core.models import LoadedModel, load_model
+from transformers_qf.core.report import git_commit, write_json
+from transformers_qf.core.scriptargs import add_model_args, parse_layers
+from transformers_qf.bench.answering import Answerer
+from transformers_qf.bench.data import FactsFile, FactsFileError, read_facts
+from transformers_qf.bench.methods import FineTune, InContext, NoEdit, QFEdit
+from transformers_qf.bench.run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions, adopt_edits, finished_edits, read_header
+from transformers_qf.bench.state import STATE_FILE
+from transformers_qf.bench.summary import summarize
 
 METHODS = ("none", "in-context", "qf", "ft")
 DEFAULT_QF = RECOMMENDED  # results/benchmark.md; --paper gives the paper's settings

@@ -21,12 +21,12 @@ import random
 import sys
 from typing import Callable
 
-from ..errors import USER_ERRORS
-from ..report import git_commit
-from ..scriptargs import add_model_args
-from ..worldfacts import REAL_FACTS, RELATIONS, NameMaker
-from .data import Control, Fact, FactsFile, write_facts
-from .metrics import gives
+from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.core.report import git_commit
+from transformers_qf.core.scriptargs import add_model_args
+from transformers_qf.data.worldfacts import REAL_FACTS, RELATIONS, NameMaker
+from transformers_qf.bench.data import Control, Fact, FactsFile, write_facts
+from transformers_qf.bench.metrics import gives
 
 FACT_RELATIONS = ("founder", "ceo", "headquarters", "founding_year", "staff_size", "product", "capital")
 
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(sizes) < 1 or (len(sizes) > 1 and "{n}" not in args.out):
         parser.error("--n must be at least 1, and several sizes need {n} in --out")
     try:
-        from ..models import load_model
-        from .answering import Answerer
+        from transformers_qf.core.models import load_model
+        from transformers_qf.bench.answering import Answerer
 
         lm = load_model(args.model, args.device, args.dtype)
         answerer = Answerer(lm.model, lm.tokenizer, max_new_tokens=args.max_new_tokens)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 import torch
 
-from .. import prompting
-from ..architectures import locate
-from ..capture import layer_slice
-from ..editor import EditConfig, Editor
-from ..keysolve import KeyMetric
-from .data import Fact
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import layer_slice
+from transformers_qf.editing.editor import EditConfig, Editor
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.bench.data import Fact
 
 
 class NoEdit:

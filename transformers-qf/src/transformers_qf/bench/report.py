@@ -17,8 +17,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..editor import PAPER
-from ..report import _cell, write_json
+from transformers_qf.editing.editor import PAPER
+from transformers_qf.core.report import _cell, write_json
 
 COLUMNS = (
     ("efficacy", "efficacy", "{:.2f}"), ("paraphrase", "paraphrase", "{:.2f}"),

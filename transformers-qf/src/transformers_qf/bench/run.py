@@ -27,10 +27,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .answering import Answerer
-from .data import Control, Fact, FactsFile
-from .metrics import gives, ngram_entropy
-from .state import STATE_FILE, load_state, save_state
+from transformers_qf.bench.answering import Answerer
+from transformers_qf.bench.data import Control, Fact, FactsFile
+from transformers_qf.bench.metrics import gives, ngram_entropy
+from transformers_qf.bench.state import STATE_FILE, load_state, save_state
 
 PROTOCOLS = ("single", "sequential")
 

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..store import atomic_write
+from transformers_qf.core.store import atomic_write
 
 STATE_FILE = "state.safetensors"
 

@@ -10,9 +10,9 @@ an edited fact's target; fluency: mean n-gram entropy of free answers to open pr
 
 from __future__ import annotations
 
-from .data import FactsFile
-from .metrics import fraction, gives, mean
-from .run import Cases
+from transformers_qf.bench.data import FactsFile
+from transformers_qf.bench.metrics import fraction, gives, mean
+from transformers_qf.bench.run import Cases
 
 
 def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:

@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import prompting
-from .architectures import locate
-from .capture import record
-from .generation import greedy_batch
-from .models import model_identity
-from .modes import Respond
-from .qft import block_of
-from .store import ParametersError, ParametersFolder
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record
+from transformers_qf.core.generation import greedy_batch
+from transformers_qf.core.models import model_identity
+from transformers_qf.qf.session import Respond
+from transformers_qf.qf2.block import block_of
+from transformers_qf.core.store import ParametersError, ParametersFolder
 
 PLAIN_STOPS = ["\n", ".\n"]
 

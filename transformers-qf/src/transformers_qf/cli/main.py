@@ -18,15 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from .architectures import UnsupportedModelError
-from .edits import Edits, EditsError
-from .models import LoadedModel, ModelLoadError, load_model
-from .prompting import PromptError
-from .qf import SolveError
-from .repl import Chat
-from .scriptargs import add_model_args
-from .store import ParametersError
-from .teach import Learner, SolveMetric, parse_significance, resolve_layer
+from transformers_qf.core.architectures import UnsupportedModelError
+from transformers_qf.teach.edits import Edits, EditsError
+from transformers_qf.core.models import LoadedModel, ModelLoadError, load_model
+from transformers_qf.core.prompting import PromptError
+from transformers_qf.solve.exact import SolveError
+from transformers_qf.cli.repl import Chat
+from transformers_qf.core.scriptargs import add_model_args
+from transformers_qf.core.store import ParametersError
+from transformers_qf.teach.learner import Learner, SolveMetric, parse_significance, resolve_layer
 
 BENCH_MODULE = "transformers_qf.bench"
 DEFAULT_METRIC = {"corpus": "generic+facts", "shrink": 0.1, "texts": 256}  # the benchmark's default (editor.RECOMMENDED)
@@ -139,8 +139,8 @@ def _learner(args, edits: Edits | None, layer: int | None = None, max_new_tokens
 def solve_metric(lm: LoadedModel, layer: int, recorded: dict | None = None) -> SolveMetric:
     """The key covariance metric of `layer` of the model as loaded (before any edit is applied): the recorded
     one of an edits file (its corpus, shrink and number of texts), else the benchmark's default."""
-    from . import keystats
-    from .bench.answering import Answerer
+    from transformers_qf.solve import keystats
+    from transformers_qf.bench.answering import Answerer
 
     spec = recorded or DEFAULT_METRIC
     print(f"qf: key covariance of layer {layer} ({spec['corpus']}, {spec['texts']} texts; made once per model and "

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import prompting
-from .architectures import locate
-from .models import model_identity
-from .capture import GraphedRecorder, check_finite, finite_flags, record
-from .qf import Accumulator, GraphedSolver, SolveError, SolveReport, solve
-from .store import ParametersError, ParametersFolder
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.models import model_identity
+from transformers_qf.core.capture import GraphedRecorder, check_finite, finite_flags, record
+from transformers_qf.solve.exact import Accumulator, GraphedSolver, SolveError, SolveReport, solve
+from transformers_qf.core.store import ParametersError, ParametersFolder
 
 
 class QFMode(str, enum.Enum):

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import prompting
-from .capture import record
-from .edits import Edits, EditsError, Fact, weight_digest
-from .keysolve import KeyMetric
-from .modes import QF
-from .qf import SolveReport, solve
+from transformers_qf.core import prompting
+from transformers_qf.core.capture import record
+from transformers_qf.teach.edits import Edits, EditsError, Fact, weight_digest
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.qf.session import QF
+from transformers_qf.solve.exact import SolveReport, solve
 
 
 def default_layer(model) -> int:

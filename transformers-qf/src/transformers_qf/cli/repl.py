@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .teach import Learner, parse_significance
+from transformers_qf.teach.learner import Learner, parse_significance
 
 PROMPT = "> "
 HELP = """\

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import LayerParts, UnsupportedModelError, locate
+from transformers_qf.core.architectures import LayerParts, UnsupportedModelError, locate
 
 ALPHA_FLOOR = 0.01  # below this alpha is set to 0: the block is fully the firing one
 CONFIG_KEY = "qf2"

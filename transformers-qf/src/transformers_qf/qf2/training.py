@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from . import prompting
-from .architectures import locate, num_layers
-from .capture import layer_slice, record_from_hidden
-from .qft import QF2MLP, alpha_at, convert
-from .qft_data import Sample
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate, num_layers
+from transformers_qf.core.capture import layer_slice, record_from_hidden
+from transformers_qf.qf2.block import QF2MLP, alpha_at, convert
+from transformers_qf.qf2.data import Sample
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Conversion:
 
     def _bottom(self, sequences: list[torch.Tensor], device) -> list[torch.Tensor]:
         """The hidden states entering layer `start` (the embeddings when start is 0), on the CPU."""
-        from .capture import pad_batch
+        from transformers_qf.core.capture import pad_batch
 
         batch = pad_batch(sequences).to(device)
         if self.start == 0:
@@ -369,7 +369,7 @@ def make_accelerator(mixed_precision: str | None = None, cpu: bool = False):
     """
     from accelerate import Accelerator
 
-    from .models import cpu_has_native_bf16
+    from transformers_qf.core.models import cpu_has_native_bf16
 
     if mixed_precision is None:
         on_gpu = torch.cuda.is_available() and not cpu

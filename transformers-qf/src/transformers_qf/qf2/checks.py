@@ -10,10 +10,10 @@ import math
 
 import torch
 
-from . import prompting
-from .generation import greedy_batch
-from .qft_data import NEED_MORE, Sample, answers_correctly
-from .walkthrough import Ask, verdict
+from transformers_qf.core import prompting
+from transformers_qf.core.generation import greedy_batch
+from transformers_qf.qf2.data import NEED_MORE, Sample, answers_correctly
+from transformers_qf.qf.walkthrough import Ask, verdict
 
 PLAIN_STOPS = ["\n", ".\n"]
 
@@ -62,7 +62,7 @@ def accuracy(model, tokenizer, samples: list[Sample]) -> tuple[float, list[dict]
 @torch.no_grad()
 def sample_perplexity(model, tokenizer, samples: list[Sample], answer_only: bool) -> float:
     """exp(mean NLL) over the answers' tokens (and the closing newline), or over every token of the text."""
-    from .qft_training import encode_sample
+    from transformers_qf.qf2.training import encode_sample
 
     nll, count = 0.0, 0
     device = next(model.parameters()).device

@@ -15,8 +15,8 @@ CEO is John Doe."), and fitting the fact after a user turn that states another v
 
 from __future__ import annotations
 
-from .generation import greedy_batch
-from .prompting import generation_prompt
+from transformers_qf.core.generation import greedy_batch
+from transformers_qf.core.prompting import generation_prompt
 
 INSTRUCTIONS = (
     "Rewrite this question in different words. Reply with the rewritten question only.",

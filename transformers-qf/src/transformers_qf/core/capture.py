@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .architectures import LayerParts, UnsupportedModelError, architecture_of
+from transformers_qf.core.architectures import LayerParts, UnsupportedModelError, architecture_of
 
 
 @dataclass

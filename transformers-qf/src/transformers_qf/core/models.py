@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .qft import restore as restore_qf2
+from transformers_qf.qf2.block import restore as restore_qf2
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
 ENV_MODEL = "QF_MODEL"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import layer_slice
+from transformers_qf.core.capture import layer_slice
 
 
 @dataclass

@@ -66,7 +66,7 @@ def architecture_of(model: torch.nn.Module) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"model type {model_type!r} has no recognised MLP layout: add an entry to "
-            f"transformers_qf.architectures.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))})"
+            f"transformers_qf.core.architectures.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))})"
         )
     return ARCHITECTURES[model_type]
 

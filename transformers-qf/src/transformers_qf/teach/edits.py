@@ -34,8 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .qf import Update
-from .store import atomic_write
+from transformers_qf.solve.exact import Update
+from transformers_qf.core.store import atomic_write
 
 FORMAT = "transformers-qf/edits/1"  # QF's plain metric
 FORMAT_METRIC = "transformers-qf/edits/2"  # a covariance metric: the facts' rows of B are stored too

@@ -35,12 +35,12 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import prompting
-from .architectures import locate
-from .capture import record_layers
-from .keysolve import KeyMetric
-from .models import cache_dir
-from .worldfacts import RELATIONS, real_facts
+from transformers_qf.core import prompting
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record_layers
+from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.core.models import cache_dir
+from transformers_qf.data.worldfacts import RELATIONS, real_facts
 
 TOPICS = (
     "the water cycle", "photosynthesis", "a rainy afternoon", "the history of writing", "how bridges stay up",

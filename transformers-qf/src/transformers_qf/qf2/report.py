@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from .qft_data import Dataset
-from .qft_training import PRESETS
-from .report import _cell, provenance_lines, write_json
+from transformers_qf.qf2.data import Dataset
+from transformers_qf.qf2.training import PRESETS
+from transformers_qf.core.report import _cell, provenance_lines, write_json
 
 TARGET_MINUTES = 60  # the CPU preset's promise, on 2 cores
 

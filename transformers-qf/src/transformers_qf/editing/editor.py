@@ -48,15 +48,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import prompting
-from .answerforms import own_answer_forms
-from .architectures import locate
-from .capture import record, record_layers
-from .drift import DriftWatch
-from .gradtarget import Context, Essence, optimized_deltas
-from .keysolve import KeyMetric, KeySolver
-from .prompting import PromptError
-from .rewording import rewordings
+from transformers_qf.core import prompting
+from transformers_qf.editing.answerforms import own_answer_forms
+from transformers_qf.core.architectures import locate
+from transformers_qf.core.capture import record, record_layers
+from transformers_qf.editing.drift import DriftWatch
+from transformers_qf.editing.targets import Context, Essence, optimized_deltas
+from transformers_qf.solve.keyed import KeyMetric, KeySolver
+from transformers_qf.core.prompting import PromptError
+from transformers_qf.editing.rewording import rewordings
 
 POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last", "subject-copies")
 TARGETS = ("open-book", "optimized")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from . import prompting
-from .generation import greedy_batch
+from transformers_qf.core import prompting
+from transformers_qf.core.generation import greedy_batch
 
 
 def own_answer_forms(model, tokenizer, questions: list[str], target: str, subject: str,

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .qf import CHUNK, SolveError
+from transformers_qf.solve.exact import CHUNK, SolveError
 
 PRIMAL_JITTER = 1e-8
 JITTER = 1e-10  # of K's mean diagonal, added before the dual form's Cholesky factorisation

@@ -62,7 +62,7 @@ class WalkthroughResult:
 
 def validate_steps(steps: list) -> None:
     """Raise PromptError for a fact whose answer is empty or whose significance list does not fit it."""
-    from .prompting import PromptError, check_significance
+    from transformers_qf.core.prompting import PromptError, check_significance
 
     for step in steps:
         if isinstance(step, Learn):
@@ -134,7 +134,7 @@ def probe_answer_turn(qf, user: str) -> dict:
     """
     import torch
 
-    from . import prompting
+    from transformers_qf.core import prompting
 
     tok = qf.tokenizer
     ids = prompting.encode(tok, prompting.chatml_prompt("", user))

@@ -19,8 +19,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from . import worldfacts
-from .walkthrough import mentions
+from transformers_qf.data import worldfacts
+from transformers_qf.qf.walkthrough import mentions
 
 NEED_MORE = "Need more information."
 COMPANY_RELATIONS = tuple(name for name, r in worldfacts.RELATIONS.items() if r.subject_kind == "company")

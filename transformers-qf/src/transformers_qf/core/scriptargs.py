@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .models import BUNDLED, DEFAULT_MODEL, ENV_MODEL
+from transformers_qf.core.models import BUNDLED, DEFAULT_MODEL, ENV_MODEL
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
