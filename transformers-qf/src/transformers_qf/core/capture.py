@@ -101,6 +101,49 @@ def layer_slice(model: torch.nn.Module, start: int = 0, stop: int | None = None)
         setattr(base, attr, layers)
 
 
+@contextmanager
+def patched_output(layer: torch.nn.Module, positions: torch.Tensor, values: torch.Tensor):
+    """Within the block, the decoder `layer`'s output (the residual stream after it) at `positions` of a batch of
+    one is replaced by `values` ([len(positions), d_model]); later layers read the patched stream (activation
+    patching). The hook is removed on exit; the model's weights are untouched."""
+    positions = torch.as_tensor(positions, dtype=torch.long)
+
+    def overwrite(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[0, positions.to(hidden.device)] = values.to(hidden.device, hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = layer.register_forward_hook(overwrite)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def hidden_keys(layers: list[torch.nn.Module], positions: torch.Tensor, length: int):
+    """Within the block, the attention of these decoder `layers` cannot read the tokens at `positions` (each still
+    reads itself) in a forward of `length` tokens: their causal mask is replaced by one that also blocks those
+    keys. Lower layers, which wrote into the other positions' residual stream, are unaffected."""
+    allowed = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed[:, torch.as_tensor(positions, dtype=torch.long)] = False
+    allowed |= torch.eye(length, dtype=torch.bool)
+
+    def mask(_module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        blocked = torch.finfo(hidden.dtype).min
+        kwargs["attention_mask"] = torch.where(allowed, 0.0, blocked).to(hidden.device, hidden.dtype)[None, None]
+        return args, kwargs
+
+    handles = [layer.register_forward_pre_hook(mask, with_kwargs=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def truncated(model: torch.nn.Module, parts: LayerParts):
     """Yield the base model (no LM head) with its decoder layers cut to 0..L."""
     return layer_slice(model, 0, parts.index + 1)

@@ -230,6 +230,7 @@ def solve(
     ridge: float = 0.0,
     apply: bool = False,
     basis: torch.Tensor | None = None,
+    pinv_dtype: torch.dtype | None = None,
 ) -> tuple[Update, SolveReport]:
     """The minimum-norm (or ridge) update of W; see the module docstring. Returns the factors and a report.
 
@@ -238,24 +239,39 @@ def solve(
     is filled; without it W is left alone and `residual_applied` is nan. On a GPU the whole solve is
     queued at once and read back with one sync, unless G turns out (nearly) singular. basis: the update's
     right factor U' C^-1 [k, d_mlp] for a solve in the metric of a key covariance C (KeyMetric.apply(U')).
+    pinv_dtype: the original code's numerics instead: R and G^+ R computed in this dtype (e.g. float32) with a
+    pseudo-inverse, no fallback (exact solves only); the report's residuals are still measured in float64.
     """
     t0 = time.perf_counter()
     _check_rows(W, U, Up, V, Vp, weights)
     if basis is not None and tuple(basis.shape) != tuple(Up.shape):
         raise SolveError(f"basis has shape {tuple(basis.shape)}, expected {tuple(Up.shape)} (one row per u' row)")
     s = _system(W, U, Up, V, Vp, basis=basis)
-    if ridge > 0:
+    if pinv_dtype is not None:
+        if ridge > 0 or basis is not None:
+            raise SolveError("pinv_dtype is for the exact solve only: drop ridge and basis")
+        coef, info, gate = _pinv_coefficients(W, U, Up, V, Vp, pinv_dtype), torch.zeros((), device=W.device), s.finite
+    elif ridge > 0:
         coef, info, gate = _ridge_coefficients(s, weights, ridge), torch.zeros((), device=W.device), s.finite
     else:
         coef, info, gate = _exact_coefficients(s)
     A, numbers = _finish(W, s, coef, gate, apply)
     source = _spectrum_source(s.G)
     spectrum, values = _to_host(_flatten(source, numbers, s.finite, info, gate), source.shape)
-    return _conclude(W, s, coef, A, spectrum, values, ridge, apply, t0)
+    method = None if pinv_dtype is None else "pinv-" + str(pinv_dtype).replace("torch.", "")
+    return _conclude(W, s, coef, A, spectrum, values, ridge, apply, t0, method=method)
+
+
+def _pinv_coefficients(W: torch.Tensor, U, Up, V, Vp, dtype: torch.dtype) -> torch.Tensor:
+    """G^+ R in `dtype` throughout, as the original code solved eq. 3 (float32 pinv); returned in float64."""
+    low = dict(dtype=dtype, device=W.device)
+    U, Up, V, Vp = (t.detach().to(**low) for t in (U, Up, V, Vp))
+    R = (Up - U) @ W.to(**low).T + (Vp - V)
+    return (torch.linalg.pinv(Up @ Up.T) @ R).to(torch.float64)
 
 
 def _conclude(W, s: _System, coef, A, spectrum: torch.Tensor, values: list[float], ridge: float, apply: bool,
-              t0: float, rows: int | None = None) -> tuple[Update, SolveReport]:
+              t0: float, rows: int | None = None, method: str | None = None) -> tuple[Update, SolveReport]:
     """The host's part of a solve queued by `_finish`, after its one sync: G's eigenvalues, and the rare second
     pass (a singular G: pseudo-inverse; or one that the device's bound left untrusted). spectrum, values: from
     `_to_host`; rows: the real rows of a padded system (the first `rows`)."""
@@ -265,9 +281,9 @@ def _conclude(W, s: _System, coef, A, spectrum: torch.Tensor, values: list[float
         raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
     eig = _eigenvalues(spectrum[:k, :k] if spectrum.dim() == 2 else spectrum)
     cond = _condition(eig)
-    singular = ridge == 0 and (cond >= SINGULAR_COND or info != 0)
+    singular = method is None and ridge == 0 and (cond >= SINGULAR_COND or info != 0)
     rank = int((eig > float(eig[-1]) * k * torch.finfo(torch.float64).eps).sum()) if singular else k
-    method = "ridge" if ridge > 0 else "pinv" if singular else "exact"
+    method = method or ("ridge" if ridge > 0 else "pinv" if singular else "exact")
     if singular:
         warnings.warn(
             f"QF system is singular (cond {cond:.2e}, rank {rank} of {k}): "
