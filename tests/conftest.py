@@ -80,17 +80,19 @@ def finished_run(tmp_path):
 
 @pytest.fixture(scope="session")
 def load_script():
-    """load_script("NAME"): benchmarks/NAME.py as a module, imported as when it runs as a script (its siblings
-    importable)."""
+    """load_script("probes/NAME"): benchmarks/probes/NAME.py as a module, imported as when it runs as a script
+    (the scripts beside it importable)."""
     return _load_script
 
 
 def _load_script(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
+    path = BENCHMARKS / f"{name}.py"
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
     try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path.remove(folder)
     return module

@@ -1,4 +1,4 @@
-"""benchmarks/activation_patching.py on a tiny random model: the patch lands where it should."""
+"""benchmarks/probes/activation_patching.py on a tiny random model: the patch lands where it should."""
 
 import pytest
 
@@ -10,7 +10,7 @@ FACT = Fact(system="Qi started Oxinnovate.", user="Who started Oxinnovate?", ass
 
 @pytest.fixture(scope="module")
 def patching(load_script):
-    return load_script("activation_patching")
+    return load_script("probes/activation_patching")
 
 
 def test_the_subject_positions_spell_the_subject(patching, tokenizer):

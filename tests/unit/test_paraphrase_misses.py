@@ -1,11 +1,11 @@
-"""benchmarks/paraphrase_misses.py on a hand-made run folder: how the missed answers are sorted."""
+"""benchmarks/probes/paraphrase_misses.py on a hand-made run folder: how the missed answers are sorted."""
 
 import pytest
 
 
 @pytest.fixture(scope="module")
 def script(load_script):
-    return load_script("paraphrase_misses")
+    return load_script("probes/paraphrase_misses")
 
 
 def test_missed_answers_are_sorted_by_what_they_say_instead(script, tmp_path, finished_run):

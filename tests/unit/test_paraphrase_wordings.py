@@ -1,4 +1,4 @@
-"""benchmarks/paraphrase_wordings.py on a hand-made run folder: what counts as unseen, and where the subject stands."""
+"""benchmarks/probes/paraphrase_wordings.py on a hand-made run folder: what counts as unseen, and where the subject stands."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def script(load_script):
-    return load_script("paraphrase_wordings")
+    return load_script("probes/paraphrase_wordings")
 
 
 @pytest.mark.parametrize("question, place", [

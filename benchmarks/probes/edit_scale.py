@@ -1,6 +1,6 @@
 """Does a ROME-style edit pushed past its fitted target reach the paraphrases? dW scaled by s, one fact at a time.
 
-    python benchmarks/edit_scale.py [--n 10] [--scales 1,1.5,2,3] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/edit_scale.py [--n 10] [--scales 1,1.5,2,3] [--layer 8] [--steps 60] [--out results]
 
 For each of the first N facts, from the unedited model, the editor of the `variant-L8-rome-60-copies` bench
 run (layer L, subject-copies, optimised target, generic+facts key metric) solves dW. The weight is then set
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         summary[s] = {"question": sum(c["question"] for c in cells) / len(cells),
                       "paraphrase": sum(sum(c["paraphrases"]) for c in cells) / n_para,
                       "specificity": sum(c["controls"] for c in cells) / (len(kept) * len(cells))}
-    result = {"command": "python benchmarks/edit_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": "python benchmarks/probes/edit_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "layer": args.layer, "steps": args.steps,
               "n_facts": len(rows), "n_controls": len(kept), "seconds": time.perf_counter() - t0,
               "summary": summary, "facts": rows}

@@ -1,7 +1,7 @@
 """How long one dual-form solve of `KeySolver` takes, by Cholesky with a jitter, against the pseudo-inverse.
 
-    python benchmarks/keysolve_speed.py [--rows 2000,4000,8000] [--state DIR/state.safetensors] [--out results]
-    python benchmarks/keysolve_speed.py --device cuda      # on a GPU: random rows only
+    python benchmarks/perf/keysolve_speed.py [--rows 2000,4000,8000] [--state DIR/state.safetensors] [--out results]
+    python benchmarks/perf/keysolve_speed.py --device cuda      # on a GPU: random rows only
 
 Each problem is solved twice from the same rows: by `KeySolver.solve_into` as it is (one Cholesky
 factorisation of K plus a jitter), and by the solve it replaced (K's eigenvalues, then K's pseudo-inverse).
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     for row in rows:
         print(json.dumps(row), file=sys.stderr)
 
-    result = {"command": " ".join(["python benchmarks/keysolve_speed.py", *(argv or sys.argv[1:])]),
+    result = {"command": " ".join(["python benchmarks/perf/keysolve_speed.py", *(argv or sys.argv[1:])]),
               "commit": git_commit(), "device": _device_name(args.device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "rows": rows}
     out = Path(args.out)

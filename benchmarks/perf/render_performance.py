@@ -1,6 +1,6 @@
 """Turn results/performance_*.json (written by edit_latency.py) into results/performance.md.
 
-    python benchmarks/render_performance.py [--results results]
+    python benchmarks/perf/render_performance.py [--results results]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def suite_section(data: dict) -> list[str]:
 def sharded_section(data: dict) -> list[str]:
     env = data["environment"]
     return [
-        f"## Sharded over {data['gpus']} GPUs ({env.get('gpu')}, `benchmarks/sharded_edit.py`)", "",
+        f"## Sharded over {data['gpus']} GPUs ({env.get('gpu')}, `benchmarks/perf/sharded_edit.py`)", "",
         f"- {data['shape']} shape, random bf16 weights, decoder layers split evenly with accelerate's device_map; "
         f"layer {data['layer']}'s down_proj on {data['edited_weight_device']}; commit {env['commit']}", "",
         "| | one edit | residual (W' as stored) | ‖W'−W‖/‖W‖ |", "|---|---|---|---|",
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     lines = [
         "# Edit latency and memory",
         "",
-        "Written by `benchmarks/render_performance.py` from the JSON that `benchmarks/edit_latency.py` wrote "
+        "Written by `benchmarks/perf/render_performance.py` from the JSON that `benchmarks/perf/edit_latency.py` wrote "
         "(`--suite cpu` and `--suite cpu --dtype bfloat16` on this project's machine with the bundled model's real "
         "weights, under the CPU lock; `--suite gpu --random-shape --compile` on the lent GPU, random weights of the "
         "real shapes). Medians of repeated runs.",

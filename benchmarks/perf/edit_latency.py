@@ -8,12 +8,12 @@ memory). Beside it, on the same model, fact and layer:
   (c) one plain forward of the closed-book prompt with its answer (the floor an edit approaches).
 Plus scaling: time vs answer length, the re-solve as accumulated rows grow, and (GPU) model size.
 
-    python benchmarks/edit_latency.py --suite cpu                # the bundled model, real weights, float32
-    python benchmarks/edit_latency.py --suite cpu --dtype bfloat16
-    python benchmarks/edit_latency.py --suite gpu --random-shape  # random weights of real shapes, bfloat16
+    python benchmarks/perf/edit_latency.py --suite cpu                # the bundled model, real weights, float32
+    python benchmarks/perf/edit_latency.py --suite cpu --dtype bfloat16
+    python benchmarks/perf/edit_latency.py --suite gpu --random-shape  # random weights of real shapes, bfloat16
 
 Writes results/performance_<suite>.json (performance_<suite>_<dtype>.json for a dtype other than the
-suite's default); benchmarks/render_performance.py makes performance.md.
+suite's default); benchmarks/perf/render_performance.py makes performance.md.
 
 Peak memory: on a GPU, the peak of torch's allocator while the work runs (weights included), both as
 allocated and as reserved (reserved also counts the private memory pools of captured CUDA graphs). On

@@ -1,7 +1,7 @@
 """How long the key covariances of several layers take on the bundled model: every layer from one packed forward
 a batch (`keystats.key_covariances`), against one layer at a time.
 
-    python benchmarks/keystats_speed.py [--layers 4,5,6,7,8] [--texts N] [--out results]
+    python benchmarks/perf/keystats_speed.py [--layers 4,5,6,7,8] [--texts N] [--out results]
 
 The texts are the benchmark's covariance corpus for facts_100.jsonl (256 generic requests and the questions
 about real entities its controls do not name, each answered by the model: `keystats`), made by the model once
@@ -26,7 +26,7 @@ from transformers_qf.bench.answering import Answerer
 from transformers_qf.bench.data import read_facts
 from transformers_qf.core.report import git_commit, write_json
 
-FACTS = Path(__file__).resolve().parent / "facts" / "facts_100.jsonl"
+FACTS = Path(__file__).resolve().parents[1] / "facts" / "facts_100.jsonl"
 
 
 def corpus(lm) -> list[str]:
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         rows.append({"layer": p.index, "seconds_alone": seconds, "positions": count, "difference": difference})
         print(rows[-1], file=sys.stderr)
 
-    result = {"command": " ".join(["python benchmarks/keystats_speed.py", *(argv or sys.argv[1:])]),
+    result = {"command": " ".join(["python benchmarks/perf/keystats_speed.py", *(argv or sys.argv[1:])]),
               "commit": git_commit(), "model": lm.name, "dtype": "bfloat16", "threads": torch.get_num_threads(),
               "texts": len(texts), "positions": rows[0]["positions"], "layers": layers,
               "seconds_together": seconds_together, "seconds_alone": seconds_alone, "rows": rows}

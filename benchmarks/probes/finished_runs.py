@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers_qf.bench.data import Fact, FactsFileError, read_facts
 from transformers_qf.core.report import write_json
 
-ROOT = Path(__file__).resolve().parent.parent  # where the bench runs, and its relative facts paths start
+ROOT = Path(__file__).resolve().parents[2]  # where the bench runs, and its relative facts paths start
 
 
 @dataclass
@@ -71,7 +71,7 @@ def main(parser, script: str, analyse, markdown, argv: list[str] | None = None) 
                         help=f"an earlier {script}.json whose runs stay in the report unless read again")
     args = parser.parse_args(argv)
     results = [analyse(read_run(Path(run), script)) for run in args.runs]
-    command = " ".join([f"python benchmarks/{script}.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join([f"python benchmarks/probes/{script}.py", *(argv if argv is not None else sys.argv[1:])])
     report = {"command": command, "earlier": [], "runs": results}
     if args.earlier is not None:
         try:

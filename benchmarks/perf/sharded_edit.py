@@ -1,6 +1,6 @@
 """The same QF edit on a model sharded over several GPUs with accelerate's device_map.
 
-    python benchmarks/sharded_edit.py --tokenizer DIR [--shape 1.5b] [--out results]
+    python benchmarks/perf/sharded_edit.py --tokenizer DIR [--shape 1.5b] [--out results]
 
 Runs the edit on one GPU, then with the decoder layers split evenly over every visible GPU,
 and compares the two W' and their timings. Writes performance_sharded.json.

@@ -1,6 +1,6 @@
 """How far does a weight edit move the rows its target was fitted with but that it does not constrain?
 
-    python benchmarks/context_drift.py [--n 4] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/context_drift.py [--n 4] [--layer 8] [--steps 60] [--out results]
 
 The layer-8 edit of `sequential50-qf-L8-rome-60-copies` (subject-copies, optimised target, generic+facts key
 metric) is applied to the first N facts in turn, twice: as it is, and with `--keep-context` (every other row
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     for keep in (False, True):
         editor = rome_editor(lm, data, args, positions="subject-copies", keep_context=keep)
         runs["other rows held (--keep-context)" if keep else "as fitted"] = edits(editor, data.facts[:args.n])
-    result = {"command": "python benchmarks/context_drift.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python benchmarks/probes/context_drift.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "n_facts": args.n, "layer": args.layer, "steps": args.steps,
               "seconds": time.perf_counter() - t0, "runs": runs}
     out = Path(args.out)

@@ -1,6 +1,6 @@
 """Where does the open-book pass hold the fact? Activation patching, open book into closed book.
 
-    python benchmarks/activation_patching.py [--n 10] [--layers 4,8,12,16,20,23] [--out results]
+    python benchmarks/probes/activation_patching.py [--n 10] [--layers 4,8,12,16,20,23] [--out results]
 
 For each fact, the closed-book pass (no fact in the system turn) is run again with the residual stream
 after layer L replaced, at one set of positions, by the open-book pass's residual at the same tokens.
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     for fact in facts:
         rows.append(patch_fact(patcher, lm.tokenizer, fact, layers))
         print(f"{fact.subject}: open {rows[-1]['open']:.1f}, closed {rows[-1]['closed']:.1f}", flush=True)
-    result = {"command": "python benchmarks/activation_patching.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python benchmarks/probes/activation_patching.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "dtype": args.dtype, "facts_file": args.facts,
               "layers": layers, "facts": rows, "summary": summarize(rows, layers)}
     out = Path(args.out)

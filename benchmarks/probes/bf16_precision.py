@@ -1,6 +1,6 @@
 """Why a fact learned on SmolLM2-135M in bfloat16 does not show in its answer: W' rounding or activations?
 
-    python benchmarks/bf16_precision.py [--out results]
+    python benchmarks/probes/bf16_precision.py [--out results]
 
 The `qf chat` terminal test's fact (Zubrovia -> Pelmora) at layer 29, on the CPU. First the model
 itself, open and closed book, in float32 and bfloat16: greedy answer, log p of the answer, and the
@@ -95,7 +95,7 @@ def edit_variant(model, tokenizer, answer: str, W0: torch.Tensor, recorded: torc
 
 def render(result: dict) -> str:
     lines = ["# bfloat16 on the CPU: why SmolLM2's learned fact does not show", "",
-             f"Written by `benchmarks/bf16_precision.py` (commit {result['commit']}, torch {result['torch']}). "
+             f"Written by `benchmarks/probes/bf16_precision.py` (commit {result['commit']}, torch {result['torch']}). "
              f"SmolLM2-135M-Instruct, layer {LAYER}, fact: {FACT!r}, question: {QUESTION!r}; the edit teaches the "
              f"float32 open-book answer {result['taught_answer']!r}.", "",
              "## The model itself (no edit)", "",

@@ -1,6 +1,6 @@
 """How many usable rewordings does the model write for a question? Each instruction's answers, sorted.
 
-    python benchmarks/rewording_yield.py [--n 20] [--system "..."] [--out results]
+    python benchmarks/probes/rewording_yield.py [--n 20] [--system "..."] [--out results]
 
 For each of the first N facts of the facts file, the unedited model answers every rewording instruction of
 rewording.py (greedy, as `--target-wordings 10` asks them), once with an empty system turn (what the editor
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         runs[name] = {"system": system, "tally": tally(facts_rows),
                       "facts": [{"user": f.user, "subject": f.subject, "answers": rows}
                                 for f, rows in zip(facts, facts_rows)]}
-    result = {"command": "python benchmarks/rewording_yield.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": "python benchmarks/probes/rewording_yield.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "n_facts": len(facts),
               "seconds": time.perf_counter() - t0, "runs": runs}
     out = Path(args.out)

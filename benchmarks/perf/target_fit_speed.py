@@ -1,6 +1,6 @@
 """How long the optimised target's fit takes with its contexts in one padded batch, and one by one.
 
-    python benchmarks/target_fit_speed.py [--n 2] [--steps 10] [--contexts 2] [--layer 8] [--out results]
+    python benchmarks/perf/target_fit_speed.py [--n 2] [--steps 10] [--contexts 2] [--layer 8] [--out results]
 
 The layer-8 edit of the `variant-L8-rome-60-copies-ctx2` bench run (subject-copies, the question and
 --contexts openings before it) is made for each of the first N facts from the model as loaded, twice: the
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probes"))  # the probes' shared model and editor setup
 from probe_setup import load, probe_parser, rome_editor
 from transformers_qf.editing import editor as editor_module
 from transformers_qf.core.report import git_commit, write_json
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
                          "fit_seconds_per_step": fits[0] / args.steps, "edit_seconds": report.seconds, "target_loss": editor.last_target_losses[-1]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     mean = {b: sum(r["fit_seconds"] for r in rows if r["batched"] == b) / args.n for b in (True, False)}
-    result = {"command": " ".join(["python benchmarks/target_fit_speed.py", *(argv or sys.argv[1:])]),
+    result = {"command": " ".join(["python benchmarks/perf/target_fit_speed.py", *(argv or sys.argv[1:])]),
               "commit": git_commit(), "model": lm.name, "dtype": args.dtype, "threads": torch.get_num_threads(),
               "layer": args.layer, "steps": args.steps, "contexts": 1 + args.contexts, "rows": rows,
               "fit_seconds_batched": mean[True], "fit_seconds_one_by_one": mean[False],

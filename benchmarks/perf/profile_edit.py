@@ -1,6 +1,6 @@
 """Where the time of one QF edit goes on a GPU: torch.profiler over a few edits, phases labelled.
 
-    python benchmarks/profile_edit.py --tokenizer DIR [--shape 1.5b] [--compile]
+    python benchmarks/perf/profile_edit.py --tokenizer DIR [--shape 1.5b] [--compile]
 
 Prints the median wall time of an edit, the labelled phases (CPU and CUDA time) and the top kernels,
 for CUDA-graph capture and (with --compile) compiled capture; a diagnostic, not a report.

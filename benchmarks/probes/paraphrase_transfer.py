@@ -1,6 +1,6 @@
 """Why does a ROME-style edit answer its own question and not the paraphrases? Key or target.
 
-    python benchmarks/paraphrase_transfer.py [--n 10] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/paraphrase_transfer.py [--n 10] [--layer 8] [--steps 60] [--out results]
         [--positions subject-copies] [--wordings N] [--name paraphrase_transfer-NAME]
 
 For each fact, on the unedited model, the editor fits the subject-last target (ROME's v* = h + delta at
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         print(f"{i + 1}/{args.n} {fact.subject}: " + "; ".join(
             f"{c['weight-edit']['gives']:d}{c['added-every-row']['gives']:d}" for c in rows[-1]["questions"]),
             file=sys.stderr, flush=True)
-    result = {"command": "python benchmarks/paraphrase_transfer.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python benchmarks/probes/paraphrase_transfer.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(), "model": lm.name, "n_facts": len(rows), "layer": args.layer,
               "steps": args.steps, "positions": args.positions, "wordings": args.wordings, "seconds": time.perf_counter() - t0, "summary": summarize(rows), "facts": rows}
     out = Path(args.out)

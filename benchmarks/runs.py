@@ -1,7 +1,7 @@
 """The runs behind results/benchmark.md, each one `python -m transformers_qf.bench ...` (resumable).
 
-    python benchmarks/run_benchmark.py --list                     # the runs and their commands
-    python benchmarks/run_benchmark.py --only sweep --minutes 18  # run (or resume) some, stop starting new ones after 18 min
+    python benchmarks/runs.py --list                     # the runs and their commands
+    python benchmarks/runs.py --only sweep --minutes 18  # run (or resume) some, stop starting new ones after 18 min
     python -m transformers_qf.bench.report runs/benchmark --out results
 
 Runs write runs/benchmark/NAME/{cases.jsonl,summary.json}; a finished run is skipped, a stopped one
