@@ -240,6 +240,7 @@ def render(result: dict) -> str:
     for r in d["rows"]:
         lines.append(f"| {r['name']} | {r['what']} | " + " | ".join(f"{x:.2f}" for x in r["logp"])
                      + f" | **{r['sum']:.2f}** | {r['gap_closed']:.2f} |")
+    lines += [""] + summary(d)
     for v in d["variants"]:
         lines += ["", f"## {v['name']}: {v['what']}", "",
                   "| row | " + " | ".join(_tok(t) for t in v["tokens"]) + " | sum |",
@@ -254,6 +255,29 @@ def render(result: dict) -> str:
         f"(as stored {r['solve']['residual_applied']:.1e}), ||W'-W||/||W|| {r['solve']['delta_rel']:.4f}"
         for r in d["rows"] if "solve" in r) + ".", ""]
     return "\n".join(lines)
+
+
+def summary(d: dict) -> list[str]:
+    """The numbers that say where the missing nats are, read off the rows."""
+    L, row = d["layer"], {r["name"]: r for r in d["rows"]}
+    open_book, edit = row["open book, W"], row["closed book, W'"]
+    kept, every, blind = row[f"patch L{L}: kept"], row[f"patch L{L}: all"], row[f"open book, layers > {L} blind to the fact"]
+    ones = row["closed book, W' (all ones)"]
+    short = [o - e for o, e in zip(open_book["logp"], edit["logp"])]
+    worst = max(range(len(short)), key=short.__getitem__)
+    missing, beyond = open_book["sum"] - edit["sum"], open_book["sum"] - every["sum"]
+    others = ", ".join(f"{v['name']} {v['gap_closed']:.2f}" for v in d["variants"])
+    return [f"**Where the missing nats are.** After the edit the answer is {missing:.2f} nats short of the open book; "
+            f"{short[worst]:.2f} of them at the token {_tok(d['tokens'][worst])}. Patching layer {L}'s open-book output "
+            f"at the kept rows gives {kept['sum']:.2f} (the edit: {edit['sum']:.2f}); at every position of the closed "
+            f"book, the most that QF's target (the open-book output of layer {L}) can give, {every['sum']:.2f} (gap "
+            f"closed {every['gap_closed']:.2f}), leaving {beyond:.2f} nats. The open book with layers above {L} blind "
+            f"to the fact's tokens gives {blind['sum']:.2f}, {abs(blind['sum'] - every['sum']):.2f} from that ceiling: "
+            + (f"the {beyond:.2f} nats are what the layers above read from the fact's own tokens, which the closed book "
+               "does not have. " if abs(blind["sum"] - every["sum"]) <= 0.1 * abs(beyond) + 0.05 else
+               "they do not match, so the layers above reading the fact's tokens do not account for the rest. ")
+            + "Every significance 1: gap closed "
+            f"{ones['gap_closed']:.2f} (paper's: {edit['gap_closed']:.2f}); {others}."]
 
 
 def main(argv=None) -> int:
@@ -276,8 +300,8 @@ def run(argv=None) -> int:
     locate(loaded.model, args.layer)  # a bad layer fails before any work
     prov = provenance(loaded, next(loaded.model.parameters()).device, {
         "layer": args.layer,
-        "command": "python benchmarks/probes/layer23_diagnosis.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])})
+        "command": " ".join(["python benchmarks/probes/layer23_diagnosis.py",
+                             *(argv if argv is not None else sys.argv[1:])])})
     diagnosis = diagnose(loaded.model, loaded.tokenizer, FACT_1, args.layer, numerics=not args.no_numerics)
     prov["seconds"] = round(time.perf_counter() - t0, 1)
     result = {"provenance": prov, "diagnosis": diagnosis}
