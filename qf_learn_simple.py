@@ -2,7 +2,7 @@
 
 Edit the facts, significances and layer below, then run
 
-    python qf_learn_simple.py                 # layer 23, writes results/qf_results.md and .json
+    python qf_learn_simple.py                 # layer 23, writes results/qf/qf_results.md and .json
     python qf_learn_simple.py --layers 20-27  # one table of verdicts per layer
 
 The parameters folder is wiped at the start; rows then accumulate across the two facts, and the
@@ -66,7 +66,7 @@ def run(argv=None) -> int:
     parser.add_argument("--layer", type=int, default=LAYER, help=f"layer to edit (default {LAYER})")
     parser.add_argument("--layers", type=parse_layers, default=None, help="a sweep, e.g. 20,23,27 or 20-27")
     parser.add_argument("--folder", default="parameters", help="parameters folder (wiped at the start)")
-    parser.add_argument("--out", default="results",
+    parser.add_argument("--out", default="results/qf",
                         help="where qf_results.md/.json go (a sweep writes qf_sweep.md/.json)")
     parser.add_argument("--ridge", type=float, default=0.0, help="ridge lambda: weighted solve (0 = exact, as the paper)")
     parser.add_argument("--original-tokenization", action="store_true",

@@ -1,8 +1,8 @@
-"""The runs behind results/benchmark.md, each one `python -m transformers_qf.bench ...` (resumable).
+"""The runs behind results/bench/benchmark.md, each one `python -m transformers_qf.bench ...` (resumable).
 
     python benchmarks/runs.py --list                     # the runs and their commands
     python benchmarks/runs.py --only sweep --minutes 18  # run (or resume) some, stop starting new ones after 18 min
-    python -m transformers_qf.bench.report runs/benchmark --out results
+    python -m transformers_qf.bench.report runs/benchmark --out results/bench
 
 Runs write runs/benchmark/NAME/{cases.jsonl,summary.json}; a finished run is skipped, a stopped one
 resumes. All runs use the bundled 1.5B model in bfloat16 (2.5x faster generation on this CPU).
@@ -85,7 +85,7 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     "L8-rome-60-copies-words10": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                   "--target-steps", "60", "--target-wordings", "10"],
     # the same after rewording.py keeps only questions, asked with its rewriter system turn (session 18): 30 of
-    # words10's 81 rewordings were answers; now 3.75 real ones a fact instead of 2.70 (results/rewording_yield.md)
+    # words10's 81 rewordings were answers; now 3.75 real ones a fact instead of 2.70 (results/bench/rewording_yield.md)
     "L8-rome-60-copies-words10-questions": ["--layer", "8", *COVFACTS, "--positions", "subject-copies",
                                             "--target", "optimized", "--target-steps", "60", "--target-wordings", "10"],
     # layer 5 answered more of the 60 paraphrases than layer 8 with the copies alone (0.40 against 0.25, with a

@@ -12,7 +12,7 @@ Plus scaling: time vs answer length, the re-solve as accumulated rows grow, and 
     python benchmarks/perf/edit_latency.py --suite cpu --dtype bfloat16
     python benchmarks/perf/edit_latency.py --suite gpu --random-shape  # random weights of real shapes, bfloat16
 
-Writes results/performance_<suite>.json (performance_<suite>_<dtype>.json for a dtype other than the
+Writes results/perf/performance_<suite>.json (performance_<suite>_<dtype>.json for a dtype other than the
 suite's default); benchmarks/perf/render_performance.py makes performance.md.
 
 Peak memory: on a GPU, the peak of torch's allocator while the work runs (weights included), both as
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="0.5b,1.5b,7b")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-rows", type=int, default=8960, help="largest row count in the re-solve scaling")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/perf")
     parser.add_argument("--compile", action="store_true", help="also time the 1.5b capture compiled with torch.compile")
     parser.add_argument("--dtype", default=None, help="default: the package's for the suite's device")
     parser.add_argument("--no-baselines", action="store_true", help="skip the original way and FT-L (CPU suite)")

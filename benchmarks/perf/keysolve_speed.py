@@ -1,6 +1,6 @@
 """How long one dual-form solve of `KeySolver` takes, by Cholesky with a jitter, against the pseudo-inverse.
 
-    python benchmarks/perf/keysolve_speed.py [--rows 2000,4000,8000] [--state DIR/state.safetensors] [--out results]
+    python benchmarks/perf/keysolve_speed.py [--rows 2000,4000,8000] [--state DIR/state.safetensors] [--out results/perf]
     python benchmarks/perf/keysolve_speed.py --device cuda      # on a GPU: random rows only
 
 Each problem is solved twice from the same rows: by `KeySolver.solve_into` as it is (one Cholesky
@@ -13,7 +13,7 @@ Problems:
           part as real MLP keys have, and one row in ten a copy of an earlier one with its target (as held
           rows repeat), so K is singular as it is in long runs;
   --state: every row of a sequential bench run's solver (its first layer's), as saved in its state file.
-Writes results/keysolve_speed.md and .json (keysolve_speed_cuda.* with --device cuda).
+Writes results/perf/keysolve_speed.md and .json (keysolve_speed_cuda.* with --device cuda).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--state", type=Path, help="a sequential bench run's state.safetensors")
     parser.add_argument("--layer-key", default="layer0", help="whose solver in --state (layer0: the first layer)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/perf")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; run on a GPU machine or leave --device out")

@@ -1,13 +1,13 @@
 """How long the key covariances of several layers take on the bundled model: every layer from one packed forward
 a batch (`keystats.key_covariances`), against one layer at a time.
 
-    python benchmarks/perf/keystats_speed.py [--layers 4,5,6,7,8] [--texts N] [--out results]
+    python benchmarks/perf/keystats_speed.py [--layers 4,5,6,7,8] [--texts N] [--out results/perf]
 
 The texts are the benchmark's covariance corpus for facts_100.jsonl (256 generic requests and the questions
 about real entities its controls do not name, each answered by the model: `keystats`), made by the model once
 and cached as the bench caches them; only the covariances are timed, and none is read from or written to the
 cache. --texts N times the first N texts only. Reports both times and the largest difference between the two
-covariances of a layer, relative to the largest entry. Writes results/keystats_speed.md and .json.
+covariances of a layer, relative to the largest entry. Writes results/perf/keystats_speed.md and .json.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="4,5,6,7,8")
     parser.add_argument("--texts", type=int, default=None, help="time the first N texts only")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/perf")
     args = parser.parse_args(argv)
     try:
         layers = [int(x) for x in args.layers.split(",") if x.strip()]

@@ -1,6 +1,6 @@
-"""Turn results/performance_*.json (written by edit_latency.py) into results/performance.md.
+"""Turn results/perf/performance_*.json (written by edit_latency.py) into results/perf/performance.md.
 
-    python benchmarks/perf/render_performance.py [--results results]
+    python benchmarks/perf/render_performance.py [--results results/perf]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def targets_section(suites: dict, root: Path) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results")
+    parser.add_argument("--results", default="results/perf")
     args = parser.parse_args(argv)
     root = Path(args.results)
     suites = {path.stem.removeprefix("performance_"): json.loads(path.read_text())

@@ -1,6 +1,6 @@
 """The same QF edit on a model sharded over several GPUs with accelerate's device_map.
 
-    python benchmarks/perf/sharded_edit.py --tokenizer DIR [--shape 1.5b] [--out results]
+    python benchmarks/perf/sharded_edit.py --tokenizer DIR [--shape 1.5b] [--out results/perf]
 
 Runs the edit on one GPU, then with the decoder layers split evenly over every visible GPU,
 and compares the two W' and their timings. Writes performance_sharded.json.
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--shape", default="1.5b")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/perf")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 

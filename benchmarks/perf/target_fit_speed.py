@@ -1,12 +1,12 @@
 """How long the optimised target's fit takes with its contexts in one padded batch, and one by one.
 
-    python benchmarks/perf/target_fit_speed.py [--n 2] [--steps 10] [--contexts 2] [--layer 8] [--out results]
+    python benchmarks/perf/target_fit_speed.py [--n 2] [--steps 10] [--contexts 2] [--layer 8] [--out results/perf]
 
 The layer-8 edit of the `variant-L8-rome-60-copies-ctx2` bench run (subject-copies, the question and
 --contexts openings before it) is made for each of the first N facts from the model as loaded, twice: the
 fit's forwards batched (the package's way) and one context at a time (`optimized_deltas(batched=False)`).
 Reports the fit's seconds per step and the edit's seconds each way, and the answer's loss at the last step
-(the two ways fit the same deltas up to rounding). Writes results/target_fit_speed.md and .json.
+(the two ways fit the same deltas up to rounding). Writes results/perf/target_fit_speed.md and .json.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def timed_fit(fit, seconds: list[float], batched: bool):
 
 
 def main(argv=None) -> int:
-    parser = probe_parser(__doc__, n=2)
+    parser = probe_parser(__doc__, n=2, out="results/perf")
     parser.set_defaults(steps=10)
     parser.add_argument("--contexts", type=int, default=2, help="openings before the question (extra contexts)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Where does the open-book pass hold the fact? Activation patching, open book into closed book.
 
-    python benchmarks/probes/activation_patching.py [--n 10] [--layers 4,8,12,16,20,23] [--out results]
+    python benchmarks/probes/activation_patching.py [--n 10] [--layers 4,8,12,16,20,23] [--out results/qf]
 
 For each fact, the closed-book pass (no fact in the system turn) is run again with the residual stream
 after layer L replaced, at one set of positions, by the open-book pass's residual at the same tokens.
@@ -11,7 +11,7 @@ any edit can get from open-book targets at those rows (the residual there is all
 Position sets, in the closed-book sequence (the open-book one is the same tokens, shifted by the fact):
 subject (the subject's tokens in the question), subject-last, user (the whole user turn), answer (every
 row of the teacher-forced answer turn), shared (user turn and answer turn).
-Writes results/activation_patching.md and .json.
+Writes results/qf/activation_patching.md and .json.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default="4,8,12,16,20,23")
     parser.add_argument("--model", default=None, help="model spec (default: the bundled model)")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/qf")
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")]
     facts = [f for f in read_facts(args.facts).facts if f.subject][: args.n]

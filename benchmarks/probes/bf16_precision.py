@@ -1,13 +1,13 @@
 """Why a fact learned on SmolLM2-135M in bfloat16 does not show in its answer: W' rounding or activations?
 
-    python benchmarks/probes/bf16_precision.py [--out results]
+    python benchmarks/probes/bf16_precision.py [--out results/qf]
 
 The `qf chat` terminal test's fact (Zubrovia -> Pelmora) at layer 29, on the CPU. First the model
 itself, open and closed book, in float32 and bfloat16: greedy answer, log p of the answer, and the
 log-probabilities of the top first tokens. Then the edit (the float32 open-book answer teacher-forced)
 with each precision choice separated: the dtype the rows are recorded in, the dtype W' is stored in
 (float32 through an upcasting down_proj in a bfloat16 model), and the dtype the model answers in.
-Writes results/bf16_precision.md and .json.
+Writes results/qf/bf16_precision.md and .json.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def render(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/qf")
     args = parser.parse_args(argv)
     loaded = load_model("smollm2", "cpu", F32, progress=False)
     model, tokenizer = loaded.model, loaded.tokenizer

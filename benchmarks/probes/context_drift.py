@@ -1,6 +1,6 @@
 """How far does a weight edit move the rows its target was fitted with but that it does not constrain?
 
-    python benchmarks/probes/context_drift.py [--n 4] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/context_drift.py [--n 4] [--layer 8] [--steps 60] [--out results/bench]
 
 The layer-8 edit of `sequential50-qf-L8-rome-60-copies` (subject-copies, optimised target, generic+facts key
 metric) is applied to the first N facts in turn, twice: as it is, and with `--keep-context` (every other row
@@ -8,7 +8,7 @@ of the fitted sequences held at its output). After each edit, the editor's drift
 |W' u + v - y| / |y| at the unconstrained rows, the user turn and the answer: those of the fact just edited
 (drift_own) and those of every earlier fact, as they were when that fact was fitted (mean and max). Also the
 edit's ||W' - W0|| / ||W0||, its rows and the largest residual at a constrained row. Writes
-results/context_drift.md and .json.
+results/bench/context_drift.md and .json.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Does a ROME-style edit pushed past its fitted target reach the paraphrases? dW scaled by s, one fact at a time.
 
-    python benchmarks/probes/edit_scale.py [--n 10] [--scales 1,1.5,2,3] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/edit_scale.py [--n 10] [--scales 1,1.5,2,3] [--layer 8] [--steps 60] [--out results/bench]
 
 For each of the first N facts, from the unedited model, the editor of the `variant-L8-rome-60-copies` bench
 run (layer L, subject-copies, optimised target, generic+facts key metric) solves dW. The weight is then set
 to W0 + s dW for each scale s, and the question, its paraphrases and the controls (those the unedited model
 answers right) are answered by greedy generation. For one edit, s dW is the solve whose target is the
 closed-book output plus s times the fitted delta: a push past the target, like `--gamma` for open-book targets.
-Writes results/edit_scale.md and .json.
+Writes results/bench/edit_scale.md and .json.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def main(parser, script: str, analyse, markdown, argv: list[str] | None = None) 
     given, then OUT/{script}.json and .md (`markdown(results, written_by)`). --earlier REPORT.json keeps that
     report's runs that are not read again, before the new ones, so that runs whose folders are gone stay."""
     parser.add_argument("runs", nargs="+", help="bench run folders (each with a cases.jsonl)")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/bench")
     parser.add_argument("--earlier", type=Path, default=None,
                         help=f"an earlier {script}.json whose runs stay in the report unless read again")
     args = parser.parse_args(argv)

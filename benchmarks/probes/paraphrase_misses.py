@@ -1,6 +1,6 @@
 """What the missed answers of finished bench runs say instead of the target (`bench.metrics.miss_kind`).
 
-    python benchmarks/probes/paraphrase_misses.py RUN_DIR [RUN_DIR ...] [--out results] [--earlier results/paraphrase_misses.json]
+    python benchmarks/probes/paraphrase_misses.py RUN_DIR [RUN_DIR ...] [--out results/bench] [--earlier results/bench/paraphrase_misses.json]
 
 Reads each run's cases.jsonl (its answers after the last edit) and its facts file (for the subjects), and
 writes OUT/paraphrase_misses.md and .json: per run, and for questions and paraphrases apart, how many

@@ -1,6 +1,6 @@
 """Why does a ROME-style edit answer its own question and not the paraphrases? Key or target.
 
-    python benchmarks/probes/paraphrase_transfer.py [--n 10] [--layer 8] [--steps 60] [--out results]
+    python benchmarks/probes/paraphrase_transfer.py [--n 10] [--layer 8] [--steps 60] [--out results/bench]
         [--positions subject-copies] [--wordings N] [--name paraphrase_transfer-NAME]
 
 For each fact, on the unedited model, the editor fits the subject-last target (ROME's v* = h + delta at
@@ -20,7 +20,7 @@ weight edit does not, the paraphrase's key is missed (a key problem); if the add
 either, the target does not transfer (a target problem). `--positions subject-copies` and `--wordings N` probe
 the editor's remedies (the delta fitted at the answer's copies of the subject too; on N rewordings of the
 question by the model); a paraphrase that is word for word one of those rewordings is marked and counted apart.
-Writes results/NAME.md and .json (NAME: paraphrase_transfer unless --name).
+Writes results/bench/NAME.md and .json (NAME: paraphrase_transfer unless --name).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which wordings of the unseen paraphrases finished bench runs answer: by where the subject stands, and by wording.
 
-    python benchmarks/probes/paraphrase_wordings.py RUN_DIR [RUN_DIR ...] [--out results] [--earlier results/paraphrase_wordings.json]
+    python benchmarks/probes/paraphrase_wordings.py RUN_DIR [RUN_DIR ...] [--out results/bench] [--earlier results/bench/paraphrase_wordings.json]
 
 Reads each run's cases.jsonl (its answers after the last edit) and its facts file (for the subjects). Only the
 unseen paraphrases count: those that are not, word for word, one of the rewordings their fact's edit was fitted

@@ -12,8 +12,8 @@ from transformers_qf.bench.data import read_facts
 from transformers_qf.editing.editor import EditConfig, Editor
 
 
-def probe_parser(doc: str, n: int) -> argparse.ArgumentParser:
-    """--facts, --n (default n), --layer, --steps, --model, --dtype, --out; the script adds its own."""
+def probe_parser(doc: str, n: int, out: str = "results/bench") -> argparse.ArgumentParser:
+    """--facts, --n (default n), --layer, --steps, --model, --dtype, --out (default out); the script adds its own."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--facts", default="benchmarks/facts/facts_100.jsonl")
     parser.add_argument("--n", type=int, default=n)
@@ -21,7 +21,7 @@ def probe_parser(doc: str, n: int) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default=out)
     return parser
 
 

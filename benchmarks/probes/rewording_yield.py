@@ -1,6 +1,6 @@
 """How many usable rewordings does the model write for a question? Each instruction's answers, sorted.
 
-    python benchmarks/probes/rewording_yield.py [--n 20] [--system "..."] [--out results]
+    python benchmarks/probes/rewording_yield.py [--n 20] [--system "..."] [--out results/bench]
 
 For each of the first N facts of the facts file, the unedited model answers every rewording instruction of
 rewording.py (greedy, as `--target-wordings 10` asks them), once with an empty system turn (what the editor
@@ -8,7 +8,7 @@ did before session 18) and once with `--system` as the system turn (default: rew
 now). Each first line is sorted as the editor sorts it: kept, not a question (the model answered instead:
 "Droram's CEO is John Doe."), subject dropped, or a repeat.
 A kept rewording that is word for word one of the fact's paraphrases in the facts file is counted too (the
-bench's `paraphrase_unseen` leaves those out). Writes results/rewording_yield.md and .json.
+bench's `paraphrase_unseen` leaves those out). Writes results/bench/rewording_yield.md and .json.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--system", default=SYSTEM, help="the system turn compared with an empty one")
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
     facts = read_facts(args.facts).facts[:args.n]
     lm = load_model(args.model, "cpu", args.dtype)

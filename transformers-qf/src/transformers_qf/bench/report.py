@@ -1,6 +1,6 @@
-"""results/benchmark.md + benchmark.json + PNG plots from the runs' summary.json files.
+"""results/bench/benchmark.md + benchmark.json + PNG plots from the runs' summary.json files.
 
-    python -m transformers_qf.bench.report RUNS_DIR --out results
+    python -m transformers_qf.bench.report RUNS_DIR --out results/bench
 
 Every folder under RUNS_DIR with a summary.json is a run; its folder name is its label in the tables.
 Folders named `sweep-*` make the layer sweep (one row per layer; plot `benchmark_layers.png`); the
@@ -23,14 +23,30 @@ from transformers_qf.core.report import _cell, write_json
 COLUMNS = (
     ("efficacy", "efficacy", "{:.2f}"), ("paraphrase", "paraphrase", "{:.2f}"),
     ("n_paraphrases_scored", "paraphrases scored", "{:d}"),
-    ("specificity", "specificity", "{:.2f}"), ("specificity_same_relation", "spec. same relation", "{:.2f}"),
+    ("specificity", "specificity", "{:.2f}"), ("specificity_target_only", "spec. (own target only)", "{:.2f}"),
+    ("specificity_same_relation", "spec. same relation", "{:.2f}"),
     ("specificity_other", "spec. other", "{:.2f}"), ("leak", "leak", "{:.2f}"),
+    ("control_changed", "controls changed", "{:.2f}"),
     ("fluency_drop", "fluency drop", "{:+.1%}"), ("logprob_before", "log p before", "{:.1f}"),
     ("logprob_after", "log p after", "{:.1f}"), ("delta_rel", "‖ΔW‖/‖W‖", "{:.3f}"),
     ("residual_max", "residual", "{:.0e}"), ("seconds_per_edit", "s / edit", "{:.2f}"),
 )
 SEQUENTIAL_EXTRA = (("efficacy_immediate", "efficacy right after", "{:.2f}"),
                     ("paraphrase_immediate", "paraphrase right after", "{:.2f}"))
+
+
+SPECIFICITY_NOTE = (
+    "A control counts for specificity when the unedited model answered it right and the edited model's answer "
+    "still gives its own target and names no edited fact's value (whole words; a value that is the control's own "
+    "target or is named by its question is not counted). `spec. (own target only)` is the earlier score, which "
+    "asked only for the own target; `leak`: control answers naming an edited fact's value; `controls changed`: "
+    "control answers that differ from the unedited model's. Runs summarized before these scores existed show "
+    "`–` for them.")
+
+
+# keys whose meaning changed when a kept control had to name no edited value; older summaries lack them
+STRICT_KEYS = ("specificity", "specificity_target_only", "specificity_same_relation", "specificity_other", "leak",
+               "control_changed")
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -79,6 +95,8 @@ def _config(run: dict) -> str:
 def _value(run: dict, key: str):
     """A summary's value; the number of paraphrases scored, which older summaries lack, from their options where
     that is exact (every fact has at least two paraphrases, so --paraphrases 1 or 2 scores that many a fact)."""
+    if "specificity_target_only" not in run and key in STRICT_KEYS:  # summarized before the strict scores
+        return run.get("specificity") if key == "specificity_target_only" else None
     if key == "n_paraphrases_scored" and run.get(key) is None:
         per_fact = (run.get("options") or {}).get("paraphrases")
         scored = run.get("n_questions_scored")
@@ -138,7 +156,9 @@ def retention_plot(runs: list[dict], path: Path) -> None:
             continue
         x = [c["edits"] for c in points]
         axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=run["label"])
-        axes[1].plot(x, [c["specificity"] for c in points], "o-", label=run["label"])
+        old = "specificity_target_only" not in points[0]  # summarized before the strict score: own target only
+        axes[1].plot(x, [c["specificity"] for c in points], "o:" if old else "o-",
+                     label=run["label"] + (" (own target only)" if old else ""))
     for ax, name in zip(axes, ("efficacy over the facts learned so far", "specificity (controls still right)")):
         ax.set_xscale("log")
         ax.set_xlabel("number of sequential edits")
@@ -167,7 +187,7 @@ def earlier_runs(path: Path, runs: list[dict]) -> list[dict]:
         recorded = json.loads(path.read_text(encoding="utf-8"))["runs"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--earlier {path}: not a benchmark.json written by this report ({error}); "
-                         "give results/benchmark.json or leave --earlier out") from None
+                         "give results/bench/benchmark.json or leave --earlier out") from None
     present = {r["label"] for r in runs}
     return [r for r in recorded if r["label"] not in present]
 
@@ -187,7 +207,8 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
     others = [r for r in runs if not r["label"].startswith("sweep-")]
     lines = ["# The facts benchmark", "", f"Written by `{command}` from the runs' summary.json files; "
              "do not edit by hand. Every number is a fraction of answers scored by free greedy generation "
-             "(no teacher forcing); see the README's benchmark section for the definitions.", ""]
+             "(no teacher forcing); see the README's benchmark section for the definitions.", "",
+             SPECIFICITY_NOTE, ""]
     if runs:
         r0 = runs[0]
         lines += [f"- **model**: {r0['model']} ({r0['dtype']})", f"- **commits**: "
@@ -215,9 +236,11 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
             lines += ["| run | " + " | ".join(f"after {n}" for n in steps) + " |", "|---|" + "---|" * len(steps)]
             for r in group:
                 lines.append(f"| {_cell(r['label'])} | " + " | ".join(
-                    f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}" for c in r["checkpoints"]) + " |")
+                    f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}"
+                    + ("" if "specificity_target_only" in c else "*") for c in r["checkpoints"]) + " |")
             lines += [""]
-        lines += ["Each cell: efficacy over the facts learned so far / specificity, after that many edits.", ""]
+        lines += ["Each cell: efficacy over the facts learned so far / specificity, after that many edits "
+                  "(*: the earlier specificity, own target only).", ""]
     lines += ["## The runs", "", "Each run's command (`python -m transformers_qf.bench ...`; `--before-from` only reuses "
               "the unedited model's answers of an identical earlier run):", ""]
     lines += [f"- `{r['label']}`: `{r.get('command') or '(not recorded)'}`" for r in sorted(runs, key=lambda r: r["label"])]
@@ -231,11 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m transformers_qf.bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="folder holding one folder per run")
-    parser.add_argument("--out", default="results", help="where benchmark.md/.json and the plots go")
+    parser.add_argument("--out", default="results/bench", help="where benchmark.md/.json and the plots go")
     parser.add_argument("--extra", default=None, help="a markdown file appended to the report (the findings)")
     parser.add_argument("--earlier", default=None, metavar="BENCHMARK_JSON",
                         help="keep the runs of this earlier benchmark.json that have no folder under RUNS "
-                             "(e.g. results/benchmark.json, when the run folders of earlier machines are gone)")
+                             "(e.g. results/bench/benchmark.json, when the run folders of earlier machines are gone)")
     args = parser.parse_args(argv)
     runs = load_runs(Path(args.runs))
     for run in runs:

@@ -31,15 +31,21 @@ def provenance(loaded, device, extra: dict | None = None) -> dict:
     }
 
 
-def git_commit() -> str:
-    """The checkout's commit (+ a mark when it has uncommitted changes); $QF_COMMIT where there is no git."""
+# What the scripts write, not code: a checkout whose only changes are fresh reports is not "dirty".
+OUTPUTS = ("results", "parameters")
+
+
+def git_commit(where: Path | None = None) -> str:
+    """The commit of the checkout holding `where` (default: this package), + a mark when code or data in it has
+    uncommitted changes (changes under OUTPUTS do not count); $QF_COMMIT where there is no git."""
     if os.environ.get("QF_COMMIT"):
         return os.environ["QF_COMMIT"]
-    here = Path(__file__).resolve().parent
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        paths = [":(top)", *(f":(top,exclude){folder}" for folder in OUTPUTS)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -3,11 +3,11 @@
     rewordings(model, tokenizer, "Who founded Steitum Motors?", "Steitum Motors", 2)
     # ['Who started Steitum Motors?', 'Who established Steitum Motors?']
 
-A target fitted on one question holds for that question only (benchmarks/paraphrase_transfer.py): the
+A target fitted on one question holds for that question only (benchmarks/probes/paraphrase_transfer.py): the
 rows after the subject read it one way. Fitting it on the model's own rewordings as well asks it to hold
 across wordings, with no wording taken from a benchmark. Greedy answers to a few fixed instructions, asked
 with a system turn that says to reword and never answer (`SYSTEM`: with it the model answers 1 of 200 times
-instead of 35, and 3.75 rewordings a fact are kept instead of 2.70, results/rewording_yield.md); a
+instead of 35, and 3.75 rewordings a fact are kept instead of 2.70, results/bench/rewording_yield.md); a
 rewording is kept only if it is a question (ends with "?"), names the subject exactly and is new (not the question,
 not one kept before). The question test matters: asked to reword, the model sometimes answers instead ("Droram's
 CEO is John Doe."), and fitting the fact after a user turn that states another value works against it.
