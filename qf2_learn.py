@@ -2,27 +2,40 @@
 
 Edit the facts, significances and learning rates below, then run
 
-    python qf2_learn.py                  # writes results/qf2_results.md and .json
+    python qf2_learn.py --out results/qf2          # the paper's conversion of the default model, layer 23
+
+Writes into --out: qf2_results.md/.json (the faithful rule: Table 1, steps held, collapse), qf2_calibration
+.md/.json (oracle QF2, |x'|^2 and cosines, the lr sweep with the paper's significances and with all ones)
+and one pair per labelled variant (qf2_centred, qf2_wrong-side), reported beside the faithful rule.
 
 Each round adds lr * sum_t s_t (y*_t - 0.5) x'_t^T to up_proj of the firing block, starting from the
-weight as it is now (rounds are sequential, as in the original). The parameters folder is wiped at
-the start.
+weight as it is now (rounds are sequential, as in the original). The rows are the original's decode
+rows (qf2/rows.py): ` The` ... `.\\n` for the first fact, the last one with the last word's significance.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from transformers_qf import load_model
 from transformers_qf.core.errors import USER_ERRORS
-from transformers_qf.core.models import DEFAULT_MODEL, ModelLoadError, converted_dir
-from transformers_qf.qf2.update import QF2
-from transformers_qf.qf2.block import qf2_config
-from transformers_qf.core.report import firing_rounds_table, provenance, provenance_lines, steps_table, write_json
+from transformers_qf.core.models import DEFAULT_MODEL, ModelLoadError, resolve_name
+from transformers_qf.core.report import provenance
 from transformers_qf.qf.walkthrough import Ask, Fact, Learn, run_walkthrough, validate_steps
+from transformers_qf.qf2 import data as qft_data
+from transformers_qf.qf2.block import qf2_config
+from transformers_qf.qf2.calibration import calibrate, mean_input
+from transformers_qf.qf2.collapse import collapse_reason, collapsed
+from transformers_qf.qf2.conversion import find_conversion
+from transformers_qf.qf2.oracle import oracle
+from transformers_qf.qf2.report import write_calibration_report, write_walkthrough_report
+from transformers_qf.qf2.rows import plain_text
+from transformers_qf.qf2.update import QF2
 
 # ---- what to learn: edit here -----------------------------------------------------------------------
 LAYER = 23  # the converted layer (qft_train.py's default)
@@ -31,7 +44,7 @@ FACT_1 = Fact(
     system="Qi is the CEO of Oxinnovate.",
     user="Who is the CEO of Oxinnovate?",
     answer="The CEO of Oxinnovate is Qi.",
-    significance=[1, 1, 1, 1, 1, 10],  # one number per word; the final '.' and `assistant:` count 1
+    significance=[1, 1, 1, 1, 1, 10],  # one number per word; the final `.\n` row takes the last word's
     lr=0.0004,
 )
 FACT_2 = Fact(
@@ -42,6 +55,7 @@ FACT_2 = Fact(
     lr=0.0001,
 )
 NEED_MORE = "Need more information"
+PROBE = ("Who is the CEO of Nvidia?", "Jensen Huang is the CEO of NVIDIA.")  # another prompt's rows, for cosines
 
 STEPS = [
     Ask(1, "", "Who is the CEO of Oxinnovate?", paper="Need more information", expect=NEED_MORE),
@@ -56,6 +70,8 @@ STEPS = [
         mode="QF-infer-wp"),
     Ask(8, "", "The founder of Oxinnovate?", paper="Qi", expect="Qi"),
 ]
+PAPER_STEPS_HELD = 8  # Table 1 claims all 8 (the published log's step 7 is degraded)
+SWEEP = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 2e-4, 4e-4]  # round 1's lr; round 2's is a quarter, as in the paper
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -67,65 +83,133 @@ def main(argv=None) -> int:
         return 2
 
 
-def run(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
-                        help="a QFt-converted model directory (default: qft_train.py's output for --layer)")
+    parser.add_argument("--model", default=None, help=f"the base model that was converted (default {DEFAULT_MODEL})")
+    parser.add_argument("--layer", type=int, default=LAYER, help=f"the converted layer (default {LAYER})")
+    parser.add_argument("--conversion", default=None, help="a conversion folder (default: the cache's, see --preset)")
+    parser.add_argument("--preset", choices=["paper", "cpu"], default="paper", help="which conversion in the cache")
+    parser.add_argument("--cache", default=None, help="qft_train.py's --cache (default $QF_CACHE/qf2)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="float32, bfloat16; default as for every model")
-    parser.add_argument("--layer", type=int, default=LAYER, help=f"the converted layer (default {LAYER})")
     parser.add_argument("--lr", type=float, default=None, help="one learning rate for every round (default: per fact)")
-    parser.add_argument("--beta", type=float, default=None, help="firing steepness while learning (default: the block's)")
-    parser.add_argument("--folder", default="parameters", help="parameters folder (wiped at the start)")
-    parser.add_argument("--out", default="results", help="where qf2_results.md/.json go")
+    parser.add_argument("--sweep", default=None, help="round-1 lrs to sweep, comma-separated (default: a grid); "
+                        "'none' to skip the sweep")
+    parser.add_argument("--variants", default="centred,wrong-side", help="labelled variants to run, or 'none'")
+    parser.add_argument("--folder", default=None, help="parameters folder (default: a temporary one, wiped)")
+    parser.add_argument("--out", default="results/qf2", help="where the reports go")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args(argv)
-    steps = [Learn(replace(s.fact, lr=args.lr)) if isinstance(s, Learn) and args.lr is not None else s for s in STEPS]
-    validate_steps(steps)
+    return parser.parse_args(argv)
 
-    path = Path(args.model) if args.model else converted_dir(DEFAULT_MODEL, args.layer)
-    if not path.is_dir():
-        raise ModelLoadError(f"no QFt-converted model at {path}: make one with `python qft_train.py --layer "
-                             f"{args.layer}` (about 55 minutes on 2 CPU cores), or pass --model DIR")
-    loaded = load_model(str(path), args.device, args.dtype)
+
+def run(argv=None) -> int:
+    args = parse_args(argv)
+    steps = [Learn(replace(s.fact, lr=args.lr)) if isinstance(s, Learn) and args.lr is not None else s for s in STEPS]
+    validate_steps(steps)  # a significance list that does not fit its answer: refused before any loading
+    sweep = _sweep_values(args.sweep)
+    variants = [] if args.variants == "none" else args.variants.split(",")
+    for v in variants:
+        if v not in ("centred", "wrong-side"):
+            raise ModelLoadError(f"unknown variant {v!r}: use centred, wrong-side or none")
+    base = resolve_name(args.model)
+    folder, manifest = find_conversion(args.conversion, base, args.layer, args.cache, args.preset)
+    loaded = load_model(str(folder), args.device, args.dtype)
     spec = qf2_config(loaded.model)
     if spec is None or spec["layer"] != args.layer:
-        found = "no QF2 block" if spec is None else f"its QF2 block at layer {spec['layer']}"
-        raise ModelLoadError(f"{path} has {found}, not at layer {args.layer}: convert layer {args.layer} with "
-                             f"`python qft_train.py --layer {args.layer}` or pass --layer to match")
-    qf2 = QF2(loaded.model, loaded.tokenizer, folder=args.folder, identity=loaded.identity, fresh=True,
-              max_new_tokens=args.max_new_tokens)
-    if args.beta is not None:
-        qf2.block.beta = qf2.beta = args.beta
-    print(f"QF2 on {path} (layer {qf2.layer}, beta {qf2.beta}):")
-    result = run_walkthrough(qf2, steps)
-    qf2.revert()
+        raise ModelLoadError(f"{folder} has no QF2 block at layer {args.layer}: reconvert with qft_train.py")
+    model, tok = loaded.model, loaded.tokenizer
+    params = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="qf2-parameters-"))
+    command = "python " + " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:]))
+    prov = provenance(loaded, next(model.parameters()).device, {
+        "layer": args.layer, "beta": spec["beta"], "conversion": str(folder),
+        "conversion preset": manifest.get("identity", {}).get("config", {}).get("batch_size"),
+        "command": command})
+    out = Path(args.out)
 
-    prov = provenance(loaded, next(loaded.model.parameters()).device, {
-        "layer": qf2.layer, "beta": qf2.beta,
-        "learning rates": [s.fact.lr for s in steps if isinstance(s, Learn)],
-        "command": "python " + " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
-    })
-    write_report(Path(args.out), prov, result)
-    print(f"wrote {Path(args.out) / 'qf2_results.md'} and .json")
+    def walk(variant="faithful", lr1=None, ones=False, centre=None, log=print):
+        plan = []
+        for s in steps:
+            if isinstance(s, Learn):
+                fact = s.fact
+                first = not any(isinstance(p, Learn) for p in plan)
+                lr = fact.lr if lr1 is None else (lr1 if first else lr1 / 4)
+                plan.append(Learn(replace(fact, lr=lr, significance=None if ones else fact.significance)))
+            else:
+                plan.append(s)
+        qf2 = QF2(model, tok, folder=params, identity=loaded.identity, fresh=True, max_new_tokens=args.max_new_tokens,
+                  variant=variant, centre=centre)
+        try:
+            result = run_walkthrough(qf2, plan, log=log)
+        finally:
+            qf2.revert()
+        return summarise(result, variant, [s.fact for s in plan if isinstance(s, Learn)])
+
+    print(f"QF2 on {folder} (layer {args.layer}, beta {spec['beta']}): the faithful rule")
+    faithful = walk()
+    write_walkthrough_report(out / "qf2_results", prov, faithful, "the faithful rule (seed 004, eq. 3)")
+    print(f"  {faithful['steps_held']}/{faithful['steps_total']} steps hold, collapsed: {faithful['collapsed']}")
+
+    print("oracle QF2 and lr calibration")
+    facts = [s.fact for s in steps if isinstance(s, Learn)]
+    oracles = [oracle(model, tok, f.system, f.user, f.answer, args.max_new_tokens) for f in facts]
+    texts = [plain_text(s.system, s.user, s.answer) for s in qft_data.build(n_samples=200).heldout_text]
+    calib = calibrate(model, tok, facts, PROBE, spec["beta"], texts)
+    points = []
+    for ones in (False, True):
+        for lr1 in sweep:
+            r = walk(lr1=lr1, ones=ones, log=lambda *a, **k: None)
+            points.append(_point(r, lr1, ones))
+            print(f"  sweep lr {lr1:g} ({'all ones' if ones else 'paper significances'}): {r['steps_held']}/8, "
+                  f"collapsed {r['collapsed']}")
+    write_calibration_report(out / "qf2_calibration", prov, oracles, calib, points, PAPER_STEPS_HELD)
+
+    centre = mean_input(model, tok, texts) if "centred" in variants else None
+    for variant in variants:
+        print(f"labelled variant: {variant}")
+        result = walk(variant, centre=centre)
+        vpoints = []
+        for lr1 in sweep:
+            r = walk(variant, lr1=lr1, centre=centre, log=lambda *a, **k: None)
+            vpoints.append(_point(r, lr1, False))
+        result["sweep"] = vpoints
+        write_walkthrough_report(out / f"qf2_{variant}", prov, result, VARIANT_TITLES[variant])
+        print(f"  {result['steps_held']}/{result['steps_total']} steps hold, collapsed: {result['collapsed']}")
+    if not args.folder:
+        shutil.rmtree(params, ignore_errors=True)
+    print(f"wrote the reports into {out}")
     return 0
 
 
-def write_report(out: Path, prov: dict, result) -> None:
-    lines = ["# QF2: the paper's 8 steps (seed 004, Table 1), reproduced", "",
-             "Written by `qf2_learn.py`; do not edit by hand.", ""]
-    lines += provenance_lines(prov)
-    lines += ["", f"## {result.held}/{len(result.rows)} steps hold", ""] + steps_table(result.rows)
-    lines += ["", "## The updates", ""] + firing_rounds_table(result.rounds)
-    lines += ["", "Verdict: `holds` when the answer contains the expected word (case-insensitive). Firing on y*'s side: "
-              "the share of (kept position, neuron) pairs whose closed-book firing sigmoid(beta W x'_t) lies on the "
-              "same side of 0.5 as the open-book y*_t, with the weight before and after the round; the gap is the "
-              "mean |sigmoid(beta W x'_t) - y*_t|. log p(answer): sum over the answer's tokens, teacher-forced after "
-              "`assistant:`, without the fact (closed) and with it (open book).", ""]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qf2_results.md").write_text("\n".join(lines))
-    write_json(out / "qf2_results.json", {"provenance": prov, "held": result.held, "steps": result.rows,
-                                          "updates": result.rounds})
+VARIANT_TITLES = {
+    "centred": "labelled variant: centred Hebbian rule (x' minus the layer's mean input over generic text)",
+    "wrong-side": "labelled variant: only the neurons whose closed-book firing is on the wrong side of 0.5",
+}
+
+
+def summarise(result, variant: str, facts: list) -> dict:
+    rows = [{**r, "collapse": collapse_reason(r["answer"])} for r in result.rows]
+    return {"variant": variant, "steps_held": result.held, "steps_total": len(rows), "paper_steps_held": PAPER_STEPS_HELD,
+            "collapsed": collapsed([r["answer"] for r in rows]), "lr": [f.lr for f in facts],
+            "significance": [f.significance for f in facts],
+            "rows_per_fact": [r["solve"]["rows"] for r in result.rounds], "table1": rows, "updates": result.rounds}
+
+
+def _point(r: dict, lr1: float, ones: bool) -> dict:
+    return {"lr": r["lr"], "round1_lr": lr1, "significance": "all ones" if ones else "paper",
+            "steps_held": r["steps_held"], "collapsed": r["collapsed"],
+            "answers": {row["step"]: row["answer"] for row in r["table1"]},
+            "verdicts": {row["step"]: row["verdict"] for row in r["table1"]}}
+
+
+def _sweep_values(text: str | None) -> list[float]:
+    if text is None:
+        return SWEEP
+    if text == "none":
+        return []
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ModelLoadError(f"bad --sweep {text!r}: give lrs like 1e-5,1e-4 or 'none'") from None
 
 
 if __name__ == "__main__":

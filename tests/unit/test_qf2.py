@@ -8,8 +8,8 @@ import torch
 from transformers_qf import QF, ParametersError, UnsupportedModelError
 from transformers_qf.core.architectures import locate
 from transformers_qf.core.capture import record
-from transformers_qf.core.prompting import plain_teacher_forced
-from transformers_qf.qf2.update import QF2, firing_update
+from transformers_qf.qf2.rows import answer_rows
+from transformers_qf.qf2.update import QF2, firing_update, wrong_side
 from transformers_qf.qf2.block import convert
 
 FACT = ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.")
@@ -48,7 +48,7 @@ def _converted(model, layer=2, beta=10.0):
 
 
 def _kept_x(model, tokenizer, system, user, answer, sig, layer=2):
-    tf = plain_teacher_forced(tokenizer, system, user, answer, sig).nonzero()
+    tf = answer_rows(tokenizer, system, user, answer, sig).nonzero()
     return record(model, locate(model, layer), tf.input_ids)[0].x[tf.kept]
 
 
@@ -79,9 +79,9 @@ def test_one_round_records_ystar_and_x_and_adds_the_update_to_up_proj(tiny_model
                      "layer2_ystar.safetensors"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["method"] == "QF2" and manifest["rounds"][0]["lr"] == 1e-3
-    # the final '.' counts 1, the words their own significance, `assistant:` 1
-    assert manifest["rounds"][0]["weights"][:2] == [1.0, 1.0] and manifest["rounds"][0]["weights"][-1] == 1.0
-    assert 10.0 in manifest["rounds"][0]["weights"]
+    # the original's decode rows: ` The` (significance 1) ... the final row with the last word's 10
+    weights = manifest["rounds"][0]["weights"]
+    assert weights[0] == 1.0 and weights[-1] == 10.0 and tokenizer.decode(manifest["rounds"][0]["targets"]).startswith(" The")
     qf2.revert()
     assert torch.equal(up, W) and qf2.weights_name == "W"
 
@@ -120,3 +120,60 @@ def test_modes_out_of_order_and_stock_models_are_refused(tiny_qwen2, tokenizer, 
         qf2.update(FACT[1], "Another answer.")
     with pytest.raises(ParametersError, match="holds QF2 rows"):
         QF(model, tokenizer, layer=2, folder=tmp_path / "qf2")
+
+
+def test_the_labelled_variants_change_only_what_they_say():
+    torch.manual_seed(2)
+    ystar, xp, W = torch.rand(5, 12), torch.randn(5, 6), torch.randn(12, 6)
+    weights = torch.tensor([1.0, 1.0, 2.0, 1.0, 10.0])
+    centre = torch.randn(6)
+    torch.testing.assert_close(firing_update(ystar, xp, weights, 1e-2, centre=centre),
+                               firing_update(ystar, xp - centre, weights, 1e-2))
+    mask = wrong_side(ystar, xp, W, beta=10.0)
+    expected = torch.sigmoid(10.0 * xp.double() @ W.double().T) > 0.5
+    assert torch.equal(mask, expected != (ystar > 0.5))
+    masked = firing_update(ystar, xp, weights, 1e-2, mask=mask)
+    torch.testing.assert_close(masked, firing_update(0.5 + (ystar - 0.5) * mask, xp, weights, 1e-2))
+
+
+def test_an_unknown_variant_is_refused(tiny_qwen2, tokenizer, tmp_path):
+    model = _converted(tiny_qwen2)
+    with pytest.raises(ParametersError, match="unknown QF2 variant"):
+        QF2(model, tokenizer, folder=tmp_path, variant="other")
+    with pytest.raises(ParametersError, match="mean input"):
+        QF2(model, tokenizer, folder=tmp_path, variant="centred")
+
+
+@torch.no_grad()
+def test_the_oracle_puts_the_open_book_layer_output_at_the_closed_book_rows(tiny_qwen2, tokenizer):
+    """With no residual around the block, overwriting the firing with y* makes the layer's output at the kept
+    rows exactly the open-book one: what the model does with it is the converted model's part."""
+    from transformers_qf.qf2.oracle import firing_overridden, open_book_firing, oracle
+
+    model = _converted(tiny_qwen2)
+    parts = locate(model, 2)
+    ystar = open_book_firing(model, tokenizer, *FACT)
+    opened = answer_rows(tokenizer, *FACT).nonzero()
+    closed = answer_rows(tokenizer, "", *FACT[1:]).nonzero()
+    out_open = record(model, parts, opened.input_ids)[0].y[opened.kept]
+    with firing_overridden(model, closed.kept, ystar):
+        out_oracle = record(model, parts, closed.input_ids)[0].y[closed.kept]
+    out_closed = record(model, parts, closed.input_ids)[0].y[closed.kept]
+    torch.testing.assert_close(out_oracle, out_open, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out_closed, out_open, atol=1e-3)
+    assert parts.mlp.firing_override is None
+    result = oracle(model, tokenizer, *FACT, max_new_tokens=4)
+    assert result["rows"] == len(closed.kept) and isinstance(result["greedy_oracle"], str)
+    assert 0 <= result["argmax_oracle"] <= 1
+
+
+def test_pushes_are_lr_s_dot_products_beta_over_2():
+    from transformers_qf.qf2.calibration import cosines, lr_for_push, pushes
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.float64)
+    s = torch.tensor([1.0, 10.0])
+    p = pushes(x, s, lr=1e-3, beta=10.0)
+    assert p[0, 0] == pytest.approx(1e-3 * 25 * 5) and p[1, 1] == pytest.approx(1e-3 * 10 * 4 * 5)
+    assert p[0, 1] == pytest.approx(1e-3 * 10 * 8 * 5)  # row 1 (s = 10) pushes row 0 by s * x1.x0
+    assert cosines(x, x)[0, 1] == pytest.approx(0.8)
+    assert lr_for_push(25.0, 10.0, logits=4.0) * 25.0 * 10.0 / 2 == pytest.approx(4.0)

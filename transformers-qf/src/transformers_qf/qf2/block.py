@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from transformers_qf.core.architectures import LayerParts, UnsupportedModelError, locate
+from transformers_qf.core.models import register_load_hook
 
 ALPHA_FLOOR = 0.01  # below this alpha is set to 0: the block is fully the firing one
 CONFIG_KEY = "qf2"
@@ -62,6 +63,9 @@ class QF2MLP(nn.Module):
         self.alpha = float(alpha)
         self.last_output: torch.Tensor | None = None  # read (and cleared) by the layer hook
         self.hooks: _ResidualBlend | None = None  # set by convert()
+        # (positions [k], firing [k, d_mlp]): replaces the firing pattern at those positions of every
+        # sequence in the batch, full-sequence passes only (the oracle of qf2/oracle.py)
+        self.firing_override: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def firing(self, x: torch.Tensor) -> torch.Tensor:
         """sigmoid(beta * up(x)): the block's near-binary activations, [..., d_mlp]."""
@@ -70,6 +74,12 @@ class QF2MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = self.up_proj(x)
         hidden = torch.sigmoid(self.beta * up)
+        if self.firing_override is not None:
+            positions, firing = self.firing_override
+            positions = positions.to(hidden.device)
+            inside = positions < hidden.shape[-2]
+            hidden = hidden.clone()
+            hidden[..., positions[inside], :] = firing.to(hidden.device, hidden.dtype)[inside]
         if self.alpha > 0:
             hidden = self.alpha * (self.act_fn(self.gate_proj(x)) * up) + (1 - self.alpha) * hidden
         out = self.down_proj(hidden)
@@ -165,3 +175,6 @@ def _set_mlp(parts: LayerParts, mlp: nn.Module) -> None:
         raise UnsupportedModelError(f"layer {parts.index}: its MLP is not a direct child of the layer")
     setattr(parts.layer, name, mlp)
     parts.mlp = mlp
+
+
+register_load_hook(CONFIG_KEY, restore)  # load_model gives a QFt checkpoint its block once this module is imported

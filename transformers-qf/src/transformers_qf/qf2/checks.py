@@ -12,7 +12,8 @@ import torch
 
 from transformers_qf.core import prompting
 from transformers_qf.core.generation import greedy_batch
-from transformers_qf.qf2.data import NEED_MORE, Sample, answers_correctly
+from transformers_qf.qf2.data import NEED_MORE, Dataset, Sample, answers_correctly
+from transformers_qf.qf2.rows import plain_prompt
 from transformers_qf.qf.walkthrough import Ask, verdict
 
 PLAIN_STOPS = ["\n", ".\n"]
@@ -41,7 +42,7 @@ OPEN_PROMPTS = [
 
 def plain_answers(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int = 24) -> list[str]:
     """Greedy answers to (system, user) pairs in the plain format, cut at the end of the line."""
-    prompts = [prompting.plain_prompt(s, u) for s, u in pairs]
+    prompts = [plain_prompt(s, u) for s, u in pairs]
     return greedy_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=PLAIN_STOPS)
 
 
@@ -96,14 +97,17 @@ def text_perplexity(model, tokenizer, texts: list[str]) -> float:
     return math.exp(nll / count)
 
 
-def measure(model, tokenizer, heldout_real: list[Sample], heldout_text: list[Sample], general: list[str]) -> dict:
+def measure(model, tokenizer, data: Dataset, general: list[str]) -> dict:
     """The numbers compared before and after a conversion."""
-    acc, rows = accuracy(model, tokenizer, heldout_real)
+    acc, rows = accuracy(model, tokenizer, data.heldout_real)
+    trained, trained_rows = accuracy(model, tokenizer, data.trained_real)
     return {
         "heldout_accuracy": acc,
         "heldout_answers": rows,
-        "perplexity_answers": sample_perplexity(model, tokenizer, heldout_text, answer_only=True),
-        "perplexity_text": sample_perplexity(model, tokenizer, heldout_text, answer_only=False),
+        "trained_accuracy": trained,
+        "trained_answers": trained_rows,
+        "perplexity_answers": sample_perplexity(model, tokenizer, data.heldout_text, answer_only=True),
+        "perplexity_text": sample_perplexity(model, tokenizer, data.heldout_text, answer_only=False),
         "perplexity_general": text_perplexity(model, tokenizer, general),
         "figure3": figure3(model, tokenizer),
     }

@@ -1,57 +1,74 @@
 """QFt: convert layer L of a model to the QF2 firing block by training (seed 004, section 2.3).
 
-    conversion = Conversion(model, tokenizer, PRESETS["cpu"])
-    conversion.prepare(samples)        # tokenize; cache the hidden states entering the first trainable layer
-    conversion.fit_down_proj()         # optional closed-form start: the firing block's least-squares down_proj
-    conversion.train()                 # Adam on the trainable layers through accelerate, alpha = c ** step
-    conversion.save(out_dir)           # save_pretrained, with config.qf2 = {layer, beta}
+    conversion = Conversion(model, tokenizer, PRESETS["paper"])
+    conversion.prepare(data.train)     # tokenize; cache the hidden states entering the first trainable layer
+    conversion.train()                 # AdamW on the trainable layers, alpha = c ** (samples seen)
+    conversion.save_checkpoint(dir)    # trainable weights + optimizer state + log (resumable)
+
+The paper's schedule (`paper`): 3,000 unique rows, each seen 4 times (12,000 samples, batch 1), the
+blend annealed from the original layer (alpha = 0.99 ** step, 0 below 0.01), beta 10, layers L-1..L+1
+trainable, constant lr 5e-5, loss on every token of the text. The `cpu` preset keeps the data, the
+loss and the per-sample alpha and changes only what batching forces (see `deviations`).
 
 Why it is cheap enough for a CPU. Every layer below the first trainable one is frozen, so its output
 for a sample is the same at every step: it is computed once (`prepare`) and training runs only the
-layers from there up. The loss needs logits only where it is taken (the answer's tokens by default),
-so the LM head runs on those positions alone. And the firing block can start close to the original
-layer: with up_proj fixed, down_proj has a closed form, the least-squares map from the firing pattern
-sigmoid(beta up(x)) to the original layer's output v + FF(x) over cached tokens (backprop-free, in the
-spirit of the paper). After that fit there is no shock to anneal, so the blend starts at alpha = 0.
+layers from there up. That is exact, not an approximation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
-from transformers_qf.core import prompting
 from transformers_qf.core.architectures import locate, num_layers
-from transformers_qf.core.capture import layer_slice, record_from_hidden
+from transformers_qf.core.capture import layer_slice, pad_batch, record_from_hidden
+from transformers_qf.core.store import ParametersError
 from transformers_qf.qf2.block import QF2MLP, alpha_at, convert
-from transformers_qf.qf2.data import Sample
+from transformers_qf.qf2.data import COPIES, Sample, training_order
+from transformers_qf.qf2.rows import answer_rows, plain_text
 
 
 @dataclass
 class QFtConfig:
-    """How a conversion runs. `trainable`: absolute layer indices (None: L-1, L, L+1)."""
+    """How a conversion runs. `trainable`: absolute layer indices (None: L-1, L, L+1).
+
+    samples: unique training rows; copies: how often each is seen; steps: optimizer steps (None:
+    samples * copies / batch_size). alpha at a step = c ** (samples seen before it)."""
 
     layer: int = 23
     beta: float = 10.0
     c: float = 0.99
     trainable: tuple[int, ...] | None = None
     samples: int = 3000
-    steps: int = 12000
+    copies: int = COPIES
+    steps: int | None = None
     batch_size: int = 1
     lr: float = 5e-5
-    loss: str = "full"  # "full": every next token of the sample's text; "answer": the answer's tokens only
-    init: str = "none"  # "lstsq": closed-form down_proj of the firing block first, then alpha = 0 throughout
+    loss: str = "full"  # "full": every next token of the text (the paper); "answer": the answer's tokens only
+    init: str = "none"  # "lstsq" (ablation): closed-form down_proj of the firing block first, then alpha = 0
     init_tokens: int = 24000
     init_ridge: float = 1e-2
-    distill: float = 0.0  # weight of keeping the last trainable layer's output equal to the original model's
-    max_minutes: float | None = None  # training stops early once the run's clock passes this
+    distill: float = 0.0  # ablation: weight of keeping the last trainable layer's output equal to the original's
     seed: int = 0
 
     def trainable_layers(self) -> tuple[int, ...]:
         return self.trainable if self.trainable is not None else (self.layer - 1, self.layer, self.layer + 1)
+
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else math.ceil(self.samples * self.copies / self.batch_size)
+
+    def alpha(self, step: int) -> float:
+        """The blend at optimizer step `step`: c per sample seen, as at batch 1 (0 with the lstsq start)."""
+        return 0.0 if self.init == "lstsq" else alpha_at(step * self.batch_size, self.c)
 
     def check(self, n_layers: int) -> None:
         if not 0 <= self.layer < n_layers:
@@ -61,17 +78,60 @@ class QFtConfig:
             raise ValueError(f"trainable layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
         if self.loss not in ("full", "answer") or self.init not in ("none", "lstsq"):
             raise ValueError(f"loss must be full|answer and init none|lstsq, got {self.loss!r} / {self.init!r}")
-        if not 0 <= self.c < 1 or self.beta <= 0 or self.lr <= 0 or self.steps < 1 or self.batch_size < 1:
+        if not 0 <= self.c < 1 or self.beta <= 0 or self.lr <= 0 or self.total_steps() < 1 or self.batch_size < 1:
             raise ValueError("need 0 <= c < 1, beta > 0, lr > 0, steps >= 1 and batch size >= 1")
 
+    def identity(self) -> dict:
+        """What makes two runs the same conversion (a checkpoint of another one is refused)."""
+        out = asdict(self)
+        out["trainable"] = list(self.trainable_layers())
+        out["steps"] = self.total_steps()
+        return out
 
+
+PAPER_LR = 5e-5
 PRESETS = {
-    # seed 004: 3,000 facts cloned 4 times = 12,000 steps, batch 1, constant lr 5e-5, full-text loss,
+    # seed 004: 3,000 facts cloned 4 times = 12,000 steps of batch 1, constant lr 5e-5, full-text loss,
     # the blend annealed from the original layer (alpha = 0.99 ** step), layers L-1..L+1 trainable.
     "paper": QFtConfig(),
-    # 2 CPU cores, at most an hour with everything (see README: what it gives up).
-    "cpu": QFtConfig(samples=2000, steps=700, batch_size=8, lr=1e-4, loss="answer", init="lstsq", max_minutes=52),
+    # 2 CPU cores: batch 8 x 1,500 steps = the same 12,000 samples; alpha decays per sample (0.99 ** 8 a
+    # step); lr scaled by sqrt(8) for the batch (Adam's usual square-root rule).
+    "cpu": QFtConfig(batch_size=8, steps=1500, lr=PAPER_LR * math.sqrt(8)),
 }
+
+
+def deviations(config: dict) -> list[str]:
+    """How a configuration differs from the paper's batch-1 schedule, in words (empty for the paper's)."""
+    paper = PRESETS["paper"].identity()
+    lines = []
+    steps = config["steps"]
+    if config["batch_size"] != 1:
+        lines.append(f"batch {config['batch_size']} x {steps} optimizer steps (paper: batch 1 x {paper['steps']} steps); "
+                     f"alpha still decays per sample, c^{config['batch_size']} a step; the gradient of a step "
+                     "averages its samples' token losses (paper: one sample's)")
+    elif steps != paper["steps"]:
+        lines.append(f"{steps} steps (paper: {paper['steps']})")
+    if steps * config["batch_size"] != paper["samples"] * paper["copies"]:
+        lines.append(f"{steps * config['batch_size']} samples seen (paper: {paper['samples'] * paper['copies']})")
+    if config["samples"] != paper["samples"] or config["copies"] != paper["copies"]:
+        lines.append(f"{config['samples']} unique rows x {config['copies']} (paper: 3000 x 4)")
+    if config["lr"] != paper["lr"]:
+        scaled = config["batch_size"] > 1 and math.isclose(config["lr"], PAPER_LR * math.sqrt(config["batch_size"]))
+        lines.append(f"lr {config['lr']:.3g} (paper: {paper['lr']})" + (
+            f", the paper's scaled by sqrt({config['batch_size']}) for the batch" if scaled else ""))
+    if config["loss"] != paper["loss"]:
+        lines.append("loss on the answer's tokens only (paper: every token of the text)")
+    if config["init"] == "lstsq":
+        lines.append("down_proj starts from its closed-form least-squares fit and alpha is 0 from the first step "
+                     "(paper: annealed from the original layer)")
+    if config.get("distill", 0.0) > 0:
+        lines.append(f"an extra distillation term (weight {config['distill']}) on the last trainable layer's output")
+    for key, word in (("beta", "beta"), ("c", "alpha decay c"), ("layer", "converted layer")):
+        if config[key] != paper[key]:
+            lines.append(f"{word} {config[key]} (paper: {paper[key]})")
+    if config["trainable"] != [config["layer"] - 1, config["layer"], config["layer"] + 1]:
+        lines.append(f"trainable layers {config['trainable']} (paper: L-1, L, L+1)")
+    return lines
 
 
 @dataclass
@@ -83,14 +143,15 @@ class Encoded:
     targets: torch.Tensor
 
 
-def encode_sample(tokenizer, sample: Sample, loss: str = "answer") -> Encoded:
-    """The plain-format text `system: ..\\nuser: ..\\nassistant: answer\\n` and where its loss is taken."""
-    tf = prompting.plain_teacher_forced(tokenizer, sample.system, sample.user, sample.answer, end=True)
+def encode_sample(tokenizer, sample: Sample, loss: str = "full") -> Encoded:
+    """The text `system: ..\\nuser: ..\\nassistant: answer\\n` (one tokenizer call) and where its loss is taken:
+    every next token ("full"), or the answer's tokens and the final newline ("answer")."""
     if loss == "full":
-        n = len(tf.input_ids)
-        return Encoded(tf.input_ids, torch.arange(n - 1), tf.input_ids[1:].clone())
-    header = len(tokenizer(prompting.PLAIN_HEADER, add_special_tokens=False)["input_ids"])
-    return Encoded(tf.input_ids, tf.kept[header:], tf.targets[header:])
+        ids = torch.tensor(tokenizer(plain_text(sample.system, sample.user, sample.answer),
+                                     add_special_tokens=False)["input_ids"], dtype=torch.long)
+        return Encoded(ids, torch.arange(len(ids) - 1), ids[1:].clone())
+    tf = answer_rows(tokenizer, sample.system, sample.user, sample.answer).nonzero()
+    return Encoded(tf.input_ids, tf.kept, tf.targets)
 
 
 @dataclass
@@ -100,23 +161,37 @@ class TrainLog:
     alpha: list[float] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
-    stopped_early: bool = False
+
+
+def precision_for(device: torch.device) -> str:
+    """"bf16" autocast on CUDA and on CPUs with native bf16, else "no" (float32)."""
+    from transformers_qf.core.models import cpu_has_native_bf16
+
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "no"
 
 
 class Conversion:
-    """One QFt run on a loaded model (changed in place)."""
+    """One QFt run on a loaded model (changed in place). precision: "bf16" (autocast, float32 trainable
+    weights and optimizer) or "no" (float32 compute)."""
 
-    def __init__(self, model, tokenizer, config: QFtConfig, clock_start: float | None = None, accelerator=None):
+    def __init__(self, model, tokenizer, config: QFtConfig, precision: str | None = None):
         config.check(num_layers(model))
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.device = next(model.parameters()).device
+        self.precision = precision or precision_for(self.device)
         self.start = min(min(config.trainable_layers()), config.layer)  # first layer that ever runs in training
         self.encoded: list[Encoded] = []
         self.cached: list[torch.Tensor] = []  # hidden states entering layer `start`, one [n_i, d] per sample
         self.teacher: list[torch.Tensor] = []  # the original model's output of the last trainable layer (distill)
         self.block: QF2MLP | None = None
+        self.params: list[torch.nn.Parameter] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0  # optimizer steps done
         self.log = TrainLog()
-        self.clock_start = time.perf_counter() if clock_start is None else clock_start
-        self.accelerator = accelerator or make_accelerator(cpu=next(model.parameters()).device.type == "cpu")
+        self.stop_requested = False
+        self.identity: dict = {}  # what a checkpoint must match to be resumed (set by the caller)
 
     # -- 1. tokenize and cache the frozen bottom -----------------------------------------------------------
     @torch.no_grad()
@@ -128,11 +203,10 @@ class Conversion:
         order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))  # little padding
         self.cached = [None] * len(order)
         self.teacher = [None] * len(order) if self.config.distill > 0 else []
-        device = self.accelerator.device
         bar = tqdm(total=len(order), desc="caching the frozen layers", unit="sample", disable=not progress)
         for b in range(0, len(order), batch_size):
             chunk = order[b:b + batch_size]
-            hidden = self._bottom([self.encoded[i].ids for i in chunk], device)
+            hidden = self._bottom([self.encoded[i].ids for i in chunk])
             for i, h in zip(chunk, hidden):
                 self.cached[i] = h
             if self.teacher:
@@ -140,13 +214,14 @@ class Conversion:
                     self.teacher[i] = h
             bar.update(len(chunk))
         bar.close()
-        self.log.seconds["cache"] = time.perf_counter() - t0
+        self.log.seconds["cache"] = self.log.seconds.get("cache", 0.0) + time.perf_counter() - t0
 
-    def _bottom(self, sequences: list[torch.Tensor], device) -> list[torch.Tensor]:
-        """The hidden states entering layer `start` (the embeddings when start is 0), on the CPU."""
-        from transformers_qf.core.capture import pad_batch
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-        batch = pad_batch(sequences).to(device)
+    def _bottom(self, sequences: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The hidden states entering layer `start` (the embeddings when start is 0), kept on the device."""
+        batch = pad_batch(sequences).to(self.device)
         if self.start == 0:
             out = self.model.get_input_embeddings()(batch)
         else:
@@ -160,8 +235,8 @@ class Conversion:
             finally:
                 handle.remove()
             out = seen["h"]
-        return [out[i, : len(s)].detach().to("cpu", torch.bfloat16 if self._bf16 else torch.float32).clone()
-                for i, s in enumerate(sequences)]
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return [out[i, : len(s)].detach().to(dtype).clone() for i, s in enumerate(sequences)]
 
     def _original_output(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """The output of the last trainable layer, original weights, from the hidden states entering `start`."""
@@ -170,7 +245,7 @@ class Conversion:
             recs = record_from_hidden(self.model, parts, hidden, self.start)
         return [(r.v + r.y).to(hidden[0].dtype) for r in recs]
 
-    # -- 2. closed-form start ------------------------------------------------------------------------
+    # -- 2. closed-form start (ablation) -----------------------------------------------------------------
     @torch.no_grad()
     def fit_down_proj(self, batch_size: int = 16) -> dict:
         """Set down_proj of layer L to the ridge least-squares map from sigmoid(beta up(x)) to the
@@ -178,7 +253,7 @@ class Conversion:
         Returns the fit's median relative error on those tokens and on held-out ones."""
         cfg, t0 = self.config, time.perf_counter()
         parts = locate(self.model, cfg.layer)
-        up = parts.up.weight.detach().float()
+        up = parts.up.weight.detach().float().cpu()
         d_mlp = up.shape[0]
         # float64 sums: in float32 the rounding of 24k-token sums was measured to exceed the ridge and
         # leave G indefinite (Cholesky failed at order 2086 on the 1.5B model)
@@ -205,66 +280,90 @@ class Conversion:
         G.diagonal().add_(cfg.init_ridge * tokens / d_mlp)  # ridge scaled to the number of tokens
         L, info = torch.linalg.cholesky_ex(G)
         solver = "lstsq" if info else "cholesky"
-        if info:  # cannot happen for a positive ridge in exact arithmetic; solve anyway, slower but sure
+        if info:
             D = torch.linalg.lstsq(G, B, driver="gelsd").solution.T
         else:
             D = torch.cholesky_solve(B, L).T  # [d_model, d_mlp]
-        parts.down.weight.data.copy_(D.to(parts.down.weight.dtype))
+        parts.down.weight.data.copy_(D.to(parts.down.weight.device, parts.down.weight.dtype))
 
         def rel(xs, ts):
             x, t = torch.cat(xs), torch.cat(ts)
             err = torch.linalg.norm(torch.sigmoid(cfg.beta * (x @ up.T)) @ D.T.float() - t, dim=1)
             return float((err / torch.linalg.norm(t, dim=1)).median())
 
-        self.log.fit = {"tokens": tokens, "ridge": cfg.init_ridge, "solver": solver, "median_rel_error_fit": rel(fit_x, fit_t),
-                        "median_rel_error_heldout": rel(held_x, held_t)}
+        self.log.fit = {"tokens": tokens, "ridge": cfg.init_ridge, "solver": solver,
+                        "median_rel_error_fit": rel(fit_x, fit_t), "median_rel_error_heldout": rel(held_x, held_t)}
         self.log.seconds["fit"] = time.perf_counter() - t0
         return self.log.fit
 
     # -- 3. training ----------------------------------------------------------------------------------
-    def train(self, progress: bool = True) -> TrainLog:
+    def setup(self) -> None:
+        """Convert the layer (alpha = the first step's), make layers L-1..L+1 trainable in float32, build AdamW."""
+        cfg = self.config
+        if self.block is None:
+            self.block = convert(self.model, cfg.layer, beta=cfg.beta, alpha=cfg.alpha(self.step))
+        self.params = self._trainable_params()
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+
+    def train(self, progress: bool = True, deadline: float | None = None,
+              checkpoint: Path | None = None, checkpoint_minutes: float = 15.0, until: int | None = None) -> bool:
+        """Run optimizer steps until the schedule ends (or step `until`), `deadline` (time.time()) passes, or SIGTERM.
+        Checkpoints into `checkpoint` every `checkpoint_minutes`. Returns True when the schedule is done."""
         from tqdm.auto import tqdm
 
-        cfg, acc, t0 = self.config, self.accelerator, time.perf_counter()
-        fitted = cfg.init == "lstsq"
-        self.block = convert(self.model, cfg.layer, beta=cfg.beta, alpha=0.0 if fitted else 1.0)
-        params = self._trainable_params()
+        cfg = self.config
+        if self.optimizer is None:
+            self.setup()
+        steps, b = cfg.total_steps(), cfg.batch_size
+        order = training_order(len(self.encoded), cfg.copies, cfg.seed)
         top = _Top(self.model, self.start, max(cfg.trainable_layers()) - self.start, cfg.distill)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = torch.utils.data.DataLoader(range(len(self.encoded)), batch_size=cfg.batch_size, shuffle=True,
-                                             generator=generator, collate_fn=self._collate)
-        top, optimizer, loader = acc.prepare(top, optimizer, loader)
         self.model.train()
-        bar = tqdm(total=cfg.steps, desc="QFt", unit="step", disable=not progress or not acc.is_local_main_process)
-        step, smooth = 0, None
-        while step < cfg.steps:
-            for batch in loader:
-                alpha = 0.0 if fitted else alpha_at(step, cfg.c)
-                self.block.alpha = alpha
-                loss = top(*batch)
-                acc.backward(loss)
-                acc.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                value = float(acc.gather(loss.detach()).mean())
-                smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
-                self.log.steps.append(step), self.log.loss.append(value), self.log.alpha.append(alpha)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{smooth:.3f}", alpha=f"{alpha:.3f}")
-                if step >= cfg.steps or self._out_of_time():
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        t0 = last_save = time.perf_counter()
+        bar = tqdm(total=steps, initial=self.step, desc="QFt", unit="step", disable=not progress)
+        smooth = None
+        try:
+            while self.step < min(steps, until if until is not None else steps):
+                if self.stop_requested or (deadline is not None and time.time() > deadline):
                     break
-            if self._out_of_time():
-                self.log.stopped_early = step < cfg.steps
-                break
-        bar.close()
+                idx = [order[(self.step * b + i) % len(order)] for i in range(b)]
+                alpha = cfg.alpha(self.step)
+                self.block.alpha = alpha
+                batch = [t.to(self.device) if t is not None else None for t in self._collate(idx)]
+                with self._autocast():
+                    loss = top(*batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+                self.log.steps.append(self.step), self.log.loss.append(value), self.log.alpha.append(alpha)
+                self.step += 1
+                bar.update(1)
+                if self.step % 20 == 0:
+                    bar.set_postfix(loss=f"{smooth:.3f}", alpha=f"{alpha:.3f}")
+                if checkpoint is not None and time.perf_counter() - last_save > 60 * checkpoint_minutes:
+                    self.save_checkpoint(checkpoint)
+                    last_save = time.perf_counter()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.log.seconds["train"] = self.log.seconds.get("train", 0.0) + time.perf_counter() - t0
+            self.block.alpha = cfg.alpha(self.step) if self.step < steps else 0.0
+            self.model.eval()
+        return self.step >= steps
+
+    def finish(self) -> None:
+        """The converted model for inference: alpha = 0 and nothing trainable."""
         self.block.alpha = 0.0
         self.model.eval()
-        for p in params:
+        for p in self.params:
             p.requires_grad_(False)
-        self.log.seconds["train"] = time.perf_counter() - t0
-        return self.log
+
+    def _on_sigterm(self, _signum, _frame) -> None:
+        self.stop_requested = True
 
     def _trainable_params(self) -> list[torch.nn.Parameter]:
         for p in self.model.parameters():
@@ -277,6 +376,14 @@ class Conversion:
                 p.requires_grad_(True)
                 params.append(p)
         return params
+
+    def named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        """The trainable parameters by a stable name, `layers.{i}.{name}`."""
+        out = {}
+        for i in self.config.trainable_layers():
+            for name, p in locate(self.model, i).layer.named_parameters():
+                out[f"layers.{i}.{name}"] = p
+        return out
 
     def _collate(self, indices: list[int]):
         """Right-padded cached hidden states [b, n, d], loss positions [m, 2] (row, position), targets [m],
@@ -296,33 +403,88 @@ class Conversion:
             real[r, : len(self.cached[i])] = True
         return (*out, _pad([self.teacher[i] for i in indices]), real)
 
-    def _out_of_time(self) -> bool:
-        limit = self.config.max_minutes
-        return limit is not None and time.perf_counter() - self.clock_start > 60 * limit
+    # -- 4. checkpoints -----------------------------------------------------------------------------------
+    def save_checkpoint(self, folder: Path, extra: dict | None = None) -> None:
+        """Trainable weights, AdamW state and the log into `folder` (replaced atomically). safetensors + JSON."""
+        from safetensors.torch import save_file
 
-    @property
-    def _bf16(self) -> bool:
-        return self.accelerator.mixed_precision == "bf16"
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = {k: p.detach().float().cpu().contiguous() for k, p in self.named_trainable().items()}
+        state = self.optimizer.state_dict() if self.optimizer is not None else {"state": {}, "param_groups": []}
+        for idx, st in state["state"].items():
+            for key, value in st.items():
+                tensors[f"adam.{idx}.{key}"] = torch.as_tensor(value).detach().float().cpu().contiguous()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        meta = {"format": 1, "step": self.step, "config": self.config.identity(), "param_groups": state["param_groups"],
+                "log": asdict(self.log), "done": self.step >= self.config.total_steps(), "identity": self.identity, **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(meta))
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
 
-    def _autocast(self):
-        return self.accelerator.autocast()
+    def load_checkpoint(self, folder: Path) -> dict:
+        """Restore weights, optimizer and log from `folder` (its configuration already checked); returns its meta."""
+        from safetensors.torch import load_file
 
-    # -- 4. save --------------------------------------------------------------------------------------
-    def save(self, out_dir, dtype: torch.dtype | None = None) -> None:
-        """save_pretrained (weights in `dtype`, default the model's) + tokenizer; config.qf2 names the block."""
-        t0 = time.perf_counter()
-        dtype = dtype or self.model.get_input_embeddings().weight.dtype
-        self.model.to(dtype)
-        if self.accelerator.is_main_process:
-            self.model.save_pretrained(out_dir, safe_serialization=True)
-            self.tokenizer.save_pretrained(out_dir)
-        self.accelerator.wait_for_everyone()
-        self.log.seconds["save"] = time.perf_counter() - t0
+        meta = read_checkpoint(folder)
+        tensors = load_file(str(Path(folder) / "state.safetensors"))
+        self.step = int(meta["step"])
+        if self.block is None:
+            self.block = convert(self.model, self.config.layer, beta=self.config.beta, alpha=self.config.alpha(self.step))
+        self.setup()
+        with torch.no_grad():
+            for name, p in self.named_trainable().items():
+                p.copy_(tensors[name].to(p.device, p.dtype))
+        state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, idx, name = key.split(".", 2)
+                state["state"].setdefault(int(idx), {})[name] = value if name == "step" else value.to(self.device)
+        if state["param_groups"]:
+            self.optimizer.load_state_dict(state)
+        log = meta["log"]
+        self.log = TrainLog(**{k: log[k] for k in ("steps", "loss", "alpha", "seconds", "fit")})
+        return meta
 
     def summary(self) -> dict:
-        return {"config": asdict(self.config), "trainable": list(self.config.trainable_layers()),
-                "start_layer": self.start, "samples": len(self.encoded),
-                "steps_done": len(self.log.steps), **asdict(self.log)}
+        return {"config": self.config.identity(), "trainable": list(self.config.trainable_layers()),
+                "start_layer": self.start, "samples": len(self.encoded), "precision": self.precision,
+                "steps_done": self.step, **asdict(self.log)}
+
+
+def read_checkpoint(folder: Path) -> dict:
+    """The meta of a checkpoint folder, or a one-line error."""
+    path = Path(folder) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ParametersError(f"no readable QFt checkpoint at {folder} ({e}): run without --resume to start over") from None
+
+
+def check_checkpoint(meta: dict, identity: dict) -> None:
+    """Refuse a checkpoint of another configuration (model, data or schedule), naming the first difference."""
+    theirs = meta.get("identity", {})
+    for key in sorted(set(theirs) | set(identity)):
+        if theirs.get(key) != identity.get(key):
+            raise ParametersError(
+                f"the checkpoint is from another configuration ({key}: {theirs.get(key)!r} there, {identity.get(key)!r} "
+                "here): resume with the same options, or run without --resume to start over")
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread() and os.name != "nt"
 
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -336,7 +498,7 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
 class _Top(torch.nn.Module):
     """Layers start.. of the model, its final norm and the LM head at the loss positions only.
 
-    loss = cross-entropy at the loss positions + distill * mean over real positions of
+    loss = mean cross-entropy over the loss positions of the batch + distill * mean over real positions of
     |h - h_orig|^2 / |h_orig|^2, h the output of the `distill_at`-th layer run (the last trainable one).
     """
 
@@ -361,26 +523,6 @@ class _Top(torch.nn.Module):
         return loss + self.distill * ((h - t).square().sum(-1) / t.square().sum(-1)).mean()
 
 
-def make_accelerator(mixed_precision: str | None = None, cpu: bool = False):
-    """accelerate's Accelerator: bf16 autocast where bf16 is fast (CUDA, or a CPU with native bf16).
-
-    cpu: train on the CPU although a GPU is visible (for a model loaded on the CPU). One process holds one
-    accelerate state: every Accelerator it makes must agree on this.
-    """
-    from accelerate import Accelerator
-
-    from transformers_qf.core.models import cpu_has_native_bf16
-
-    if mixed_precision is None:
-        on_gpu = torch.cuda.is_available() and not cpu
-        mixed_precision = "bf16" if on_gpu or cpu_has_native_bf16() else "no"
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
 def with_overrides(config: QFtConfig, **overrides) -> QFtConfig:
     """A copy of `config` with the options that are not None replaced."""
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def steps_for_epochs(samples: int, epochs: float, batch_size: int) -> int:
-    return max(1, math.ceil(samples * epochs / batch_size))

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from transformers_qf.core import prompting
 from transformers_qf.core.architectures import locate
 from transformers_qf.core.capture import record
 from transformers_qf.core.generation import greedy_batch
 from transformers_qf.core.models import model_identity
 from transformers_qf.qf.session import Respond
 from transformers_qf.qf2.block import block_of
+from transformers_qf.qf2.rows import answer_rows, plain_prompt
 from transformers_qf.core.store import ParametersError, ParametersFolder
 
 PLAIN_STOPS = ["\n", ".\n"]
@@ -54,13 +54,35 @@ class FiringReport:
                 f"{self.agreement_after:.3f}, ||dW||/||W|| {self.delta_rel:.4f}")
 
 
-def firing_update(ystar: torch.Tensor, xp: torch.Tensor, weights: torch.Tensor, lr: float) -> torch.Tensor:
-    """dW = lr * sum_t s_t (y*_t - 0.5) x'_t^T in float64. ystar: [k, d_mlp]; xp: [k, d_model]; weights: [k]."""
+# The faithful rule and the labelled variants reported beside it (never instead of it):
+#   faithful   dW = lr sum_t s_t (y*_t - 0.5) x'_t^T                       (seed 004, eq. 3)
+#   centred    x'_t minus the layer's mean MLP input over generic text: the part every row shares is
+#              what pushes all other rows along (see calibration.py), so it is taken out
+#   wrong-side only the neurons whose closed-book firing is on the wrong side of 0.5 are updated
+VARIANTS = ("faithful", "centred", "wrong-side")
+
+
+def firing_update(ystar: torch.Tensor, xp: torch.Tensor, weights: torch.Tensor, lr: float,
+                  centre: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """dW = lr * sum_t s_t m_t (y*_t - 0.5) (x'_t - c)^T in float64, [d_mlp, d_model].
+
+    ystar: [k, d_mlp]; xp: [k, d_model]; weights: [k]; centre c: [d_model] (default 0); mask m: [k, d_mlp]
+    (default all ones)."""
     if not (ystar.shape[0] == xp.shape[0] == weights.shape[0]):
         raise ParametersError(f"{ystar.shape[0]} y* rows, {xp.shape[0]} x' rows and {weights.shape[0]} weights: "
                               "QF-instruct and QF-update need the same answer")
     f64 = torch.float64
-    return lr * ((ystar.to(f64) - 0.5) * weights.to(f64)[:, None]).T @ xp.to(f64)
+    x = xp.to(f64) if centre is None else xp.to(f64) - centre.to(f64)
+    target = ystar.to(f64) - 0.5
+    if mask is not None:
+        target = target * mask.to(f64)
+    return lr * (target * weights.to(f64)[:, None]).T @ x
+
+
+def wrong_side(ystar: torch.Tensor, xp: torch.Tensor, W: torch.Tensor, beta: float) -> torch.Tensor:
+    """[k, d_mlp] bool: where sigmoid(beta W x'_t) is on the other side of 0.5 from y*_t."""
+    firing = torch.sigmoid(beta * (xp.double() @ W.double().T))
+    return (firing > 0.5) != (ystar.double() > 0.5)
 
 
 def _closeness(ystar: torch.Tensor, firing: torch.Tensor) -> tuple[float, float]:
@@ -73,7 +95,13 @@ class QF2(Respond):
     """qfmode on the firing block of a QFt-converted model (see qft.py); sequential Hebbian rounds."""
 
     def __init__(self, model, tokenizer, folder: str | os.PathLike | None = "parameters", identity: dict | None = None,
-                 fresh: bool = False, lr: float = 4e-4, max_new_tokens: int = 32):
+                 fresh: bool = False, lr: float = 4e-4, max_new_tokens: int = 32, variant: str = "faithful",
+                 centre: torch.Tensor | None = None):
+        if variant not in VARIANTS:
+            raise ParametersError(f"unknown QF2 variant {variant!r}: use one of {', '.join(VARIANTS)}")
+        if variant == "centred" and centre is None:
+            raise ParametersError("the centred variant needs the layer's mean input (calibration.mean_input)")
+        self.variant, self.centre = variant, centre
         self.model, self.tokenizer = model, tokenizer
         self.block = block_of(model)  # one-line error if the model was not converted
         self.beta = self.block.beta
@@ -129,7 +157,9 @@ class QF2(Respond):
         ystar, xp = self.folder.load("ystar")[-k:], self.folder.load("xp")[-k:]
         weights = torch.tensor(rounds[-1]["weights"], dtype=torch.float64)
         W = self._weight().double().cpu()
-        dW = firing_update(ystar, xp, weights, lr)
+        mask = wrong_side(ystar, xp, W, self.beta) if self.variant == "wrong-side" else None
+        dW = firing_update(ystar, xp, weights, lr, centre=self.centre if self.variant == "centred" else None,
+                           mask=mask)
         W_new = W + dW
         stored = W_new.to(self.parts.up.weight.dtype)
         before, after = (_closeness(ystar, torch.sigmoid(self.beta * (xp.double() @ w.T))) for w in (W, stored.double()))
@@ -166,24 +196,19 @@ class QF2(Respond):
     # -- generation and scoring -----------------------------------------------------------------------
     def generate(self, system: str, user: str, max_new_tokens: int | None = None) -> str:
         """Greedy answer in the plain format, up to the end of the line."""
-        prompt = prompting.plain_prompt(system, user)
+        prompt = plain_prompt(system, user)
         return greedy_batch(self.model, self.tokenizer, [prompt], max_new_tokens or self.max_new_tokens,
                             stop=PLAIN_STOPS)[0]
 
     @torch.no_grad()
     def answer_logprob(self, system: str, user: str, answer: str) -> float:
-        """Sum of log p of the answer's tokens after `assistant:` (plain format)."""
-        tf = prompting.plain_teacher_forced(self.tokenizer, system, user, answer)
-        header = len(self.tokenizer(prompting.PLAIN_HEADER, add_special_tokens=False)["input_ids"])
-        device = next(self.model.parameters()).device
-        logits = self.model(input_ids=tf.input_ids.view(1, -1).to(device), use_cache=False).logits[0]
-        logp = torch.log_softmax(logits[tf.kept[header:].to(device)].float(), -1)
-        return float(logp[torch.arange(len(tf.kept) - header), tf.targets[header:].to(device)].sum())
+        """Sum of log p of the answer's tokens after `assistant:`, its final `.\\n` included (plain format)."""
+        return float(answer_token_logprobs(self.model, self.tokenizer, system, user, answer).sum())
 
     # -- internals ------------------------------------------------------------------------------------
     def _capture(self, system, user, answer, significance):
         """The teacher-forced sequence (positions with significance 0 dropped) and x at its kept positions."""
-        tf = prompting.plain_teacher_forced(self.tokenizer, system, user, answer, significance).nonzero()
+        tf = answer_rows(self.tokenizer, system, user, answer, significance).nonzero()
         rec = record(self.model, self.parts, tf.input_ids)[0]
         return tf, rec.x[tf.kept.to(rec.x.device)].detach().cpu()
 
@@ -194,3 +219,13 @@ class QF2(Respond):
         if self._original is None:
             self._original = self._weight().clone()
         return self._original
+
+
+@torch.no_grad()
+def answer_token_logprobs(model, tokenizer, system: str, user: str, answer: str) -> torch.Tensor:
+    """log p of each answer token (the rows QF2 keeps with all significances 1), teacher-forced. [k]"""
+    tf = answer_rows(tokenizer, system, user, answer).nonzero()
+    device = next(model.parameters()).device
+    logits = model(input_ids=tf.input_ids.view(1, -1).to(device), use_cache=False).logits[0]
+    logp = torch.log_softmax(logits[tf.kept.to(device)].float(), -1)
+    return logp[torch.arange(len(tf.kept), device=device), tf.targets.to(device)].cpu()
