@@ -26,6 +26,33 @@ def gives(answer: str, target: str) -> bool:
     return re.search(pattern, _normal(answer)) is not None
 
 
+def leaked_values(answer: str, values, own_target: str, question: str = "") -> list[str]:
+    """The edited facts' values (targets) that a control's `answer` names as whole words (as `gives`
+    matches them), in the order given. Left out, since naming them is no sign of an edit: a value that is
+    the control's own target or a part of it (or has it as a part: "Gates" for "Bill Gates"), and a value
+    its question names (an answer repeats its question's words)."""
+    found = []
+    for value in dict.fromkeys(v for v in values if _normal(v)):
+        if gives(own_target, value) or gives(value, own_target) or (question and gives(question, value)):
+            continue
+        if gives(answer, value):
+            found.append(value)
+    return found
+
+
+def kept(answer: str, own_target: str, values, question: str = "") -> bool:
+    """A control is kept when its answer still gives its own target and names no edited fact's value
+    (`leaked_values`): "Microsoft was founded by Bill Gates and Paul Allen in 1987", after an edit whose value
+    is 1987, is not kept."""
+    return gives(answer, own_target) and not leaked_values(answer, values, own_target, question)
+
+
+def changed(answer: str, before: str) -> bool:
+    """Whether an answer differs from the unedited model's answer to the same prompt (case and
+    whitespace aside)."""
+    return _normal(answer) != _normal(before)
+
+
 MISS_KINDS = ("part of the target", "the subject, another value", "other")
 
 

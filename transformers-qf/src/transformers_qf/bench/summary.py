@@ -3,15 +3,17 @@
 efficacy: questions answered with the target after the (last) edit; paraphrase: the same for the
 paraphrased questions (paraphrase_unseen: only those that are not, word for word, one of the rewordings an
 edit was fitted on, with --target-wordings); specificity: controls the unedited model answered right that are still answered
-right (split into controls about the facts' relations and the rest); leak: control answers that name
-an edited fact's target; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
+right, still give their own target and name no edited fact's value (split into controls about the facts'
+relations and the rest; specificity_target_only: the earlier score, own target only); leak: control answers
+that name an edited fact's value (a value that is the control's own target, or that its question names, is
+not counted); control_changed: control answers that differ from the unedited model's; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
 0..1. In the sequential protocol "final" scores come after the last edit, "immediate" right after each.
 """
 
 from __future__ import annotations
 
 from transformers_qf.bench.data import FactsFile
-from transformers_qf.bench.metrics import fraction, gives, mean
+from transformers_qf.bench.metrics import changed, fraction, kept, leaked_values, mean
 from transformers_qf.bench.run import Cases
 
 
@@ -19,14 +21,18 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
     rows = cases.rows
     n = len(data.facts)
     protocol = header["options"]["protocol"]
-    answered_before = {r["control"] for r in cases.with_prefix("before/control/") if r["gives"]}
+    before = {r["control"]: r for r in cases.with_prefix("before/control/")}
+    answered_before = {j for j, r in before.items() if r["gives"]}
     edits = [rows[f"edit/{i}"] for i in range(n) if f"edit/{i}" in rows]
     if protocol == "single":
         after = cases.with_prefix("after/")
         questions = [r for r in after if r.get("kind") == "question"]
         paraphrases = [r for r in after if r.get("kind") == "paraphrase"]
         controls = [r for r in after if r.get("kind") == "control"]
-        leaked = [_leaks(r, [data.facts[int(r["key"].split("/")[1])].target]) for r in controls]
+
+        def values_of(row: dict) -> list[str]:  # a single edit: only its own fact was edited
+            return [data.facts[int(row["key"].split("/")[1])].target]
+
         fluency_after = mean(mean(r["entropy"]) for r in after if r["key"].endswith("/fluency"))
         logprob_after = mean(r["logprob"][0] for r in after if r["key"].endswith("/logprob"))
         delta_rel = mean(e.get("delta_rel") for e in edits)
@@ -38,7 +44,10 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         paraphrases = [r for r in last if r.get("kind") == "paraphrase"]
         controls = [r for r in last if r.get("kind") == "control"]
         targets = [f.target for f in data.facts]
-        leaked = [_leaks(r, targets) for r in controls]
+
+        def values_of(row: dict) -> list[str]:  # every fact was edited by the final checkpoint
+            return targets
+
         fluency_after = mean(rows["final/fluency"]["entropy"]) if "final/fluency" in rows else None
         logprob_after = mean(rows["final/logprob"]["logprob"]) if "final/logprob" in rows else None
         delta_rel = edits[-1].get("delta_rel") if edits else None
@@ -46,11 +55,10 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         extra = {
             "efficacy_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "question"),
             "paraphrase_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "paraphrase"),
-            "checkpoints": _checkpoints(cases, data, answered_before, header),
+            "checkpoints": _checkpoints(cases, data, before),
             # editor's drift.py, after the last edit: how far layer L moved at earlier facts' unconstrained rows
             "drift_earlier": (edits[-1].get("solves") or [{}])[0].get("drift_earlier") if edits else None,
         }
-    kept = [r for r in controls if r["control"] in answered_before]
     edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None
     layers = header["method_config"].get("layers") or []
@@ -62,10 +70,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "efficacy": fraction(r["gives"] for r in questions),
         "paraphrase": fraction(r["gives"] for r in paraphrases),
         "paraphrase_unseen": fraction(r["gives"] for r in paraphrases if not fitted_on(r, edits_by_fact)),
-        "specificity": fraction(r["gives"] for r in kept),
-        "specificity_same_relation": fraction(r["gives"] for r in kept if r["same_relation"]),
-        "specificity_other": fraction(r["gives"] for r in kept if not r["same_relation"]),
-        "leak": fraction(leaked),
+        **control_scores(controls, values_of, before),
         "fluency_before": fluency_before,
         "fluency_after": fluency_after,
         "fluency_drop": None if not (fluency_before and fluency_after) else 1 - fluency_after / fluency_before,
@@ -98,24 +103,40 @@ def fitted_on(row: dict, edits_by_fact: dict) -> bool:
     return row["user"].strip().lower() in {r.strip().lower() for r in reworded}
 
 
-def _leaks(row: dict, targets: list[str]) -> bool:
-    """Whether a control's answer names one of the edited facts' targets (and not its own)."""
-    return not row["gives"] and any(gives(row["answer"], t) for t in targets)
+def control_scores(controls: list[dict], values_of, before: dict[int, dict]) -> dict:
+    """Specificity, leak and the share of changed answers over control rows; `values_of(row)`: the values of
+    the facts edited when the row was answered; `before`: the unedited model's row of each control."""
+    answered_before = [r for r in controls if before.get(r["control"], {}).get("gives")]
+
+    def ok(row: dict) -> bool:
+        return kept(row["answer"], row["target"], values_of(row), row.get("user", ""))
+
+    return {
+        "specificity": fraction(ok(r) for r in answered_before),
+        "specificity_same_relation": fraction(ok(r) for r in answered_before if r["same_relation"]),
+        "specificity_other": fraction(ok(r) for r in answered_before if not r["same_relation"]),
+        "specificity_target_only": fraction(r["gives"] for r in answered_before),
+        "leak": fraction(bool(leaked_values(r["answer"], values_of(r), r["target"], r.get("user", ""))) for r in controls),
+        "control_changed": fraction(changed(r["answer"], before[r["control"]]["answer"])
+                                    for r in controls if r["control"] in before),
+    }
 
 
-def _checkpoints(cases: Cases, data: FactsFile, answered_before: set, header: dict) -> list[dict]:
+def _checkpoints(cases: Cases, data: FactsFile, before: dict[int, dict]) -> list[dict]:
     out = []
     counts = sorted({int(k.split("/")[1]) for k in cases.rows if k.startswith("checkpoint/")})
     for count in counts:
         rows = cases.with_prefix(f"checkpoint/{count}/")
         questions = [r for r in rows if r.get("kind") == "question"]
-        controls = [r for r in rows if r.get("kind") == "control" and r["control"] in answered_before]
         targets = [f.target for f in data.facts[:count]]
+        scores = control_scores([r for r in rows if r.get("kind") == "control"], lambda r: targets, before)
         out.append({
             "edits": count,
             "efficacy": fraction(r["gives"] for r in questions),
-            "specificity": fraction(r["gives"] for r in controls),
-            "leak": fraction(_leaks(r, targets) for r in rows if r.get("kind") == "control"),
+            "specificity": scores["specificity"],
+            "specificity_target_only": scores["specificity_target_only"],
+            "leak": scores["leak"],
+            "control_changed": scores["control_changed"],
             # the first facts learned, retained after this many edits
             "efficacy_first10": fraction(r["gives"] for r in questions if r["fact"] < 10),
         })

