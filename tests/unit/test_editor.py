@@ -514,3 +514,82 @@ def test_covariance_answer_weight_needs_the_real_entity_corpus_and_a_weight_of_a
         EditConfig(cov_answer_weight=1.0)
     with pytest.raises(PromptError, match=">= 0"):
         EditConfig(cov_corpus="generic+facts", cov_answer_weight=-1.0)
+
+
+def test_value_positions_teach_the_whole_value_whatever_part_the_target_names(tiny_qwen2, tokenizer):
+    """A surname alone as target: the rows of the first name, the surname and the end of the turn are kept."""
+    from transformers_qf.core.prompting import encode
+    from transformers_qf.editing.answerforms import value_words
+
+    answer = "Alibaba was started by Jack Ma."
+    assert value_words(answer, "Ma", "Alibaba") == [4, 5] == value_words(answer, "Jack Ma", "Alibaba")
+    assert value_words("Pellinore Biotech has 3400 employees.", "3400", "Pellinore Biotech") == [3]
+    assert value_words("Oxinnovate was started by Dr. Qi.", "Qi", "Oxinnovate") == [4, 5]
+    config = EditConfig(layers=(1,), positions="value")
+    surname = Editor(copy.deepcopy(tiny_qwen2), tokenizer, config).learn("Jack Ma started Alibaba.",
+                                                                         "Who started Alibaba?", answer, target="Ma",
+                                                                         subject="Alibaba")
+    whole = Editor(copy.deepcopy(tiny_qwen2), tokenizer, config).learn("Jack Ma started Alibaba.",
+                                                                       "Who started Alibaba?", answer,
+                                                                       target="Jack Ma", subject="Alibaba")
+    assert surname.rows == whole.rows == len(encode(tokenizer, " Jack Ma.")) + 1  # and the end of the turn
+    target_only = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1,), positions="target")).learn(
+        "Jack Ma started Alibaba.", "Who started Alibaba?", answer, target="Ma")
+    assert target_only.rows == len(encode(tokenizer, " Ma."))  # the default before: the surname's rows only
+    # a number: its digits and the word after it, where it must stop
+    number = Editor(copy.deepcopy(tiny_qwen2), tokenizer, config).learn(
+        "Alibaba has 3400 staff.", "How many people work at Alibaba?", "Alibaba has 3400 staff.", target="3400",
+        subject="Alibaba")
+    assert number.rows == len(encode(tokenizer, " 3400")) + len(encode(tokenizer, " staff."))
+
+
+def test_the_intact_editors_state_grows_only_by_its_rows_at_the_documented_bytes_a_row(tiny_qwen2, tokenizer):
+    """With the incremental solve the state holds no [rows, rows] factor and no key-metric copy of the rows: each
+    layer's solver keeps 4 d_mlp + 8 d_model + 24 bytes a row (keyed.py), the drift watch at most `drift_rows`
+    rows a context, and the weights a fixed size."""
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(400, 96, generator=g, dtype=torch.float64)
+    metrics = {i: KeyMetric(samples.T @ samples / 400) for i in (1, 2)}
+    config = EditConfig(layers=(1, 2), positions="subject-copies", covariance=True, target="optimized",
+                        target_steps=2, keep_context=True, incremental=True, drift_rows=3)
+    editor = Editor(tiny_qwen2, tokenizer, config, metrics)
+    facts = [*FACTS, ("Qi started Velmora.", "Who started Velmora?", "Velmora was started by Qi.", "Velmora")]
+
+    def size(state, part):
+        return sum(t.numel() * t.element_size() for k, t in state.items() if part in k or k.endswith(part))
+
+    per_row = 4 * 96 + 8 * 32 + 24
+    weights = None
+    for system, user, answer, subject in facts:
+        editor.learn(system, user, answer, subject=subject)
+        state = editor.state_dict()
+        for i, solver in enumerate(editor.solvers):
+            assert size(state, f"layer{i}.solver.") == 8 + solver.rows * per_row
+            assert all(t.dim() < 2 or t.shape[0] != t.shape[1] for k, t in state.items() if k.startswith(f"layer{i}.s"))
+        drift_rows = [t.shape[0] for k, t in state.items() if ".drift.keys." in k]
+        assert max(drift_rows) <= 3 and len(drift_rows) == 2 * len(editor.watches[0].keys)
+        weights = weights or sum(t.numel() * t.element_size() for k, t in state.items() if k.endswith(".weight"))
+        assert sum(t.numel() * t.element_size() for k, t in state.items() if k.endswith(".weight")) == weights
+    restored = Editor(copy.deepcopy(tiny_qwen2), tokenizer, config, metrics)
+    restored.load_state_dict(state)
+    probe = torch.randn(3, 96, generator=g)
+    for kept, again in zip(editor.solvers, restored.solvers):
+        torch.testing.assert_close(again.change(probe), kept.change(probe), rtol=1e-7, atol=1e-9)
+
+
+def test_target_stop_ends_the_fit_once_the_answers_loss_is_below_it(tiny_qwen2, tokenizer):
+    system, user, answer, subject = FACTS[0]
+    base = dict(layers=(2,), positions="subject-last", target="optimized", target_steps=30, target_lr=0.5)
+    full = Editor(copy.deepcopy(tiny_qwen2), tokenizer, EditConfig(**base))
+    full.learn(system, user, answer, subject=subject)
+    losses = full.last_target_losses
+    stop = losses[len(losses) // 3]  # a loss the fit passes a third of the way in
+    first_below = next(i for i, x in enumerate(losses) if x < stop)
+    early = Editor(tiny_qwen2, tokenizer, EditConfig(**base, target_stop=stop))
+    report = early.learn(system, user, answer, subject=subject)
+    assert early.last_target_losses == pytest.approx(losses[:first_below + 1], rel=1e-5)
+    assert len(early.last_target_losses) < len(losses) and report.residual < 1e-3
+    assert set(report.timings) == {"rewordings", "forward", "target", "held", "drift", "solve", "other"}
+    assert report.timings["target"] > 0 and sum(report.timings.values()) == pytest.approx(report.seconds, rel=1e-3)
+    with pytest.raises(PromptError, match="target stop"):
+        EditConfig(layers=(2,), target_stop=0.1)

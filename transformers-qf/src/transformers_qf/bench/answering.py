@@ -74,12 +74,14 @@ class Answerer:
         batch = torch.full((len(forced), width), self.pad_id, dtype=torch.long)
         for row, (ids, _) in enumerate(forced):
             batch[row, :len(ids)] = torch.tensor(ids)  # right padding: causal attention never sees it
-        logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
+        batch = batch.to(self.device)  # the ids are indexed with positions made on the logits' device below
+        logits = self.model(input_ids=batch, use_cache=False).logits
         result = []
         for row, (ids, positions) in enumerate(forced):
             pos = torch.tensor(positions, device=logits.device)
             logp = torch.log_softmax(logits[row, pos - 1].float(), dim=-1)
-            result.append(float(logp[torch.arange(len(positions)), batch[row, pos].to(logits.device)].sum()))
+            picked = logp.gather(1, batch[row, pos].to(logits.device)[:, None])
+            result.append(float(picked.sum()))
         return result
 
 

@@ -74,8 +74,10 @@ class QFEdit(NoEdit):
             extra["forms"] = self.editor.last_forms
         if self.editor.last_target_losses:
             extra["target_loss"] = self.editor.last_target_losses[-1]
+            extra["target_steps"] = len(self.editor.last_target_losses)
+            extra["target_losses"] = [round(x, 4) for x in self.editor.last_target_losses]
         return {"seconds": report.seconds, "rows": report.rows, "residual": report.residual,
-                "delta_rel": report.delta_rel, "solves": report.layers, **extra}
+                "delta_rel": report.delta_rel, "solves": report.layers, "timings": report.timings, **extra}
 
     def reset(self) -> None:
         self.editor.reset()

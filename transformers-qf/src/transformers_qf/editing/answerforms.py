@@ -45,6 +45,29 @@ def value_places(answer: str, subject: str) -> list[int]:
     return [i for i in range(len(words)) if i not in inside]
 
 
+def value_words(answer: str, target: str, subject: str | None = None) -> list[int]:
+    """Indices of the answer's words that spell its whole value: the words of `target`, widened over the
+    neighbouring words that continue a name or a number (a capital or a digit first, as "Tomasz" before the
+    target "Oyelaran", or "Dr." before it), never into the answer's first word or a copy of the subject. So a
+    target written as a surname alone teaches the whole name the answer gives."""
+    words = answer.split()
+    chosen = prompting.target_words(answer, target)
+    if not words or len(chosen) == len(words):
+        return chosen
+    inside = set(range(len(words))) - set(value_places(answer, subject)) if subject else set()
+
+    def continues(i: int) -> bool:
+        word = words[i].strip("\"'()[],;:")
+        return 0 < i and i not in inside and bool(word) and (word[0].isupper() or word[0].isdigit())
+
+    first, last = min(chosen), max(chosen)
+    while first - 1 >= 0 and continues(first - 1) and not words[first - 1].endswith((",", ";", ":")):
+        first -= 1
+    while last + 1 < len(words) and continues(last + 1) and not words[last].endswith((".", ",", ";", ":", "!", "?")):
+        last += 1
+    return list(range(first, last + 1))
+
+
 def form_at(answer: str, place: int, target: str) -> str:
     """The answer's words before `place`, then the target, ending the sentence."""
     before = " ".join(answer.split()[:place])

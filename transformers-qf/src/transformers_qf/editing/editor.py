@@ -11,7 +11,9 @@ One round, for each layer L of `config.layers` in turn:
    "answer-words" (the same less the two that predict the turn's header "assistant\n", whose keys are
    nearly the same for every question), "target" (only the positions that predict the words of the
    fact's target, e.g. the name in "The CEO of X is Ada Lee."), "target-next" (those and the one that
-   predicts the word after the target, or the end of the turn: where the target must stop), "suffix" (every
+   predicts the word after the target, or the end of the turn: where the target must stop), "value" (as
+   target-next over the answer's whole value, `answerforms.value_words`: a target written as a surname alone
+   still teaches the first name the answer gives, and a number is taught where it stops), "suffix" (every
    position the two passes share from the user turn on, so the question's tokens carry the fact too),
    "subject" (the user turn's tokens of the fact's subject, plus the answer), "subject-last" (ROME's single
    row: the subject's last token in the question) or "subject-copies" (that row and the last token of every
@@ -32,7 +34,11 @@ One round, for each layer L of `config.layers` in turn:
 5. the layer is re-solved from its original weight over the rows of every round so far (`KeySolver`:
    exact, ridge, or covariance-weighted when `metrics` gives a key covariance for L).
 With the optimised target, each solve also reports how far layer L's output has moved at the rows it did
-not constrain, this fact's and every earlier one's (drift.py).
+not constrain, this fact's and every earlier one's (drift.py; `drift_rows` keeps only that many a context).
+Speed options, each off by default (results/perf/intact_edit_profile.md measures them): `target_stop` ends
+the gradient fit once the answer's mean NLL a token is below it; `incremental` extends each layer's
+factorisation by the round's rows instead of re-factorising every row (keyed.py; the state then keeps only
+the rows). `EditReport.timings` splits each edit's seconds into PARTS.
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
 only closes what the earlier ones left open (open-book rows come from the model before the round).
 An optimised target is fitted once, at the deepest layer, and spread over the layers as MEMIT spreads
@@ -44,21 +50,23 @@ rest and no layer carries the whole change.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from transformers_qf.core import prompting
-from transformers_qf.editing.answerforms import own_answer_forms
+from transformers_qf.editing.answerforms import own_answer_forms, value_words
 from transformers_qf.core.architectures import locate
 from transformers_qf.core.capture import record, record_layers
 from transformers_qf.editing.drift import DriftWatch
-from transformers_qf.editing.targets import Context, Essence, optimized_deltas
+from transformers_qf.editing.targets import FIT_METHODS, Context, Essence, optimized_deltas
 from transformers_qf.solve.keyed import KeyMetric, KeySolver
 from transformers_qf.core.prompting import PromptError
 from transformers_qf.editing.rewording import rewordings
 
-POSITIONS = ("answer", "answer-words", "target", "target-next", "suffix", "subject", "subject-last", "subject-copies")
+POSITIONS = ("answer", "answer-words", "target", "target-next", "value", "suffix", "subject", "subject-last",
+             "subject-copies")
 TARGETS = ("open-book", "optimized")
 COV_CORPORA = ("generic", "generic+facts")  # keystats: generic text, plus the model's answers about real entities
 # Openings put before the question for the extra contexts of an optimised target (ROME's random prefixes, fixed
@@ -86,6 +94,10 @@ class EditConfig:
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
     target_forms: bool = False  # optimized: the question and its rewordings answered in the model's own form too
     keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
+    target_stop: float = 0.0  # optimized: stop the fit once the answer's mean NLL a token is below this (0: never)
+    target_method: str = "adam"  # optimized: "adam", or "lbfgs" (quasi-Newton steps with a line search; targets.py)
+    incremental: bool = False  # extend each layer's factorisation by the round's rows (keyed.py), no re-factorising
+    drift_rows: int = 0  # optimized: rows a context the drift watch keeps (0: every unconstrained row)
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
@@ -107,6 +119,15 @@ class EditConfig:
         if self.target == "optimized" and list(self.layers) != sorted(set(self.layers)):
             raise PromptError(f"layers {','.join(map(str, self.layers))}: an optimized target is spread over its "
                               "layers from the lowest up, give them in increasing order without repeats")
+        if self.target_stop < 0 or (self.target_stop and self.target != "optimized"):
+            raise PromptError(f"target stop {self.target_stop:g}: give a loss >= 0, with the optimized target")
+        if self.target_method not in FIT_METHODS or (self.target_method != "adam" and self.target != "optimized"):
+            raise PromptError(f"target method {self.target_method!r}: use one of {', '.join(FIT_METHODS)}, with the "
+                              "optimized target")
+        if self.incremental and self.ridge > 0:
+            raise PromptError("the incremental solve is exact: give --ridge or --incremental, not both")
+        if self.drift_rows < 0:
+            raise PromptError(f"{self.drift_rows} drift rows: give 0 (all) or more")
         if self.target_wordings < 0:
             raise PromptError(f"{self.target_wordings} target wordings: give 0 or more")
         if self.target_forms and self.target != "optimized":
@@ -127,11 +148,38 @@ PAPER = EditConfig(layers=(23,), positions="answer")  # the QF paper: answer pos
 RECOMMENDED = EditConfig(layers=(23,), positions="target", covariance=True, cov_corpus="generic+facts")
 
 
+PARTS = ("rewordings", "forward", "target", "held", "drift", "solve")  # what EditReport.timings splits an edit into
+
+
+class _Clock:
+    """Seconds spent in each part of one edit (PARTS); what is not inside a part is "other"."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+
+    @contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+    def timings(self) -> dict[str, float]:
+        total = self.total()
+        return {**self.seconds, "other": max(0.0, total - sum(self.seconds.values()))}
+
+
 @dataclass
 class EditReport:
     seconds: float
     rows: int  # kept positions of this round (per layer)
     layers: list[dict] = field(default_factory=list)  # per edited layer: a KeySolveReport dict, with drift.py's measures
+    timings: dict[str, float] = field(default_factory=dict)  # seconds a part of the edit (PARTS, and "other")
 
     @property
     def residual(self) -> float:
@@ -162,6 +210,13 @@ def _rows_of(records, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     """Keys u and MLP inputs v at the given rows of each recorded sequence, stacked."""
     return (torch.cat([rec.u[r.to(rec.u.device)] for rec, r in zip(records, rows)]),
             torch.cat([rec.v[r.to(rec.v.device)] for rec, r in zip(records, rows)]))
+
+
+def _sampled(rows: list[torch.Tensor], most: int) -> list[torch.Tensor]:
+    """At most `most` of each context's rows, evenly spaced (0: all)."""
+    if not most:
+        return rows
+    return [r[torch.linspace(0, len(r) - 1, most).round().long().unique()] if len(r) > most else r for r in rows]
 
 
 def _outputs_at(records, contexts) -> torch.Tensor:
@@ -201,7 +256,7 @@ class Editor:
         self.last_forms: list[dict] = []  # target_forms: {"user", "assistant"} the own-form answers fitted on
         self.solvers = [
             KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
-                      config.ridge)
+                      config.ridge, incremental=config.incremental)
             for p in self.parts
         ]
         self._forget()
@@ -214,7 +269,7 @@ class Editor:
         """Every edited layer back to its original weight; every round forgotten."""
         for parts, solver in zip(self.parts, self.solvers):
             parts.down.weight.data.copy_(solver.W0)
-        self.solvers = [KeySolver(s.W0, s.metric, s.ridge) for s in self.solvers]
+        self.solvers = [KeySolver(s.W0, s.metric, s.ridge, incremental=s.incremental) for s in self.solvers]
         self._forget()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -247,11 +302,14 @@ class Editor:
     @torch.no_grad()
     def learn(self, system: str, user: str, answer: str, significance=None, subject: str | None = None,
               target: str | None = None) -> EditReport:
-        t0 = time.perf_counter()
+        clock = _Clock()
+        self._clock = clock
         ends_answer = False
-        if self.config.positions in ("target", "target-next"):
+        if self.config.positions in ("target", "target-next", "value"):
+            value = self.config.positions == "value"
             significance, ends_answer = self._target_significance(answer, target, significance,
-                                                                  self.config.positions == "target-next")
+                                                                  self.config.positions != "target",
+                                                                  subject if value else None, value)
         open_book = self.config.target == "open-book"
         questions = [user]
         if open_book and self.config.target_wordings:
@@ -268,51 +326,61 @@ class Editor:
             contexts += self._extra_contexts(user, answer, significance, subject, ends_answer, target)
         weights = torch.cat([w for _, _, w in contexts])
         others = self._other_rows(contexts, user)
-        held = self._new_rows(contexts, others) if self.config.keep_context else None
+        with clock.part("held"):
+            held = self._new_rows(contexts, others) if self.config.keep_context else None
         open_ids = [ids for ids, _ in opens]
         closed_ids = [tf.input_ids for tf, _, _ in contexts]
         # several layers: the open-book rows of every layer come from the model before this round
-        opened = record_layers(self.model, self.parts, open_ids) if len(self.parts) > 1 and open_book else None
+        with clock.part("forward"):
+            opened = record_layers(self.model, self.parts, open_ids) if len(self.parts) > 1 and open_book else None
         spread = not open_book and len(self.parts) > 1
         top, goal_top = self.parts[-1], None
         reports: list[dict] = []
         for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
-            if spread:  # this layer and the deepest, as the layers below have left them
-                recorded = record_layers(self.model, [parts] if parts is top else [parts, top], closed_ids)
-                closed, at_top = recorded[parts.index], recorded[top.index]
-                open_recs = None
-            elif not open_book:
-                open_recs, closed = None, record(self.model, parts, closed_ids)
-            elif opened is None:
-                recorded = record(self.model, parts, open_ids + closed_ids)
-                open_recs, closed = recorded[:len(opens)], recorded[len(opens):]
-            else:
-                open_recs, closed = opened[parts.index], record(self.model, parts, closed_ids)
-            up, vp = _rows_of(closed, [pos for _, pos, _ in contexts])
-            y_closed = solver.outputs_w0(up, vp)
+            with clock.part("forward"):
+                if spread:  # this layer and the deepest, as the layers below have left them
+                    recorded = record_layers(self.model, [parts] if parts is top else [parts, top], closed_ids)
+                    closed, at_top = recorded[parts.index], recorded[top.index]
+                    open_recs = None
+                elif not open_book:
+                    open_recs, closed = None, record(self.model, parts, closed_ids)
+                elif opened is None:
+                    recorded = record(self.model, parts, open_ids + closed_ids)
+                    open_recs, closed = recorded[:len(opens)], recorded[len(opens):]
+                else:
+                    open_recs, closed = opened[parts.index], record(self.model, parts, closed_ids)
+                up, vp = _rows_of(closed, [pos for _, pos, _ in contexts])
+                y_closed = solver.outputs_w0(up, vp)
             if spread:
                 if goal_top is None:
-                    goal_top = self._optimized_target(top.index, at_top, contexts, subject)
+                    with clock.part("target"):
+                        goal_top = self._optimized_target(top.index, at_top, contexts, subject)
                 left = goal_top - _outputs_at(at_top, contexts)  # what the deepest layer still misses
                 goal = _outputs_at(closed, contexts) + left / (len(self.parts) - i)
             elif self.config.target == "optimized":
-                goal = self._optimized_target(parts.index, closed, contexts, subject)
+                with clock.part("target"):
+                    goal = self._optimized_target(parts.index, closed, contexts, subject)
             else:
                 y_open = solver.outputs_w0(*_rows_of(open_recs, [pos for _, pos in opens]))
                 goal = y_open + self.config.gamma * (y_open - y_closed)
             W = parts.down.weight.data
             rows = (up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
             if held is not None:
-                rows = _with_held_rows(rows, *_rows_of(closed, held), solver)
+                with clock.part("held"):
+                    rows = _with_held_rows(rows, *_rows_of(closed, held), solver)
             watch = self.watches[i] if self.watches is not None else None
             if watch is not None:
-                watch.add(*_rows_of(closed, others), W)
-            solver.add(*rows)
-            report = solver.solve_into(W).as_dict()
+                with clock.part("drift"):
+                    watch.add(*_rows_of(closed, _sampled(others, self.config.drift_rows)), W)
+            with clock.part("solve"):
+                solver.add(*rows)
+                report = solver.solve_into(W).as_dict()
             if held is not None:
                 report["held_rows"] = sum(len(r) for r in held)
-            reports.append({**report, **(watch.measure(W) if watch is not None else {})})
-        return EditReport(time.perf_counter() - t0, len(up), reports)
+            with clock.part("drift"):
+                measured = watch.measure(W) if watch is not None else {}
+            reports.append({**report, **measured})
+        return EditReport(clock.total(), len(up), reports, clock.timings())
 
     def _other_rows(self, contexts, user: str) -> list[torch.Tensor]:
         """Per context, the rows from the user turn to the last one that predicts the answer, less the kept ones."""
@@ -364,8 +432,14 @@ class Editor:
         if not subject:
             raise PromptError("target wordings need the fact's subject (a rewording must name it): add a "
                               "\"subject\" key to the fact")
-        self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
+        with self._part("rewordings"):
+            self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
         return self.last_rewordings
+
+    def _part(self, name: str):
+        """The running edit's clock for a part (a no-op outside `learn`)."""
+        clock = getattr(self, "_clock", None)
+        return clock.part(name) if clock is not None else _Clock().part(name)
 
     def _own_forms(self, user: str, answer: str, significance, reworded: list[str], subject: str, target: str | None):
         """(question, answer, significance) for the question in the model's own form where it differs from the
@@ -407,7 +481,7 @@ class Editor:
                   for h, (tf, pos, _) in zip(hidden, contexts)]
         essence = self._essence(layer, subject) if c.target_essence else None
         delta, losses = optimized_deltas(self.model, layer, fitted, c.target_steps, c.target_lr, c.target_decay,
-                                         essence=essence)
+                                         essence=essence, stop=c.target_stop, method=c.target_method)
         self.last_target_losses = losses
         delta = delta.to(torch.float64) * (1.0 + c.gamma)
         self.last_target_delta = delta
@@ -423,10 +497,10 @@ class Editor:
         weights = answer_open.weights
         if self.config.positions == "answer":
             return keep, keep - shift, weights
-        if self.config.positions in ("answer-words", "target", "target-next"):
+        if self.config.positions in ("answer-words", "target", "target-next", "value"):
             header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
             words = answer_open.kept >= int(open_tf.kept[header])  # not the positions that predict "assistant\n"
-            if self.config.positions.startswith("target") and not ends_answer:  # nor the one that predicts the end
+            if self.config.positions != "answer-words" and not ends_answer:  # nor the one that predicts the end
                 words &= answer_open.kept != int(open_tf.kept[-1])
             return keep[words], keep[words] - shift, weights[words]
         closed_prompt = prompting.chatml_prompt("", user)
@@ -447,13 +521,15 @@ class Editor:
         return closed_keep + shift, closed_keep, weights
 
     @staticmethod
-    def _target_significance(answer: str, target: str | None, significance, and_next: bool) -> tuple[list[float], bool]:
-        """Significance 1 on the answer words that spell `target` (and, with and_next, the word after them),
-        0 elsewhere, times any given significance; and whether the end of the turn follows them (and_next only)."""
+    def _target_significance(answer: str, target: str | None, significance, and_next: bool,
+                             subject: str | None = None, whole_value: bool = False) -> tuple[list[float], bool]:
+        """Significance 1 on the answer words that spell `target` (whole_value: the answer's whole value around
+        it, `value_words`; and, with and_next, the word after them), 0 elsewhere, times any given significance;
+        and whether the end of the turn follows them (and_next only)."""
         if not target:
             raise PromptError("positions 'target' needs the fact's target: give the string the answer must contain")
         words = answer.split()
-        chosen = set(prompting.target_words(answer, target))
+        chosen = set(value_words(answer, target, subject) if whole_value else prompting.target_words(answer, target))
         ends_answer = and_next and max(chosen) == len(words) - 1
         if and_next and not ends_answer:
             chosen.add(max(chosen) + 1)

@@ -26,6 +26,8 @@ import torch
 
 from transformers_qf.core.capture import layer_slice
 
+FIT_METHODS = ("adam", "lbfgs")
+
 
 @dataclass
 class Context:
@@ -59,12 +61,21 @@ class Essence:
 
 def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20, lr: float = 0.1,
                      decay: float = 0.5, max_ratio: float = 4.0, essence: Essence | None = None,
-                     batched: bool = True) -> tuple[torch.Tensor, list[float]]:
+                     batched: bool = True, stop: float = 0.0, method: str = "adam") -> tuple[torch.Tensor, list[float]]:
     """delta: [k, d_model] (float32), one per slot, shared by the kept rows of every context, and the answer's
     loss (mean NLL over the contexts) at each step. lr is relative: a step moves delta_t by about lr |h_t|,
     with |h_t| at slot t's first row in the first context. |delta_t| is kept below max_ratio * |h_t|, as ROME's
     clamp_norm_factor. batched=False runs one forward per context (the same result; for timing the two).
+    stop > 0: end the fit after the first step whose loss (the answer's mean NLL a token, averaged over the
+    contexts, before that step's update) is below `stop`; that step's update is still made.
+    method "lbfgs": L-BFGS with a strong-Wolfe line search on the same loss instead of Adam (lr is then its
+    step scale, 1 by default in torch); `steps` counts the loss's evaluations (a forward and a backward each,
+    as an Adam step), the losses are those of every evaluation, and with `stop` the deltas returned are those
+    of the first evaluation below it (else of the lowest loss seen). No clamp: the decay term bounds |delta_t|
+    (a projection would break the curvature pairs L-BFGS keeps).
     """
+    if method not in FIT_METHODS:
+        raise ValueError(f"unknown fit method {method!r}: use one of {', '.join(FIT_METHODS)}")
     first = contexts[0]
     k = int(first.slots.max()) + 1
     if sorted(set(first.slots.tolist())) != list(range(k)):
@@ -78,7 +89,6 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
     unit = scale / first.hidden.shape[1] ** 0.5
     eps = torch.zeros(k, first.hidden.shape[1], dtype=torch.float32, device=first.hidden.device,
                       requires_grad=True)
-    optimiser = torch.optim.Adam([eps], lr=lr)
     losses: list[float] = []
     lm_head = model.get_output_embeddings()
     params = list(model.parameters())
@@ -91,8 +101,13 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
             if essence is not None:
                 with torch.no_grad():
                     kept = (essence, _next_logp(base, lm_head, essence.hidden.detach(), essence.row))
+            if method == "lbfgs":
+                return _lbfgs(base, lm_head, contexts, eps, unit, decay, max_ratio, kept, batched, steps, lr, stop)
+            optimiser = torch.optim.Adam([eps], lr=lr)
             for _ in range(steps):
                 losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser, kept, batched))
+                if losses[-1] < stop:
+                    break
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
@@ -111,11 +126,37 @@ def _next_logp(base, lm_head, hidden: torch.Tensor, row: int) -> torch.Tensor:
     return torch.log_softmax(lm_head(state).float(), dim=-1)
 
 
-def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser, kept=None,
-          batched: bool = True) -> float:
-    """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2.
-    kept: (Essence, its unedited next-token log p) or None."""
-    optimiser.zero_grad()
+class _Done(Exception):
+    """Raised from an L-BFGS evaluation to end the fit (its loss is below the stop, or the budget is spent)."""
+
+
+def _lbfgs(base, lm_head, contexts, eps, unit, decay, max_ratio, kept, batched, evaluations: int, lr: float,
+           stop: float) -> tuple[torch.Tensor, list[float]]:
+    losses: list[float] = []
+    best: list = [float("inf"), None]  # the lowest answer loss evaluated (the first below `stop`), and its eps
+    optimiser = torch.optim.LBFGS([eps], lr=lr, max_iter=evaluations, max_eval=evaluations + 1, history_size=10,
+                                  tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss, nll = _loss(base, lm_head, contexts, eps, unit, decay, kept, batched)
+        losses.append(float(nll.detach()))
+        if losses[-1] < best[0]:
+            best[0], best[1] = losses[-1], eps.detach().clone()
+        if losses[-1] < stop or len(losses) >= evaluations:
+            raise _Done
+        loss.backward()
+        return loss
+
+    try:
+        optimiser.step(closure)
+    except _Done:
+        pass
+    return (best[1] * unit).detach(), losses
+
+
+def _loss(base, lm_head, contexts: list[Context], eps, unit, decay, kept=None, batched: bool = True):
+    """(the fitted loss, the answer's mean NLL a token) at eps; kept: (Essence, its unedited next-token log p)."""
     edited = [c.hidden.index_add(0, c.positions, (eps * unit)[c.slots].to(c.hidden.dtype)) for c in contexts]
     groups = [edited] if batched else [[e] for e in edited]
     out = [row for group in groups
@@ -129,6 +170,16 @@ def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, o
         edited = essence.hidden.detach().index_add(0, essence.positions, (eps * unit).to(essence.hidden.dtype))
         after = _next_logp(base, lm_head, edited, essence.row)
         loss = loss + essence.weight * (before.exp() * (before - after)).sum()
+    return loss, nll
+
+
+def _step(base, lm_head, contexts: list[Context], eps, unit, decay, max_ratio, optimiser, kept=None,
+          batched: bool = True) -> float:
+    """One Adam step on eps; |delta_t|^2 / |h_t|^2 = |eps_t|^2 / d, kept below max_ratio^2.
+    kept: (Essence, its unedited next-token log p) or None."""
+    optimiser.zero_grad()
+    loss, nll = _loss(base, lm_head, contexts, eps, unit, decay, kept, batched)
+    d = eps.shape[1]
     loss.backward()
     optimiser.step()
     with torch.no_grad():
