@@ -122,7 +122,7 @@ def run(argv=None) -> int:
     command = "python " + " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:]))
     prov = provenance(loaded, next(model.parameters()).device, {
         "layer": args.layer, "beta": spec["beta"], "conversion": str(folder),
-        "conversion preset": manifest.get("identity", {}).get("config", {}).get("batch_size"),
+        "conversion batch": manifest.get("identity", {}).get("config", {}).get("batch_size"),
         "command": command})
     out = Path(args.out)
 

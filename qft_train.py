@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", choices=["none", "lstsq"], default=None,
                         help="ablation lstsq: closed-form down_proj first, alpha 0 throughout (default none: the blend)")
     parser.add_argument("--distill", type=float, default=None, help="ablation: weight of a distillation term")
+    parser.add_argument("--residual", type=float, default=None, help="ablation: share of the residual kept (paper 0)")
+    parser.add_argument("--name", default=None, help="name the conversion folder in the cache (default: from the options)")
     parser.add_argument("--heldout-facts", type=int, default=30, help="real facts never trained on, for the score")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-checks", action="store_true", help="skip the before/after checks and the report")
@@ -83,14 +85,14 @@ def run(args: argparse.Namespace, argv=None) -> int:
     preset = "paper" if args.paper else "cpu"
     config = with_overrides(PRESETS[preset], layer=args.layer, beta=args.beta, c=args.c, samples=args.samples,
                             copies=args.copies, steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                            init=args.init, seed=args.seed, distill=args.distill,
+                            init=args.init, seed=args.seed, distill=args.distill, residual=args.residual,
                             trainable=tuple(args.trainable) if args.trainable else None)
     data = qft_data.build(n_samples=config.samples, seed=config.seed, heldout_facts=args.heldout_facts)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = precision_for(device)
     from transformers_qf.core.models import resolve_name
     name = resolve_name(args.model)
-    paths = conversion_paths(name, config, preset, args.cache)
+    paths = conversion_paths(name, config, preset, args.cache, args.name)
     identity = {"model": Path(name).name, "config": config.identity(), "data": data.fingerprint(),
                 "heldout_facts": args.heldout_facts}
     meta = None

@@ -47,6 +47,26 @@ def test_blend_is_the_original_layer_at_alpha_1_and_the_firing_block_at_alpha_0(
     torch.testing.assert_close(_hidden(tiny_model, ids, layer), 0.3 * (v + orig) + 0.7 * firing, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_a_partial_residual_keeps_that_share_of_the_input_around_the_block(tiny_qwen2, tokenizer, tmp_path):
+    """Ablation: residual r makes the finished layer r * v + block(x), and blends as (alpha + (1-alpha) r) v."""
+    ids = torch.randint(3, 300, (1, 9))
+    v, orig, x = _manual_layer_parts(tiny_qwen2, ids, 2)
+    block = convert(tiny_qwen2, 2, beta=10.0, alpha=0.0, residual=0.5)
+    firing = block.down_proj(torch.sigmoid(10.0 * block.up_proj(x)))
+    torch.testing.assert_close(_hidden(tiny_qwen2, ids, 2), 0.5 * v + firing, rtol=1e-5, atol=1e-6)
+    block.alpha = 0.4
+    torch.testing.assert_close(_hidden(tiny_qwen2, ids, 2), 0.4 * (v + orig) + 0.6 * (0.5 * v + firing),
+                               rtol=1e-5, atol=1e-5)
+    block.alpha = 0.0
+    tiny_qwen2.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), "cpu", dtype="float32").model
+    assert qf2_config(loaded)["residual"] == 0.5 and locate(loaded, 2).mlp.residual == 0.5
+    torch.testing.assert_close(loaded(input_ids=ids, use_cache=False).logits, tiny_qwen2(input_ids=ids, use_cache=False).logits,
+                               rtol=0, atol=1e-5)
+
+
 def test_alpha_schedule():
     assert alpha_at(0) == 1.0
     assert alpha_at(1) == pytest.approx(0.99)

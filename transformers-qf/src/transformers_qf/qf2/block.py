@@ -53,7 +53,7 @@ class QF2MLP(nn.Module):
     (alpha * v) is added by the layer hook that `convert` installs, not here.
     """
 
-    def __init__(self, mlp: nn.Module, parts: LayerParts, beta: float, alpha: float = 0.0):
+    def __init__(self, mlp: nn.Module, parts: LayerParts, beta: float, alpha: float = 0.0, residual: float = 0.0):
         super().__init__()
         if parts.gate is None:
             raise UnsupportedModelError("the QF2 blend needs a gated MLP (gate_proj, up_proj, down_proj)")
@@ -61,6 +61,7 @@ class QF2MLP(nn.Module):
         self.act_fn = getattr(mlp, "act_fn")
         self.beta = float(beta)
         self.alpha = float(alpha)
+        self.residual = float(residual)  # ablation: the share of v kept around the finished block (paper: 0)
         self.last_output: torch.Tensor | None = None  # read (and cleared) by the layer hook
         self.hooks: _ResidualBlend | None = None  # set by convert()
         # (positions [k], firing [k, d_mlp]): replaces the firing pattern at those positions of every
@@ -87,7 +88,7 @@ class QF2MLP(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, alpha={self.alpha}"
+        return f"beta={self.beta}, alpha={self.alpha}, residual={self.residual}"
 
 
 class _ResidualBlend:
@@ -109,7 +110,9 @@ class _ResidualBlend:
         self.v = self.block.last_output = None
         if v is None or mlp_out is None:
             raise RuntimeError("the QF2 layer hook saw no MLP pass: is the block still installed?")
-        out = mlp_out if self.block.alpha == 0 else self.block.alpha * v + mlp_out
+        alpha, r = self.block.alpha, self.block.residual
+        share = alpha + (1 - alpha) * r  # alpha * v of the original layer + the block's own residual share
+        out = mlp_out if share == 0 else share * v + mlp_out
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     def remove(self) -> None:
@@ -117,18 +120,22 @@ class _ResidualBlend:
             h.remove()
 
 
-def convert(model: nn.Module, layer: int, beta: float = 10.0, alpha: float = 0.0) -> QF2MLP:
+def convert(model: nn.Module, layer: int, beta: float = 10.0, alpha: float = 0.0, residual: float = 0.0) -> QF2MLP:
     """Swap layer `layer`'s MLP for the QF2 block (in place) and record it in `model.config.qf2`.
+    residual (an ablation, paper 0): the finished layer returns residual * v + block(x).
 
     Returns the block; set `block.alpha` to blend (1 = the original layer, 0 = the firing block).
     """
     parts = locate(model, layer)
     if isinstance(parts.mlp, QF2MLP):
         raise UnsupportedModelError(f"layer {parts.index} is a QF2 block already")
-    block = QF2MLP(parts.mlp, parts, beta=beta, alpha=alpha)
+    block = QF2MLP(parts.mlp, parts, beta=beta, alpha=alpha, residual=residual)
     _set_mlp(parts, block)
     block.hooks = _ResidualBlend(parts, block)
-    setattr(model.config, CONFIG_KEY, {"format": FORMAT, "layer": parts.index, "beta": float(beta)})
+    spec = {"format": FORMAT, "layer": parts.index, "beta": float(beta)}
+    if residual:
+        spec["residual"] = float(residual)
+    setattr(model.config, CONFIG_KEY, spec)
     return block
 
 
@@ -152,7 +159,7 @@ def restore(model: nn.Module) -> QF2MLP | None:
     parts = locate(model, spec["layer"])
     if isinstance(parts.mlp, QF2MLP):
         return parts.mlp
-    return convert(model, spec["layer"], beta=spec["beta"], alpha=0.0)
+    return convert(model, spec["layer"], beta=spec["beta"], alpha=0.0, residual=spec.get("residual", 0.0))
 
 
 def block_of(model: nn.Module) -> QF2MLP:

@@ -25,10 +25,15 @@ class ConversionPaths:
     checkpoint: Path
 
 
-def conversion_paths(model_name: str, config, preset: str, cache: str | Path | None = None) -> ConversionPaths:
+def conversion_paths(model_name: str, config, preset: str, cache: str | Path | None = None,
+                     name: str | None = None) -> ConversionPaths:
+    """The folders of a conversion: `name` when given, else from the model, layer, preset and options."""
     from transformers_qf.qf2.training import PRESETS, identity_hash
 
     root = Path(cache) if cache else cache_dir() / "qf2"
+    if name:
+        converted = root / name
+        return ConversionPaths(converted, converted.with_name(name + ".ckpt"))
     name = f"{Path(model_name).name}-layer{config.layer}"
     if not (preset == "paper" and config.identity() == PRESETS["paper"].identity()):
         name += f"-{preset}-{identity_hash(config.identity())}"

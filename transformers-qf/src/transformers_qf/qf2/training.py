@@ -58,6 +58,7 @@ class QFtConfig:
     init_tokens: int = 24000
     init_ridge: float = 1e-2
     distill: float = 0.0  # ablation: weight of keeping the last trainable layer's output equal to the original's
+    residual: float = 0.0  # ablation: share of the residual kept around the finished block (paper: 0)
     seed: int = 0
 
     def trainable_layers(self) -> tuple[int, ...]:
@@ -124,6 +125,8 @@ def deviations(config: dict) -> list[str]:
     if config["init"] == "lstsq":
         lines.append("down_proj starts from its closed-form least-squares fit and alpha is 0 from the first step "
                      "(paper: annealed from the original layer)")
+    if config.get("residual", 0.0):
+        lines.append(f"a partial residual: the converted layer keeps {config['residual']} x its input (paper: none)")
     if config.get("distill", 0.0) > 0:
         lines.append(f"an extra distillation term (weight {config['distill']}) on the last trainable layer's output")
     for key, word in (("beta", "beta"), ("c", "alpha decay c"), ("layer", "converted layer")):
@@ -301,7 +304,7 @@ class Conversion:
         """Convert the layer (alpha = the first step's), make layers L-1..L+1 trainable in float32, build AdamW."""
         cfg = self.config
         if self.block is None:
-            self.block = convert(self.model, cfg.layer, beta=cfg.beta, alpha=cfg.alpha(self.step))
+            self.block = convert(self.model, cfg.layer, beta=cfg.beta, alpha=cfg.alpha(self.step), residual=cfg.residual)
         self.params = self._trainable_params()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
 
@@ -398,7 +401,7 @@ class Conversion:
         out = (batch, torch.stack([torch.cat(rows), torch.cat(positions)], dim=1), torch.cat(targets))
         if not self.teacher:
             return out
-        real = torch.zeros(batch.shape[:2], dtype=torch.bool)
+        real = torch.zeros(batch.shape[:2], dtype=torch.bool, device=batch.device)
         for r, i in enumerate(indices):
             real[r, : len(self.cached[i])] = True
         return (*out, _pad([self.teacher[i] for i in indices]), real)
@@ -436,7 +439,8 @@ class Conversion:
         tensors = load_file(str(Path(folder) / "state.safetensors"))
         self.step = int(meta["step"])
         if self.block is None:
-            self.block = convert(self.model, self.config.layer, beta=self.config.beta, alpha=self.config.alpha(self.step))
+            self.block = convert(self.model, self.config.layer, beta=self.config.beta, alpha=self.config.alpha(self.step),
+                                 residual=self.config.residual)
         self.setup()
         with torch.no_grad():
             for name, p in self.named_trainable().items():
@@ -489,7 +493,7 @@ def _main_thread() -> bool:
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     """[n_i, d] tensors, right-padded with zeros into [b, max n_i, d]."""
-    out = torch.zeros(len(rows), max(len(r) for r in rows), rows[0].shape[-1], dtype=rows[0].dtype)
+    out = torch.zeros(len(rows), max(len(r) for r in rows), rows[0].shape[-1], dtype=rows[0].dtype, device=rows[0].device)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
