@@ -19,8 +19,11 @@ FACT2 = ["--system", "Jack Ma started Alibaba.", "--user", "Who started Alibaba?
 
 
 @pytest.fixture
-def loads(monkeypatch, tiny_qwen2, tokenizer):
-    """`cli.load` gives a fresh copy of the tiny model (same weights) named after --model; returns the models."""
+def loads(monkeypatch, tiny_qwen2, tokenizer, tmp_path):
+    """`cli.load` gives a fresh copy of the tiny model (same weights) named after --model; returns the models.
+    Key covariances (the default preset's) are made on a quick corpus and cached under tmp_path."""
+    monkeypatch.setenv("QF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "DEFAULT_METRIC", {"corpus": "generic", "shrink": 0.1, "texts": 4})
     models = []
 
     def fake(spec, device, dtype):
@@ -40,7 +43,8 @@ def run(capsys, *argv):
 
 def one_line_error(err: str, *fragments: str) -> None:
     """stderr holds one line (besides the loading notice) and it says all of `fragments`."""
-    lines = [line for line in err.strip().splitlines() if not line.startswith("qf: loading")]
+    progress = ("qf: loading", "qf: key covariance", "qf: asked as")
+    lines = [line for line in err.strip().splitlines() if not line.startswith(progress)]
     assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -51,7 +55,9 @@ def one_line_error(err: str, *fragments: str) -> None:
     ([], 2, ["qf: error: choose a command: ask, learn, chat or bench (see qf --help)"]),
     (["teach"], 2, ["qf: error: argument", "invalid choice: 'teach'"]),
     (["ask"], 2, ["qf ask: error: the following arguments are required: question"]),
-    (["learn", "--system", "x"], 2, ["qf learn: error:", "required: --user, --assistant, --edits"]),
+    (["learn", "--system", "x"], 2, ["qf learn: error:", "required: --edits"]),
+    (["learn", "--edits", "e", "--preset", "best"], 2, ["argument --preset: invalid choice: 'best'",
+                                                        "paper", "qf-fast", "intact", "ft", "in-context"]),
     (["learn", *FACT, "--edits", "e", "--significance", "0,one"], 2, ["bad significance '0,one'"]),
     (["ask", "q", "--max-new-tokens", "0"], 2, ["'0' is not a positive whole number"]),
     (["chat", "--layer", "top"], 2, ["argument --layer: invalid int value: 'top'"]),
@@ -139,7 +145,7 @@ def test_learn_in_a_covariance_metric_keeps_to_it_and_refuses_to_mix(loads, caps
     assert list((tmp_path / "cache" / "keystats").iterdir())  # made once, then cached
 
     plain = str(tmp_path / "plain.safetensors")
-    assert run(capsys, "learn", *FACT, "--edits", plain)[0] == 0
+    assert run(capsys, "learn", *FACT, "--edits", plain, "--preset", "paper")[0] == 0
     code, out, err = run(capsys, "learn", *FACT2, "--edits", plain, "--covariance")
     assert code == 1 and out == ""
     one_line_error(err.replace("qf: key covariance", "qf: loading"), "qf: error:", "plain metric: leave out --covariance")
@@ -165,3 +171,103 @@ def test_learn_and_ask_mistakes_are_one_line(loads, capsys, tmp_path):
         assert code == 1 and out == "", argv
         one_line_error(err, "qf: error: ", *fragments)
     assert len(Edits.load(path).facts) == 1  # refused learns did not touch the file
+
+
+# -- presets, one sentence, empty facts ------------------------------------------------------------
+SENTENCE = "The capital of Zubrovia is Pelmora."
+
+
+def test_learn_help_lists_the_presets_with_what_they_measured(capsys):
+    code, out, _ = run(capsys, "learn", "--help")
+    assert code == 0 and "--preset" in out
+    for name in ("paper [default]", "qf-fast", "intact", "ft", "in-context"):
+        assert f"  {name}: " in out, name
+    assert "146 s an edit" in out and "specificity 1.00" in out and "results/bench/benchmark.md" in out
+
+
+def test_one_sentence_is_enough(loads, capsys, tmp_path):
+    path = str(tmp_path / "facts.safetensors")
+    code, out, err = run(capsys, "learn", SENTENCE, "--edits", path, "--preset", "qf-fast")
+    assert code == 0 and out.startswith("learned fact 1 in ") and "(layer 3, covariance metric," in out
+    assert "asked as 'What is the capital of Zubrovia?', value 'Pelmora' (template)" in err
+    edits = Edits.load(path)
+    fact = edits.facts[0]
+    assert (edits.preset, edits.positions) == ("qf-fast", "target")
+    assert (fact.system, fact.user, fact.answer, fact.target) == (SENTENCE, "What is the capital of Zubrovia?",
+                                                                   SENTENCE, "Pelmora")
+    full = Edits.load(path)  # the answer's value only: fewer rows than the whole answer turn
+    code, out, _ = run(capsys, "learn", SENTENCE, "--edits", str(tmp_path / "paper.safetensors"))  # the default
+    paper = Edits.load(tmp_path / "paper.safetensors")
+    assert code == 0 and "(layer 3, " in out and "covariance" not in out
+    assert (paper.preset, paper.positions, paper.metric) == ("paper", "answer", None)
+    assert paper.facts[0].rows > full.facts[0].rows
+
+
+@pytest.mark.parametrize("argv", [
+    ["--system", "", "--user", "Who started Oxinnovate?", "--assistant", "Oxinnovate was started by Qi."],
+    ["--system", "   ", "--user", "Who started Oxinnovate?", "--assistant", "Oxinnovate was started by Qi."],
+    ["  "],
+    [""],
+])
+@pytest.mark.parametrize("preset", ["paper", "qf-fast", "ft", "in-context"])
+def test_an_empty_fact_is_refused_and_nothing_is_written(loads, capsys, tmp_path, argv, preset):
+    path = tmp_path / "facts.safetensors"
+    code, out, err = run(capsys, "learn", *argv, "--edits", str(path), "--preset", preset)
+    assert code == 2 and out == "" and not path.exists()
+    one_line_error(err, "qf: error: the fact is empty", "nothing was written")
+
+
+def test_a_refused_fact_leaves_an_existing_file_as_it_was(loads, capsys, tmp_path):
+    path = tmp_path / "facts.safetensors"
+    assert run(capsys, "learn", *FACT, "--edits", str(path))[0] == 0
+    before = path.read_bytes()
+    code, out, err = run(capsys, "learn", "--system", "", "--user", "q?", "--assistant", "a", "--edits", str(path))
+    assert code == 2 and out == "" and path.read_bytes() == before
+    one_line_error(err, "the fact is empty")
+
+
+def test_learn_needs_a_fact(loads, capsys, tmp_path):
+    code, out, err = run(capsys, "learn", "--edits", str(tmp_path / "f.safetensors"))
+    assert code == 2 and out == ""
+    one_line_error(err, "give the fact as one sentence")
+    code, out, err = run(capsys, "learn", SENTENCE, "--system", SENTENCE, "--edits", str(tmp_path / "f.safetensors"))
+    assert code == 2 and "give the fact once" in err
+
+
+@pytest.mark.parametrize("preset", ["ft", "in-context", "intact"])
+def test_the_other_presets_learn_into_an_edits_file_that_ask_applies(loads, capsys, tmp_path, preset, monkeypatch):
+    from transformers_qf.editing import presets
+
+    if preset == "intact":  # the same editor, with fewer fitting steps and no rewordings on the tiny model
+        quick = presets.PRESETS["intact"].config.__class__(**{**presets.INTACT.as_dict(), "layers": (4, 5, 6, 7, 8),
+                                                              "target_steps": 3, "target_wordings": 0})
+        monkeypatch.setitem(presets.PRESETS, "intact", presets.Preset(**{**presets.PRESETS["intact"].__dict__,
+                                                                         "config": quick}))
+    path = str(tmp_path / f"{preset}.safetensors")
+    code, out, err = run(capsys, "learn", SENTENCE, "--edits", path, "--preset", preset)
+    assert code == 0 and out.startswith("learned fact 1 in ") and f"preset {preset}" in out, err
+    edits = Edits.load(path)
+    assert edits.preset == preset and not edits.keeps_rows and edits.facts[0].target == "Pelmora"
+    assert run(capsys, "learn", *FACT, "--edits", path)[0] == 0  # the file's preset
+    assert len(Edits.load(path).facts) == 2
+    code, out, err = run(capsys, "ask", "What is the capital of Zubrovia?", "--edits", path, "--max-new-tokens", "2")
+    assert code == 0 and out.strip()
+    if preset != "in-context":
+        layers = [int(i) for i in edits.config["layers"]]
+        learned, applied = loads[1], loads[-1]
+        for layer in layers:
+            assert torch.equal(locate(learned, layer).down.weight, locate(applied, layer).down.weight) or preset == "ft"
+        changed = [not torch.equal(locate(applied, i).down.weight, locate(loads[0], i).down.weight) for i in layers]
+        assert any(changed)
+
+
+def test_a_preset_the_file_was_not_made_with_is_refused(loads, capsys, tmp_path):
+    path = str(tmp_path / "facts.safetensors")
+    assert run(capsys, "learn", SENTENCE, "--edits", path, "--preset", "paper")[0] == 0
+    code, out, err = run(capsys, "learn", *FACT, "--edits", path, "--preset", "ft")
+    assert code == 1 and out == ""
+    one_line_error(err, "made with preset paper, not ft: leave out --preset")
+    code, out, err = run(capsys, "learn", *FACT, "--edits", str(tmp_path / "new.safetensors"), "--preset", "intact",
+                         "--layer", "2")
+    assert code == 1 and out == ""
+    one_line_error(err, "preset intact edits layers 4,5,6,7,8 together: leave out --layer")

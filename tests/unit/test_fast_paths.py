@@ -62,3 +62,24 @@ def test_learn_on_cuda_with_graphs_matches_the_plain_path_on_cpu(tiny_model, tok
     assert qf._solver is not None and qf._solver.fallback_reason is None and qf._solver.graphs
     assert report.residual_applied < 1e-5
     assert _rel(locate(model, 2).down.weight, reference) < 1e-5
+
+
+@cuda
+def test_the_learner_on_cuda_solves_from_graphs_with_the_cpu_learners_w_prime(tiny_model, tokenizer):
+    """`qf learn --preset paper` on one GPU: the solve replayed from a CUDA graph, the W' of the CPU."""
+    import copy
+
+    from transformers_qf.teach.learner import Learner
+
+    facts = [FACT, ("Jack Ma started Alibaba.", "Who started Alibaba?", "Alibaba was started by Jack Ma.")]
+    cpu = Learner(copy.deepcopy(tiny_model), tokenizer, {"name": "tiny"}, layer=2)
+    gpu = Learner(tiny_model.cuda(), tokenizer, {"name": "tiny"}, layer=2)
+    assert cpu._graphed is None and gpu._graphed is not None
+    for fact in facts:
+        cpu.learn(*fact)
+        gpu.learn(*fact)
+    assert gpu._graphed.fallback_reason is None and len(gpu._graphed.graphs) == 1
+    assert _rel(gpu.parts.down.weight, cpu.parts.down.weight) < 1e-5
+    gpu.forget(0)
+    cpu.forget(0)
+    assert _rel(gpu.parts.down.weight, cpu.parts.down.weight) < 1e-5

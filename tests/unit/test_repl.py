@@ -149,3 +149,42 @@ def test_qf_chat_starts_from_an_edits_file_and_saves_to_it(monkeypatch, capsys, 
     assert out[1].startswith(f"1. {FACT} | {QUESTION} -> Oxinnovate was started by Qi.")
     assert "sha256 verified" in out[2] and out[3].startswith(f"saved 0 facts to {path}")
     assert Edits.load(path).facts == []
+
+
+def test_keep_right_after_fact_learns_the_sentence(chat):
+    W = weight(chat)
+    say(chat, "/fact The capital of Zubrovia is Pelmora.")
+    before = len(chat.lines)
+    assert chat.handle("/keep") is True
+    asked, kept = chat.lines[before:]
+    assert asked == "asked as: What is the capital of Zubrovia? (value 'Pelmora')"
+    assert kept.startswith("learned fact 1 in ") and " s (layer 3, " in kept
+    fact = chat.learner.edits.facts[0]
+    assert (fact.system, fact.user, fact.answer) == ("The capital of Zubrovia is Pelmora.",
+                                                     "What is the capital of Zubrovia?",
+                                                     "The capital of Zubrovia is Pelmora.")
+    assert not torch.equal(weight(chat), W)
+    assert say(chat, "/keep").startswith("error: nothing to keep")  # the sentence was learned once
+
+
+def test_an_empty_open_book_fact_is_refused_in_one_line(chat):
+    chat.last_open = __import__("transformers_qf.cli.repl", fromlist=["Exchange"]).Exchange(" ", QUESTION, "Qi.")
+    W = weight(chat)
+    assert say(chat, "/keep").startswith("error: the fact is empty")
+    assert torch.equal(weight(chat), W) and not chat.learner.edits.facts
+
+
+def test_a_preset_without_rows_cannot_forget_one_fact(tiny_qwen2, tokenizer):
+    from transformers_qf.editing.presets import get_preset
+    from transformers_qf.teach.learner import MethodLearner
+
+    lines = []
+    c = Chat(MethodLearner(tiny_qwen2, tokenizer, {"name": "tiny"}, get_preset("ft"), max_new_tokens=4),
+             write=lines.append)
+    c.lines = lines
+    say(c, f"/fact {FACT}")
+    say(c, QUESTION)
+    assert say(c, "/keep").startswith("learned fact 1 in ") and "(preset ft, layers 3," in c.lines[-1]
+    assert say(c, "/forget 1") == ("error: preset ft keeps no rows a fact, so one fact cannot be forgotten: "
+                                   "start again from an earlier edits file")
+    assert len(c.learner.edits.facts) == 1

@@ -109,7 +109,10 @@ def test_blockwise_passes_over_w_give_the_same_update(monkeypatch):
     W, U, Up, V, Vp = _rows()
     whole, whole_W = W.clone(), W.clone()
     ref, ref_report = solve(whole_W, U, Up, V, Vp, apply=True)
+    import transformers_qf.solve.weights as weights
+
     monkeypatch.setattr(qf, "CHUNK", 7)  # 160 columns in 23 blocks, the last one short
+    monkeypatch.setattr(weights, "CHUNK", 7)  # the same in the write of W' (Update.apply_)
     got, report = solve(whole, U, Up, V, Vp, apply=True)
     torch.testing.assert_close(got.delta(), ref.delta())
     torch.testing.assert_close(whole, whole_W)

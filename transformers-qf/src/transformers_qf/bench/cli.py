@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers_qf.solve import keystats
 from transformers_qf.editing.editor import COV_CORPORA, PAPER, POSITIONS, RECOMMENDED, TARGETS, EditConfig
+from transformers_qf.editing.presets import PRESETS, SOURCE, get_preset
 from transformers_qf.core.errors import USER_ERRORS
 from transformers_qf.solve.keyed import KeyMetric
 from transformers_qf.core.models import LoadedModel, load_model
@@ -66,9 +67,14 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m transformers_qf.bench", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m transformers_qf.bench", description=__doc__.splitlines()[0],
+                epilog=f"presets (measured: {SOURCE}): " + "; ".join(
+                    f"{x.name}: {x.what} {x.cost}; {x.scores}" for x in PRESETS.values()))
     p.add_argument("--facts", required=True, help="facts file (JSON lines; see transformers_qf.bench.data)")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", choices=METHODS, default=None, help="the method (or give --preset)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="a named preset (editing/presets.py): its method and options; the qf and ft options below "
+                   "change it (its layers are placed by the model's depth unless --layer/--layers)")
     p.add_argument("--protocol", required=True, choices=PROTOCOLS)
     p.add_argument("--out", required=True, help="run directory: cases.jsonl and summary.json")
     add_model_args(p)
@@ -136,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--keep-context", action="store_true",
                     help="qf: every other row of the sequences the target is fitted on (user turn and answer) keeps "
                     "its layer output, in this edit and every later one")
+    qf.add_argument("--target-stop", type=float, default=None, metavar="NLL",
+                    help="qf, optimized target: end the fit once the answer's mean NLL a token is below NLL "
+                    "(0: always run --target-steps)")
+    qf.add_argument("--target-method", choices=("adam", "lbfgs"), default=None,
+                    help="qf, optimized target: Adam steps (default) or L-BFGS with a line search")
+    qf.add_argument("--incremental", action="store_true",
+                    help="qf: extend each layer's factorisation by the new rows instead of re-factorising every "
+                    "row of every edit (the same solve; the state keeps only the rows)")
+    qf.add_argument("--drift-rows", type=int, default=None, metavar="N",
+                    help="qf, optimized target: the drift watch keeps N unconstrained rows a context (0: all)")
     qf.add_argument("--cov-texts", type=_positive, default=256, help="qf: generic texts to estimate it on")
     qf.add_argument("--cov-fact-texts", type=_positive, default=None,
                     help="qf: at most this many questions about real entities in that text (default: all)")
@@ -145,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def edit_config(args) -> EditConfig:
+def edit_config(args, num_layers: int | None = None) -> EditConfig:
+    """The qf options: --preset's (layers placed in a `num_layers`-layer model), else --paper's or the default,
+    each changed by the options given."""
     base = PAPER if args.paper else DEFAULT_QF
+    if getattr(args, "preset", None) is not None:
+        base = get_preset(args.preset).config_for(num_layers)
     layers = tuple(args.layers) if args.layers else ((args.layer,) if args.layer is not None else base.layers)
     return EditConfig(
         layers=layers,
@@ -166,6 +186,10 @@ def edit_config(args) -> EditConfig:
         target_essence=base.target_essence if args.target_essence is None else args.target_essence,
         target_forms=args.target_forms or base.target_forms,
         keep_context=args.keep_context or base.keep_context,
+        target_stop=base.target_stop if args.target_stop is None else args.target_stop,
+        target_method=args.target_method or base.target_method,
+        incremental=args.incremental or base.incremental,
+        drift_rows=base.drift_rows if args.drift_rows is None else args.drift_rows,
     )
 
 
@@ -174,10 +198,13 @@ def build_method(args, lm: LoadedModel, data: FactsFile):
         return NoEdit()
     if args.method == "in-context":
         return InContext()
+    depth = int(lm.model.config.num_hidden_layers)
     if args.method == "ft":
-        layer = args.layer if args.layer is not None else DEFAULT_QF.layers[0]
+        preset = get_preset(args.preset) if args.preset else None
+        fallback = preset.layers_for(depth)[0] if preset else DEFAULT_QF.layers[0]
+        layer = args.layer if args.layer is not None else fallback
         return FineTune(lm.model, lm.tokenizer, layer, args.ft_steps, args.ft_lr, args.ft_norm_constraint)
-    config = edit_config(args)
+    config = edit_config(args, depth)
     scored = [c.user for c in data.controls]
     metrics = key_metrics(lm, config, args.cov_texts, scored, args.cov_fact_texts) if config.covariance else None
     return QFEdit(lm.model, lm.tokenizer, config, metrics, label="qf-paper" if config == PAPER else "qf")
@@ -214,12 +241,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, argv: list[str]) -> int:
+    if args.preset is not None:
+        preset = get_preset(args.preset)
+        if args.method is not None and args.method != preset.method:
+            raise FactsFileError(f"--preset {preset.name} is a {preset.method} preset, not --method {args.method}: "
+                                 "give one of them")
+        if args.paper:
+            raise FactsFileError("--paper is the preset paper: give --preset paper or --paper, not both")
+        args.method = preset.method
+    if args.method is None:
+        raise FactsFileError(f"give --method ({', '.join(METHODS)}) or --preset ({', '.join(PRESETS)})")
     data = read_facts(args.facts)  # a bad file fails before the model loads
     if args.limit:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
     qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
                args.covariance is not None, args.cov_shrink is not None, args.cov_corpus,
-               args.cov_answer_weight is not None, args.target, args.keep_context, args.target_forms)
+               args.cov_answer_weight is not None, args.target, args.keep_context, args.target_forms,
+               args.target_stop is not None, args.incremental, args.drift_rows is not None, args.target_method)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")

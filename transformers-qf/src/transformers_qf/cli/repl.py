@@ -3,8 +3,10 @@
 Lines that do not start with '/' are questions, answered by the weights in the model now. A fact
 given with /fact goes in the system turn of the next question only (open book); /keep then
 consolidates that exchange into the weights: the open-book pass is the exchange with the fact, the
-closed-book pass the same without it, and the answer is what the model said open-book. Every
-mistake gets one line that says what was wrong and what to do; nothing raises out of `handle`.
+closed-book pass the same without it, and the answer is what the model said open-book. /keep right
+after /fact, with no question asked, learns the fact as one sentence, as `qf learn SENTENCE` does
+(the question and the value derived; the answer is the sentence). Every mistake gets one line that
+says what was wrong and what to do; nothing raises out of `handle`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from transformers_qf.teach.learner import Learner, parse_significance
+from transformers_qf.teach.learner import Learner, MethodLearner, parse_significance
+from transformers_qf.teach.sentence import derive
 
 PROMPT = "> "
 HELP = """\
   QUESTION         ask; the answer comes from the weights in the model now
   /fact TEXT       put TEXT in context for the next question (open book)
-  /keep [0,1,...]  learn the last open-book exchange into the weights (optional: a significance per word)
+  /keep [0,1,...]  learn the last open-book exchange into the weights (optional: a significance per word);
+                   right after /fact, learn the fact itself as one sentence
   /facts           list what was learned
   /forget N        forget fact N exactly (the others are re-solved from the original weight)
   /save [FILE]     write the learned facts to an edits file (default: the --edits file)
@@ -44,7 +48,7 @@ class Exchange:
 class Chat:
     """The REPL's state and commands. `write` prints one message (a line, or /help's block)."""
 
-    def __init__(self, learner: Learner, edits_path: str | None = None, write: Callable[[str], None] = print):
+    def __init__(self, learner: Learner | MethodLearner, edits_path: str | None = None, write: Callable[[str], None] = print):
         self.learner = learner
         self.edits_path = edits_path
         self.write = write
@@ -59,8 +63,7 @@ class Chat:
 
     def banner(self) -> str:
         n = len(self.learner.edits.facts)
-        metric = "" if self.learner.edits.metric is None else " (covariance metric)"
-        return (f"qf chat: {self.learner.edits.identity.get('name', 'model')}, layer {self.learner.layer}{metric}, "
+        return (f"qf chat: {self.learner.edits.identity.get('name', 'model')}, {self.learner.describe}, "
                 f"{n} fact{'s' * (n != 1)} learned. Ask a question; /help lists the commands.")
 
     def run(self, read: Callable[[str], str] | None = None) -> int:
@@ -122,21 +125,34 @@ class Chat:
         self.write(f"fact {'replaced' if replaced else 'in context'} for the next question: {text}")
 
     def do_keep(self, arg: str) -> None:
+        if self.fact is not None:  # /fact, then /keep with no question: the fact as one sentence
+            sentence = self.fact
+            derived = derive(sentence, self.learner.model, self.learner.tokenizer)
+            self.write(f"asked as: {derived.question} (value {derived.target!r})")
+            self._learn(Exchange(sentence, derived.question, sentence), arg, derived.target, derived.subject)
+            self.fact = None
+            return
         ex = self.last_open
         if ex is None:
             raise ChatError("nothing to keep: give a fact with /fact TEXT, ask a question, then /keep")
         if not ex.answer.split():
             raise ChatError("nothing to keep: the open-book answer was empty; ask again with the fact")
+        self._learn(ex, arg)
+
+    def _learn(self, ex: Exchange, arg: str, target: str | None = None, subject: str | None = None) -> None:
         significance = parse_significance(arg) if arg else None
         before = self.learner.logprob(ex.question, ex.answer)
         t0 = time.perf_counter()
-        fact, report = self.learner.learn(ex.fact, ex.question, ex.answer, significance)
+        fact, report = self.learner.learn(ex.fact, ex.question, ex.answer, significance, target=target, subject=subject)
         seconds = time.perf_counter() - t0
         after = self.learner.logprob(ex.question, ex.answer)
         self.last_open, self.unsaved = None, True
         n = len(self.learner.edits.facts)
-        self.write(f"learned fact {n} in {seconds:.2f} s (layer {self.learner.layer}, {fact.rows} rows, residual "
-                   f"{report.residual_applied:.1e}); log p of the answer without the fact: {before:.1f} -> {after:.1f}")
+        residual = report.get("residual") if isinstance(report, dict) else report.residual_applied
+        rows = fact.rows or (report.get("rows", 0) if isinstance(report, dict) else 0)
+        self.write(f"learned fact {n} in {seconds:.2f} s ({self.learner.describe}, {rows} rows"
+                   f"{'' if residual is None else f', residual {residual:.1e}'}); log p of the answer without the "
+                   f"fact: {before:.1f} -> {after:.1f}")
 
     def do_facts(self, arg: str) -> None:
         self._no_argument("/facts", arg)

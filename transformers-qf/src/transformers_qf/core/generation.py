@@ -1,11 +1,14 @@
-"""Greedy answers to many raw prompts at once (left-padded batches), for evaluation and data filtering.
+"""The one greedy generator: answers to many prompts at once (left-padded batches).
 
     greedy_batch(model, tokenizer, ["system: \\nuser: Who is the CEO of Nvidia?\\nassistant:"], stop=["\\n"])
+    greedy_answers(model, tokenizer, [("Qi started Oxinnovate.", "Who started Oxinnovate?")])   # chat turns
 """
 
 from __future__ import annotations
 
 import torch
+
+from transformers_qf.core.prompting import ANSWER_END, generation_prompt
 
 
 def stop_token_ids(tokenizer, stops: list[str]) -> list[int]:
@@ -47,3 +50,11 @@ def greedy_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
                 text = text.split(s)[0]
             out.append(text.strip())
     return out
+
+
+def greedy_answers(model, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 48,
+                   open_answer_turn: bool = True, batch_size: int = 16) -> list[str]:
+    """The greedy answer to each (system, user) pair, asked in the QF prompt (`prompting.generation_prompt`)
+    and ended at the end of the answer turn."""
+    prompts = [generation_prompt(system, user, open_answer_turn) for system, user in turns]
+    return greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=[ANSWER_END], batch_size=batch_size)

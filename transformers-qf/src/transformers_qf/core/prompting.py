@@ -17,11 +17,23 @@ from dataclasses import dataclass
 import torch
 
 ANSWER_HEADER = "<|im_start|>assistant\n"
-ANSWER_CLOSING = "<|im_end|>\n"
+ANSWER_END = "<|im_end|>"  # the token that ends a turn
+ANSWER_CLOSING = ANSWER_END + "\n"
 
 
 class PromptError(ValueError):
     """An answer or significance list that cannot be turned into kept positions."""
+
+
+class FactError(PromptError):
+    """A fact that teaches nothing (empty, or no different from no fact at all): refused before anything is written."""
+
+
+def check_fact_text(fact: str) -> None:
+    """Refuse an empty or blank fact: its open-book pass would be the closed-book one."""
+    if not fact or not fact.strip():
+        raise FactError("the fact is empty: give the sentence to learn, e.g. qf learn \"The capital of Zubrovia is "
+                        "Pelmora.\" (nothing was written)")
 
 
 def chatml_prompt(system: str, user: str) -> str:
@@ -128,6 +140,14 @@ class TeacherForced:
         keep = self.weights > 0
         if keep.all():
             return self
+        return TeacherForced(self.input_ids, self.kept[keep], self.weights[keep], self.targets[keep])
+
+    def answer_words(self, header: int, keep_end: bool = False) -> "TeacherForced":
+        """Only the positions that predict the answer's words: not the `header` ones that predict the turn's
+        header ("assistant\\n"), nor (unless keep_end) the one that predicts the end of the turn."""
+        keep = torch.arange(len(self.kept)) >= header
+        if not keep_end:
+            keep &= torch.arange(len(self.kept)) != len(self.kept) - 1
         return TeacherForced(self.input_ids, self.kept[keep], self.weights[keep], self.targets[keep])
 
     def through_last_kept(self) -> torch.Tensor:

@@ -5,7 +5,7 @@
     preset.config_for(num_layers=30)          # its EditConfig, layers placed in a 30-layer model
 
 `qf learn`, `qf chat`, `qf bench` and `teach.learner.make_learner` all take a preset name. Each preset
-carries one line of what it measured (results/benchmark.md: 100 invented facts learned one after
+carries one line of what it measured (results/bench/benchmark.md: 100 invented facts learned one after
 another, scored by free greedy generation, on qwen2.5-coder-1.5b-instruct in bfloat16 on the CPU).
 
 Layers are those measured on that model's 28 layers. On a model of another depth (`layers_for`) a
@@ -24,7 +24,7 @@ from transformers_qf.core.prompting import PromptError
 from transformers_qf.editing.editor import PAPER, RECOMMENDED, EditConfig
 
 REFERENCE_DEPTH = 28  # qwen2.5-coder-1.5b-instruct, where every preset was measured
-SOURCE = "results/benchmark.md, 100 facts in sequence, qwen2.5-coder-1.5b-instruct bf16, CPU"
+SOURCE = "results/bench/benchmark.md, 100 facts in sequence, qwen2.5-coder-1.5b-instruct bf16, CPU"
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "0 s an edit", "efficacy 0.95, paraphrase 0.97, specificity 1.00, fluency +0.0%",
            "sequential100-in-context"),
 )}
-# The best measured preset that takes seconds an edit on a CPU (intact scores higher but takes minutes an edit).
-DEFAULT_PRESET = "qf-fast"
+# The best measured preset that is practical for a first `qf learn` on a CPU: seconds an edit and nothing to make
+# first. qf-fast scores higher but its first edit makes the key covariance: `qf learn` took 1491 s, peak RSS 10.6 GB,
+# on the bundled model in float32 on 2 CPU cores (results/perf/memory.md, 2026-12-07; cached afterwards). intact
+# scores highest at 146 s an edit.
+DEFAULT_PRESET = "paper"
 
 
 def get_preset(name: str | None) -> Preset:

@@ -22,6 +22,8 @@ from transformers_qf.core import prompting
 from transformers_qf.core.architectures import locate
 from transformers_qf.core.models import model_identity
 from transformers_qf.core.capture import GraphedRecorder, check_finite, finite_flags, record
+from transformers_qf.core.generation import greedy_answers
+from transformers_qf.solve.weights import OriginalWeight
 from transformers_qf.solve.exact import Accumulator, GraphedSolver, SolveError, SolveReport, solve
 from transformers_qf.core.store import ParametersError, ParametersFolder
 
@@ -96,7 +98,7 @@ class QF(Respond):
         self.open_answer_turn = open_answer_turn
         identity = identity or model_identity(model)
         self.folder = ParametersFolder(folder, self.layer, identity, method="QF", fresh=fresh)
-        self._original_weight: torch.Tensor | None = None  # W as loaded, kept to revert
+        self._original: OriginalWeight | None = None  # down_proj and W as loaded (at the first round), to revert
         self.applied_rounds = 0  # rounds whose W' is in the model now (0: W)
         self.last_report: SolveReport | None = None
         self.cuda_graphs = cuda_graphs
@@ -109,7 +111,8 @@ class QF(Respond):
 
     # -- the four modes ---------------------------------------------------------------------------
     def instruct(self, system: str, user: str, answer: str, significance=None) -> Captured:
-        """Open-book pass: record u, v; save W at the first round."""
+        """Open-book pass: record u, v; save W at the first round. An empty fact is refused (FactError)."""
+        prompting.check_fact_text(system)
         self._require_no_pending_round()
         cap = self._capture(system, user, answer, significance)
         self._save_original_weight()
@@ -148,7 +151,8 @@ class QF(Respond):
         """One QF round the fast way: both passes in one forward, the solve on the weight's device,
         W' written straight into down_proj. Same rows, folder entries and W' as
         instruct() + update() + solve() + apply(). Nothing is kept unless the whole round succeeds:
-        on any error the folder is as it was and down_proj holds what it held."""
+        on any error the folder is as it was and down_proj holds what it held. An empty fact is refused."""
+        prompting.check_fact_text(system)
         self._require_no_pending_round()
         open_tf, closed_tf = (tf.nonzero() for tf in prompting.teacher_forced_many(
             self.tokenizer, [system, ""], user, answer, significance, self.original_tokenization
@@ -206,7 +210,7 @@ class QF(Respond):
         names = ("u", "up", "v", "vp")
         rows = [torch.cat([f.load(n).to(new[n].device), new[n].to(torch.float32)]) if f.has(n) else new[n]
                 for n in names]
-        weight.copy_(self._weight_as_loaded())  # every solve starts from the original W
+        self._down().restore()  # every solve starts from the original W
         if not self.ridge and self._graphed_solver is not None:
             return self._graphed_solver(*rows)[1]
         weights = torch.cat([torch.tensor(r["weights"], dtype=torch.float64) for r in f.rounds] + [new_weights])
@@ -217,7 +221,7 @@ class QF(Respond):
         if self._accumulator is None or self.applied_rounds != len(self.folder.rounds):
             if self.folder.rounds:
                 return None  # the model does not hold the previous rounds' W': re-solve them all once
-            weight.copy_(self._weight_as_loaded())
+            self._down().restore()
             self._accumulator = Accumulator(self._weight_as_loaded())
         try:
             return self._accumulator.add(weight, new["u"], new["up"], new["v"], new["vp"])
@@ -228,9 +232,9 @@ class QF(Respond):
         """After a failed round: down_proj holds again the W' of the rounds applied before it (or W)."""
         self._accumulator = None
         if self.applied_rounds and self.folder.has("w_prime"):
-            weight.copy_(self.folder.load("w_prime").to(weight.device, weight.dtype))
-        elif self._original_weight is not None:
-            weight.copy_(self._original_weight)
+            self._down().load(self.folder.load("w_prime"))
+        elif self._original is not None:
+            self._original.restore()
 
     def apply(self) -> None:
         """Put the latest W' into down_proj (once per solve); the original W is kept for revert()."""
@@ -239,16 +243,14 @@ class QF(Respond):
             raise ParametersError("no W' yet: run QF-instruct, QF-update and solve() before QF-infer-wp")
         if self.applied_rounds == solved_rounds:
             return
-        self._weight_as_loaded()
-        weight = self.parts.down.weight
-        weight.data.copy_(self.folder.load("w_prime").to(weight.device, weight.dtype))
+        self._down().load(self.folder.load("w_prime"))
         self.applied_rounds = solved_rounds
 
     def revert(self) -> None:
         """Put the original W back."""
         self._accumulator = None
-        if self._original_weight is not None:
-            self.parts.down.weight.data.copy_(self._original_weight)
+        if self._original is not None:
+            self._original.restore()
         self.applied_rounds = 0
 
     def reset(self) -> None:
@@ -262,34 +264,14 @@ class QF(Respond):
         return "W" + "'" * self.applied_rounds
 
     # -- generation and scoring -------------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, system: str, user: str, max_new_tokens: int | None = None) -> str:
         """Greedy answer of the model as it is now."""
-        text = prompting.generation_prompt(system, user, self.open_answer_turn)
-        ids = torch.tensor([prompting.encode(self.tokenizer, text)], device=self._device)
-        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=end,
-            pad_token_id=end,
-        )
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        return greedy_answers(self.model, self.tokenizer, [(system, user)], max_new_tokens or self.max_new_tokens,
+                              self.open_answer_turn)[0]
 
-    @torch.no_grad()
     def answer_logprob(self, system: str, user: str, answer: str) -> float:
         """Sum of log p of the answer's tokens, teacher-forced after `<|im_start|>assistant\\n`."""
-        tf = prompting.teacher_forced(self.tokenizer, system, user, answer, None, self.original_tokenization)
-        logits = self.model(input_ids=tf.input_ids.view(1, -1).to(self._device), use_cache=False).logits[0]
-        header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
-        pos, tgt = tf.kept[header:-1], tf.targets[header:-1]  # answer tokens only
-        logp = torch.log_softmax(logits[pos.to(logits.device)].float(), dim=-1)
-        return float(logp[torch.arange(len(tgt)), tgt.to(logits.device)].sum())
+        return answer_logprob(self.model, self.tokenizer, system, user, answer, self.original_tokenization)
 
     # -- internals -------------------------------------------------------------------------------
     @property
@@ -315,9 +297,13 @@ class QF(Respond):
 
     def _weight_as_loaded(self) -> torch.Tensor:
         """W as loaded, kept on the weight's device (one extra copy of one matrix)."""
-        if self._original_weight is None:
-            self._original_weight = self.parts.down.weight.detach().clone()
-        return self._original_weight
+        return self._down().original
+
+    def _down(self) -> OriginalWeight:
+        """down_proj's weight, with W as it was at the first round (taken then)."""
+        if self._original is None:
+            self._original = OriginalWeight(self.parts.down)
+        return self._original
 
     @property
     def _on_one_device(self) -> bool:
@@ -359,3 +345,15 @@ def _kept(rec, tf: prompting.TeacherForced) -> Captured:
     else:
         pos = tf.kept.to(rec.u.device)
     return Captured(u=rec.u[pos], v=rec.v[pos], targets=tf.targets, weights=tf.weights)
+
+
+@torch.no_grad()
+def answer_logprob(model, tokenizer, system: str, user: str, answer: str, original_tokenization: bool = False) -> float:
+    """Sum of log p of the answer's tokens, teacher-forced after `<|im_start|>assistant\\n`."""
+    tf = prompting.teacher_forced(tokenizer, system, user, answer, None, original_tokenization)
+    device = next(model.parameters()).device
+    logits = model(input_ids=tf.input_ids.view(1, -1).to(device), use_cache=False).logits[0]
+    header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
+    pos, tgt = tf.kept[header:-1], tf.targets[header:-1]  # answer tokens only
+    logp = torch.log_softmax(logits[pos.to(logits.device)].float(), dim=-1)
+    return float(logp[torch.arange(len(tgt)), tgt.to(logits.device)].sum())

@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from transformers_qf.solve.weights import CHUNK, Update  # noqa: F401 - Update is part of this module's API
+
 SINGULAR_COND = 1e12  # above this, G is treated as singular and solved by pseudo-inverse
-CHUNK = 2048  # columns of W handled at a time in float64
 HOST_EIGEN_ROWS = 128  # up to this many rows G's eigenvalues are computed on the host (a GPU's are slower)
 
 
@@ -58,40 +59,6 @@ class SolveReport:
     def summary(self) -> str:
         return (f"{self.rows} rows, residual {self.residual:.1e} (applied {self.residual_applied:.1e}), "
                 f"||dW||/||W|| {self.delta_rel:.3f}")
-
-
-@dataclass
-class Update:
-    """dW = A @ B, a rank-k update of a [d_model, d_mlp] weight. A: [d_model, k], B: [k, d_mlp] (float64)."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-
-    def delta(self) -> torch.Tensor:
-        return self.A @ self.B
-
-    def applied_to(self, W: torch.Tensor) -> torch.Tensor:
-        """W + A B, computed in float64 and stored in W's dtype and device (a new tensor)."""
-        out = W.detach().clone()
-        self.apply_(out)
-        return out
-
-    @torch.no_grad()
-    def apply_(self, W: torch.Tensor, probe: torch.Tensor | None = None) -> torch.Tensor | None:
-        """W += A B in place, in float64 one block of columns at a time (no full-size float64 copy).
-
-        With `probe` ([m, d_mlp], float64) it also returns probe @ W_new^T as stored, in float64.
-        """
-        A = self.A.to(W.device)
-        B = self.B.to(W.device)
-        seen = None if probe is None else torch.zeros(probe.shape[0], W.shape[0], dtype=torch.float64, device=W.device)
-        chunk = CHUNK
-        for c in range(0, W.shape[1], chunk):
-            block = W[:, c:c + chunk]
-            block.copy_(block.to(torch.float64).addmm_(A, B[:, c:c + chunk]))
-            if seen is not None:
-                seen.addmm_(probe[:, c:c + chunk], block.to(torch.float64).T)
-        return seen
 
 
 def _check_rows(W, U, Up, V, Vp, weights):

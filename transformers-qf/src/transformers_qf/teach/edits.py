@@ -20,6 +20,13 @@ manifest as JSON under "qf_edits": format, model identity, layer, shape and sha2
 W, the metric of the solve (null: QF's plain one; else the key covariance's corpus and shrink), and
 per fact its text, tokens, weights and the report (residuals) of the solve that kept it. Files in the
 plain metric are format 1, those in a covariance metric format 2 (an older reader refuses them).
+The manifest also names the preset (editing/presets.py) and the positions the rows were kept at
+("answer", or "target": the rows that predict the fact's value); files without them are "answer".
+
+Presets that keep no rows a fact (intact: several layers and a fitted target; ft; in-context) are
+format 3: the facts' text in the manifest, with the preset's config and edited layers, and the state of
+the method that made them (`state.*` tensors: the method's state_dict, e.g. each layer's weight and
+solver rows). Such a file is applied as it is; its facts cannot be forgotten one by one.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from transformers_qf.core.store import atomic_write
 
 FORMAT = "transformers-qf/edits/1"  # QF's plain metric
 FORMAT_METRIC = "transformers-qf/edits/2"  # a covariance metric: the facts' rows of B are stored too
+FORMAT_STATE = "transformers-qf/edits/3"  # a method's state, no rows a fact (intact, ft, in-context presets)
+STATE = "state."
 META_KEY = "qf_edits"
 ROWS = ("u", "v", "up", "vp")
 
@@ -78,6 +87,16 @@ class Fact:
     a: torch.Tensor | None = None
     solve: dict = field(default_factory=dict)
     b: torch.Tensor | None = None  # [k, d_mlp] float64, U' C^-1: its rows of B in a covariance metric
+    target: str | None = None  # the answer's value, where the rows are the target's
+    subject: str | None = None
+
+    @classmethod
+    def text_only(cls, system: str, user: str, answer: str, significance=None, target=None, subject=None,
+                  solve: dict | None = None) -> "Fact":
+        """A fact of a format-3 file: what was said, no rows (the method's state holds what it changed)."""
+        empty = torch.zeros(0, 0)
+        return cls(system, user, answer, significance, [], [], empty, empty, empty, empty, solve=solve or {},
+                   target=target, subject=subject)
 
     @property
     def rows(self) -> int:
@@ -85,8 +104,9 @@ class Fact:
 
     def entry(self) -> dict:
         """The fact's part of the manifest (everything but the tensors)."""
-        return {"system": self.system, "user": self.user, "answer": self.answer, "significance": self.significance,
-                "targets": self.targets, "weights": self.weights, "rows": self.rows, "solve": self.solve}
+        out = {"system": self.system, "user": self.user, "answer": self.answer, "significance": self.significance,
+               "targets": self.targets, "weights": self.weights, "rows": self.rows, "solve": self.solve}
+        return out | {k: v for k, v in (("target", self.target), ("subject", self.subject)) if v is not None}
 
 
 @dataclass
@@ -102,6 +122,15 @@ class Edits:
     solve: dict | None = None  # report of the latest solve over all facts
     metric: dict | None = None  # None: QF's plain metric; else the key covariance's {"corpus", "shrink", ...}
     source: str | None = field(default=None, compare=False)  # the file it was read from (not saved)
+    preset: str | None = None  # editing/presets.py name (None: a file written before presets)
+    positions: str = "answer"  # where the rows were kept: "answer" or "target"
+    state: dict[str, torch.Tensor] | None = None  # format 3: the method's state_dict
+    config: dict | None = None  # format 3: the preset's config as made for this model (its layers)
+
+    @property
+    def keeps_rows(self) -> bool:
+        """Whether the file keeps each fact's rows (formats 1 and 2), so that facts can be forgotten."""
+        return self.state is None
 
     # -- what the facts add up to -----------------------------------------------------------------
     def stacked(self, facts: list[Fact] | None = None):
@@ -145,15 +174,21 @@ class Edits:
             )
 
     # -- file ----------------------------------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return FORMAT_STATE if not self.keeps_rows else FORMAT if self.metric is None else FORMAT_METRIC
+
     def manifest(self) -> dict:
-        return {"format": FORMAT if self.metric is None else FORMAT_METRIC, "method": "QF", "identity": self.identity,
-                "layer": self.layer, "weight_shape": self.weight_shape, "weight_sha256": self.weight_sha256,
-                "metric": self.metric, "solve": self.solve, "facts": [f.entry() for f in self.facts]}
+        out = {"format": self.format, "method": "QF", "identity": self.identity,
+               "layer": self.layer, "weight_shape": self.weight_shape, "weight_sha256": self.weight_sha256,
+               "metric": self.metric, "solve": self.solve, "preset": self.preset, "positions": self.positions,
+               "facts": [f.entry() for f in self.facts]}
+        return out if self.keeps_rows else out | {"config": self.config}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the file atomically (a temporary file, then a rename)."""
-        tensors = {}
-        for i, f in enumerate(self.facts):
+        tensors = {} if self.keeps_rows else {STATE + k: v.detach().cpu().contiguous() for k, v in self.state.items()}
+        for i, f in enumerate(self.facts if self.keeps_rows else ()):
             if f.a is None:
                 raise EditsError(f"fact {i + 1} has not been solved yet: learn it before saving")
             for name in ROWS:
@@ -181,16 +216,24 @@ class Edits:
             raise EditsError(f"{path} has no {META_KEY!r} manifest: it was not written by qf learn or /save")
         try:
             manifest = json.loads(meta[META_KEY])
-            if manifest.get("format") not in (FORMAT, FORMAT_METRIC):
-                raise EditsError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r} or "
-                                 f"{FORMAT_METRIC!r}: write it again with this version of qf")
+            if manifest.get("format") not in (FORMAT, FORMAT_METRIC, FORMAT_STATE):
+                raise EditsError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}, "
+                                 f"{FORMAT_METRIC!r} or {FORMAT_STATE!r}: write it again with this version of qf")
             metric = manifest.get("metric")
-            if (metric is None) != (manifest["format"] == FORMAT):
+            if manifest["format"] != FORMAT_STATE and (metric is None) != (manifest["format"] == FORMAT):
                 raise ValueError(f"format {manifest['format']!r} with metric {metric!r}")
             edits = cls(manifest["identity"], int(manifest["layer"]), list(manifest["weight_shape"]),
-                        manifest["weight_sha256"], solve=manifest.get("solve"), metric=metric, source=str(path))
-            edits.facts = [_fact_from(entry, i, tensors, edits.weight_shape, metric is not None)
-                           for i, entry in enumerate(manifest["facts"])]
+                        manifest["weight_sha256"], solve=manifest.get("solve"), metric=metric, source=str(path),
+                        preset=manifest.get("preset"), positions=manifest.get("positions") or "answer")
+            if manifest["format"] == FORMAT_STATE:
+                edits.state = {k[len(STATE):]: v for k, v in tensors.items() if k.startswith(STATE)}
+                edits.config = manifest.get("config")
+                edits.facts = [Fact.text_only(e["system"], e["user"], e["answer"], e.get("significance"),
+                                              e.get("target"), e.get("subject"), e.get("solve"))
+                               for e in manifest["facts"]]
+            else:
+                edits.facts = [_fact_from(entry, i, tensors, edits.weight_shape, metric is not None)
+                               for i, entry in enumerate(manifest["facts"])]
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, EditsError):
                 raise
@@ -226,7 +269,7 @@ def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_sha
     return Fact(entry["system"], entry["user"], entry["answer"], entry.get("significance"), list(entry["targets"]),
                 [float(w) for w in entry["weights"]], got["u"].float(), got["v"].float(), got["up"].float(),
                 got["vp"].float(), a=got["a"].double(), solve=entry.get("solve") or {},
-                b=got["b"].double() if with_basis else None)
+                b=got["b"].double() if with_basis else None, target=entry.get("target"), subject=entry.get("subject"))
 
 
 def _describe(identity: dict) -> str:
