@@ -13,6 +13,7 @@ last), that loss, and |delta| / |h| at the subject's row. Writes results/perf/ta
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -57,6 +58,16 @@ def fit_inputs(editor: Editor, fact) -> tuple[tuple, dict]:
     return seen["call"]
 
 
+def _earlier(out: Path, rerun: set[str], n: int) -> list[dict]:
+    """The rows of an earlier report (same facts) whose variants this run did not fit again, with their command."""
+    path = out / "target_fit_options.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    return [{**r, "command": r.get("command", earlier["command"]), "commit": r.get("commit", earlier["commit"])}
+            for r in earlier["rows"] if r["variant"] not in rerun and r["fact"] < n]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3)
@@ -91,6 +102,7 @@ def main(argv=None) -> int:
                   f"|delta|/|h| {rows[-1]['delta_ratio']:.2f}", file=sys.stderr, flush=True)
     command = "python benchmarks/perf/target_fit_options.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = ROOT / args.out
+    rows = [*_earlier(out, {r["variant"] for r in rows}, args.n), *rows]
     out.mkdir(parents=True, exist_ok=True)
     data_out = {"commit": git_commit(), "command": command.strip(), "threads": torch.get_num_threads(),
                 "dtype": args.dtype, "rows": rows}
@@ -107,6 +119,9 @@ def main(argv=None) -> int:
                      f"{statistics.fmean(r['seconds'] for r in mine):.1f} | "
                      f"{statistics.fmean(r['seconds_per_evaluation'] for r in mine):.2f} | "
                      f"{max(r['loss_last'] for r in mine):.3f} | {statistics.fmean(r['delta_ratio'] for r in mine):.2f} |")
+    earlier = sorted({f"`{r['command']}` (commit {r['commit']}): {r['variant']}" for r in rows if "command" in r})
+    if earlier:
+        lines += ["", "Rows kept from earlier runs of this script:", *[f"- {e}" for e in earlier]]
     write_report(out, "target_fit_options", data_out, lines)
     return 0
 

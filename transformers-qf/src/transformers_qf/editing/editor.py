@@ -62,6 +62,7 @@ from transformers_qf.core.capture import record, record_layers
 from transformers_qf.editing.drift import DriftWatch
 from transformers_qf.editing.targets import FIT_METHODS, Context, Essence, optimized_deltas
 from transformers_qf.solve.keyed import KeyMetric, KeySolver
+from transformers_qf.solve.weights import OriginalWeight
 from transformers_qf.core.prompting import PromptError
 from transformers_qf.editing.rewording import rewordings
 
@@ -254,10 +255,11 @@ class Editor:
         self.last_target_delta: torch.Tensor | None = None  # optimized target: the fitted deltas [k, d_model]
         self.last_rewordings: list[str] = []  # target_wordings: the model's rewordings of the last question
         self.last_forms: list[dict] = []  # target_forms: {"user", "assistant"} the own-form answers fitted on
+        self.originals = [OriginalWeight(p.down) for p in self.parts]  # W0 of each edited layer, kept for reset
         self.solvers = [
-            KeySolver(p.down.weight.detach().clone(), (metrics or {}).get(p.index) if config.covariance else None,
+            KeySolver(w.original, (metrics or {}).get(p.index) if config.covariance else None,
                       config.ridge, incremental=config.incremental)
-            for p in self.parts
+            for p, w in zip(self.parts, self.originals)
         ]
         self._forget()
 
@@ -267,8 +269,8 @@ class Editor:
 
     def reset(self) -> None:
         """Every edited layer back to its original weight; every round forgotten."""
-        for parts, solver in zip(self.parts, self.solvers):
-            parts.down.weight.data.copy_(solver.W0)
+        for original in self.originals:
+            original.restore()
         self.solvers = [KeySolver(s.W0, s.metric, s.ridge, incremental=s.incremental) for s in self.solvers]
         self._forget()
 
@@ -292,7 +294,7 @@ class Editor:
         self.reset()
         for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
             solver.load_state_dict(_unprefixed(f"layer{i}.solver.", state))
-            parts.down.weight.data.copy_(state[f"layer{i}.weight"])
+            self.originals[i].load(state[f"layer{i}.weight"])
             if self.watches is not None:
                 self.watches[i].load_state_dict(_unprefixed(f"layer{i}.drift.", state))
         if "kept.lengths" in state:
@@ -363,7 +365,7 @@ class Editor:
             else:
                 y_open = solver.outputs_w0(*_rows_of(open_recs, [pos for _, pos in opens]))
                 goal = y_open + self.config.gamma * (y_open - y_closed)
-            W = parts.down.weight.data
+            W = self.originals[i].weight
             rows = (up, y_closed - goal, torch.linalg.norm(goal, dim=1), weights)
             if held is not None:
                 with clock.part("held"):
