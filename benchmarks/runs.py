@@ -84,7 +84,7 @@ VARIANTS = {  # on the sweep's facts and scoring, from the paper's settings: wha
     # 2 and 5 rewordings lifted the paraphrases from 0.25 to 0.43 and 0.55 (on 60): all 10 instructions
     "L8-rome-60-copies-words10": ["--layer", "8", *COVFACTS, "--positions", "subject-copies", "--target", "optimized",
                                   "--target-steps", "60", "--target-wordings", "10"],
-    # the same after rewording.py keeps only questions, asked with its rewriter system turn (session 18): 30 of
+    # the same after rewording.py keeps only questions, asked with its rewriter system turn (from 2026-11-25): 30 of
     # words10's 81 rewordings were answers; now 3.75 real ones a fact instead of 2.70 (results/bench/rewording_yield.md)
     "L8-rome-60-copies-words10-questions": ["--layer", "8", *COVFACTS, "--positions", "subject-copies",
                                             "--target", "optimized", "--target-steps", "60", "--target-wordings", "10"],
@@ -175,7 +175,7 @@ def runs() -> dict[str, list[str]]:
         "--facts", FACTS.format(n=100), "--protocol", "sequential", "--no-immediate", "--paraphrases", "1",
         "--checkpoints", "10,30,50,100", "--method", "qf", "--paper", *VARIANTS["L8-rome-60-copies"], "--keep-context"]
     # and fitted on up to 5 of the model's rewordings (at 20 facts, on all 60 paraphrases: 0.55 against 0.25 for
-    # the copies alone on this machine), scored on every paraphrase; 55 s an edit here, so it resumes across sessions
+    # the copies alone, measured on one machine), scored on every paraphrase; 55 s an edit on 2 CPU cores, so it resumes across runs
     plan["sequential100-qf-L8-rome-60-copies-keep-words5"] = [
         "--facts", FACTS.format(n=100), "--protocol", "sequential", "--no-immediate", "--checkpoints", "10,30,50,100",
         "--method", "qf", "--paper", *VARIANTS["L8-rome-60-copies-words5"], "--keep-context"]

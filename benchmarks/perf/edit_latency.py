@@ -362,7 +362,7 @@ def incremental_scaling(model, layer, max_rows: int, per_round: int = 30,
 
 
 def reference_gflops(device) -> dict:
-    """How fast this machine multiplies right now: one [110, 1536] x [1536, 8960] product (the MLP's up
+    """How fast the host multiplies right now: one [110, 1536] x [1536, 8960] product (the MLP's up
     projection of both passes), median of 10, in float32 and bfloat16. A shared or throttled machine shows here."""
     out = {}
     for dtype in (torch.float32, torch.bfloat16):

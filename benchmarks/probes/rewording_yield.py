@@ -4,7 +4,7 @@
 
 For each of the first N facts of the facts file, the unedited model answers every rewording instruction of
 rewording.py (greedy, as `--target-wordings 10` asks them), once with an empty system turn (what the editor
-did before session 18) and once with `--system` as the system turn (default: rewording.SYSTEM, what it does
+did before 2026-11-25) and once with `--system` as the system turn (default: rewording.SYSTEM, what it does
 now). Each first line is sorted as the editor sorts it: kept, not a question (the model answered instead:
 "Droram's CEO is John Doe."), subject dropped, or a repeat.
 A kept rewording that is word for word one of the fact's paraphrases in the facts file is counted too (the
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     runs = {}
     asked = "rewording.SYSTEM (the editor's now)" if args.system == SYSTEM else "--system"
-    for name, system in (("empty (the editor's before session 18)", ""), (asked, args.system)):
+    for name, system in (("empty (the editor's before 2026-11-25)", ""), (asked, args.system)):
         facts_rows = []
         for i, fact in enumerate(facts):
             facts_rows.append(sorted_answers(lm, fact, system))

@@ -10,9 +10,11 @@ A control row (a question the unedited model answers with `target`; an edit shou
 
     {"type": "control", "user": "What is the capital of France?", "target": "Paris"}
 
-Optional keys are kept: "relation" and "subject" on either kind (used to split the controls into
-those about the facts' relations and the rest), and one {"type": "meta", ...} row saying how the file
-was made. Blank lines are skipped.
+`target` is what a right answer must contain (whole words) and what a control's answer leaks; the
+positions target / target-next / value constrain the answer rows that spell it. Optional keys are kept:
+"subject" (as written in `user`; needed by the positions subject / subject-last / subject-copies and by
+target wordings and forms), "relation" (splits the controls into those about the facts' relations and
+the rest), and one {"type": "meta", ...} row saying how the file was made. Blank lines are skipped.
 """
 
 from __future__ import annotations

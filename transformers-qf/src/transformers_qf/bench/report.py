@@ -207,7 +207,7 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
     others = [r for r in runs if not r["label"].startswith("sweep-")]
     lines = ["# The facts benchmark", "", f"Written by `{command}` from the runs' summary.json files; "
              "do not edit by hand. Every number is a fraction of answers scored by free greedy generation "
-             "(no teacher forcing); see the README's benchmark section for the definitions.", "",
+             "(no teacher forcing); see docs/findings.md for the definitions.", "",
              SPECIFICITY_NOTE, ""]
     if runs:
         r0 = runs[0]

@@ -33,10 +33,10 @@ class DriftWatch:
     @torch.no_grad()
     def add(self, u: torch.Tensor, v: torch.Tensor, W: torch.Tensor) -> None:
         """The rows of the edit about to be solved: keys [r, d_mlp], v [r, d_model], and the weight before it."""
-        keys, base = u.detach().float().cpu(), v.detach().float().cpu()
+        keys, base = u.detach().float(), v.detach().float()  # on the model's device: no transfer an edit
         self.keys.append(keys)
         self.base.append(base)
-        self.fitted.append(base + keys @ W.detach().float().cpu().T)
+        self.fitted.append(base + keys @ W.detach().float().to(keys.device).T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Each edit's rows as they are kept ("keys.3": edit 3's keys), not copied into one tensor: at a hundred
@@ -47,7 +47,7 @@ class DriftWatch:
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Either form: per edit, or (states saved before session 20) concatenated with the edits' "sizes"."""
+        """Either form: per edit, or (states saved before 2026-11-25) concatenated with the edits' "sizes"."""
         if "sizes" in state:
             sizes = state["sizes"].tolist()
             self.keys, self.base, self.fitted = (list(state[name].float().split(sizes))
@@ -62,22 +62,23 @@ class DriftWatch:
         """Mean relative drift at the last edit's rows, and mean and max at every earlier edit's rows."""
         if not self.keys:
             return {}
-        weight = W.detach().float().cpu()
+        weight = W.detach().float()
         own = self._drift(weight, len(self.keys) - 1)
-        earlier = torch.cat([self._drift(weight, i) for i in range(len(self.keys) - 1)] or [torch.zeros(0)])
+        earlier = torch.cat([self._drift(weight, i) for i in range(len(self.keys) - 1)]
+                            or [torch.zeros(0, device=weight.device)])
         out = {"drift_own": _mean(own)}
         if len(earlier):
             out.update(drift_earlier=_mean(earlier), drift_earlier_max=float(earlier.max()))
         return out
 
     def _drift(self, weight: torch.Tensor, i: int) -> torch.Tensor:
-        keys, base, fitted = self.keys[i], self.base[i], self.fitted[i]
+        keys, base, fitted = (t.to(weight.device) for t in (self.keys[i], self.base[i], self.fitted[i]))  # loaded: CPU
         out = []
         for c in range(0, len(keys), CHUNK_ROWS):
             y = base[c:c + CHUNK_ROWS] + keys[c:c + CHUNK_ROWS] @ weight.T
             ref = fitted[c:c + CHUNK_ROWS]
             out.append(torch.linalg.norm(y - ref, dim=1) / torch.linalg.norm(ref, dim=1).clamp_min(1e-12))
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out) if out else torch.zeros(0, device=weight.device)
 
 
 def _mean(values: torch.Tensor) -> float:

@@ -24,7 +24,7 @@ INSTRUCTIONS = (
     "Paraphrase this question, keeping every name exactly as written. Reply with the question only.",
     "Say this question differently, as a curious customer would. Reply with the question only.",
     "Reword this question using other verbs and nouns, keeping the names. Reply with the question only.",
-    # asked only for more than FIRST rewordings (added in session 17, after runs of up to FIRST were made)
+    # asked only for more than FIRST rewordings (added 2026-11-25, after runs of up to FIRST were made)
     "Ask this question the way a journalist would, keeping every name. Reply with the question only.",
     "Turn this question into a short, polite request for the same information. Reply with the request only.",
     "Ask this question again with a different sentence structure, keeping the names. Reply with the question only.",
@@ -37,7 +37,7 @@ SYSTEM = "You rewrite questions in other words. You never answer them: reply wit
 
 def prompts(question: str, n: int, system: str = SYSTEM) -> list[str]:
     """The generation prompts that ask for rewordings of `question`: the first FIRST instructions, or all of them
-    when n is larger. Since session 18 they carry `system` (before, the system turn was empty)."""
+    when n is larger. Since 2026-11-25 they carry `system` (before, the system turn was empty)."""
     asked = INSTRUCTIONS if n > FIRST else INSTRUCTIONS[:FIRST]
     return [generation_prompt(system, f"{instruction}\n\n{question}") for instruction in asked]
 
