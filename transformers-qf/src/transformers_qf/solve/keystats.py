@@ -150,10 +150,10 @@ def key_covariances(model, layers, tokenizer, texts: list[str], batch_size: int 
         for index, recs in recorded.items():
             # one product a batch: the d_mlp x d_mlp result, not the rows, is what costs memory traffic
             u = torch.cat([rec.u[first:] for rec, first in zip(recs, starts[batch])]).float()
-            totals[index] += (u.T @ u).to(torch.float64).cpu()
+            totals[index].add_((u.T @ u).cpu())  # in place, promoted to float64: no float64 temporary
         count += sum(len(i) - first for i, first in zip(ids[batch], starts[batch]))
     for index, total in totals.items():
-        covariance = total / count
+        covariance = total.div_(count)
         found[index] = covariance, count
         if index in paths:
             paths[index].parent.mkdir(parents=True, exist_ok=True)
