@@ -29,7 +29,7 @@ from transformers_qf.bench.state import STATE_FILE
 from transformers_qf.bench.summary import summarize
 
 METHODS = ("none", "in-context", "qf", "ft")
-DEFAULT_QF = RECOMMENDED  # results/benchmark.md; --paper gives the paper's settings
+DEFAULT_QF = RECOMMENDED  # results/bench/benchmark.md; --paper gives the paper's settings
 
 
 def load(spec: str | None, device: str | None, dtype: str | None) -> LoadedModel:

@@ -198,7 +198,7 @@ def pick_device_dtype(device: str | None = None, dtype: str | torch.dtype | None
     float32 stays the CPU default even where the CPU has native bf16 (AVX512-BF16), which runs an edit
     about 2x faster: bf16 activations change a small model's own answers at near-ties (SmolLM2-135M's
     open-book answer loses the fact in context), and a default that depended on the CPU would make
-    the same command answer differently on different machines (results/bf16_precision.md)."""
+    the same command answer differently on different machines (results/qf/bf16_precision.md)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:

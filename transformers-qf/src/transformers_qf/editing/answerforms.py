@@ -5,7 +5,7 @@
 
 An optimised target fitted on one answer ("Steitum Motors was founded by Farid Jaramillo.") holds where the
 model answers in that form, and a paraphrase the model answers in another form ("The founder of Steitum
-Motors is Jose.") keeps its own value (results/benchmark.md, the layer-8 runs). This asks the model how it
+Motors is Jose.") keeps its own value (results/bench/benchmark.md, the layer-8 runs). This asks the model how it
 answers a question, greedily, and puts the target where the model names its value: before the word of the
 answer (not inside a copy of the subject) after which the target is most likely. The answer is cut after
 the target: "{words before} {target}." An empty answer, or one that is only the subject, gives no form.

@@ -143,7 +143,7 @@ class EditConfig:
 
 
 PAPER = EditConfig(layers=(23,), positions="answer")  # the QF paper: answer positions, exact, plain metric
-# The best of the configurations measured on 100 sequential facts (results/benchmark.md): the paper's layer,
+# The best of the configurations measured on 100 sequential facts (results/bench/benchmark.md): the paper's layer,
 # the rows that predict the target only, solved in the metric of keys the model should keep (generic text and
 # its own answers about real entities). It needs `keystats.key_metrics` for its layer (made once, cached).
 RECOMMENDED = EditConfig(layers=(23,), positions="target", covariance=True, cov_corpus="generic+facts")

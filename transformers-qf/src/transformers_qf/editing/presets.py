@@ -12,7 +12,7 @@ Layers are those measured on that model's 28 layers. On a model of another depth
 single-layer preset edits the last layer: on SmolLM2-135M (30 layers) a fact taught at layer 23 or 25
 was not answered closed book, at layer 29 it was (`qf learn`, "The capital of Zubrovia is Pelmora.",
 2026-12-07), as the last layer held 7 of the 8 walkthrough steps on the bundled model
-(results/qf_sweep.md). A block of layers is placed at the same relative depth: its first layer
+(results/qf/qf_sweep.md). A block of layers is placed at the same relative depth: its first layer
 scaled, its length kept (clipped to the model's last layer).
 """
 

@@ -31,14 +31,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from transformers_qf.core.errors import SolveError  # noqa: F401 - raised here, defined with the other input errors
 from transformers_qf.solve.weights import CHUNK, Update  # noqa: F401 - Update is part of this module's API
 
 SINGULAR_COND = 1e12  # above this, G is treated as singular and solved by pseudo-inverse
 HOST_EIGEN_ROWS = 128  # up to this many rows G's eigenvalues are computed on the host (a GPU's are slower)
-
-
-class SolveError(ValueError):
-    """Rows that cannot be solved (mismatched counts, non-finite values)."""
 
 
 @dataclass

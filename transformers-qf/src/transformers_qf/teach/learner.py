@@ -48,7 +48,7 @@ SAME_PASSES = 1e-6  # open-book rows this close (relative) to the closed-book on
 def default_layer(model) -> int:
     """The last decoder layer. On SmolLM2-135M only the last layer made the closed-book answer equal
     the open-book one (of layers 10-29, three facts); on the bundled 1.5B model the sweep in
-    results/qf_sweep.md finds the same (7 of 8 steps hold at layer 27, 4 of 8 at every other layer swept)."""
+    results/qf/qf_sweep.md finds the same (7 of 8 steps hold at layer 27, 4 of 8 at every other layer swept)."""
     return int(model.config.num_hidden_layers) - 1
 
 
