@@ -22,6 +22,7 @@ from transformers_qf.core.architectures import locate
 from transformers_qf.core.capture import layer_slice
 from transformers_qf.editing.editor import EditConfig, Editor
 from transformers_qf.solve.keyed import KeyMetric
+from transformers_qf.solve.weights import OriginalWeight
 from transformers_qf.bench.data import Fact
 
 
@@ -108,14 +109,15 @@ class FineTune(NoEdit):
         self.parts = locate(model, layer)
         self.layers = (self.parts.index,)
         self.steps, self.lr, self.norm_constraint = steps, lr, norm_constraint
-        self.original = self.parts.down.weight.detach().clone()
+        self.weight = OriginalWeight(self.parts.down)
+        self.original = self.weight.original
         self.total = torch.zeros(self.original.shape, dtype=torch.float32, device=self.original.device)
 
     def config(self) -> dict:
         return {"layers": list(self.layers), "steps": self.steps, "lr": self.lr, "norm_constraint": self.norm_constraint}
 
     def reset(self) -> None:
-        self.parts.down.weight.data.copy_(self.original)
+        self.weight.restore()
         self.total.zero_()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -123,7 +125,7 @@ class FineTune(NoEdit):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.total.copy_(state["total"])
-        self.parts.down.weight.data.copy_(state["weight"])
+        self.weight.load(state["weight"])
 
     def edit(self, fact: Fact) -> dict:
         t0 = time.perf_counter()
@@ -156,7 +158,7 @@ class FineTune(NoEdit):
             handle.remove()
         with torch.no_grad():
             self.total += delta.detach()
-            down.weight.data.copy_((self.original.float() + self.total).to(down.weight.dtype))
+            self.weight.load(self.original.float() + self.total)
             delta_rel = float(torch.linalg.norm(self.total) / torch.linalg.norm(self.original.float()))
         return {"seconds": time.perf_counter() - t0, "rows": int(len(positions)), "loss_first": losses[0],
                 "loss_last": losses[-1], "delta_rel": delta_rel}

@@ -26,6 +26,7 @@ from transformers_qf.qf.session import Respond
 from transformers_qf.qf2.block import block_of
 from transformers_qf.qf2.rows import answer_rows, plain_prompt
 from transformers_qf.core.store import ParametersError, ParametersFolder
+from transformers_qf.solve.weights import OriginalWeight
 
 PLAIN_STOPS = ["\n", ".\n"]
 
@@ -110,7 +111,7 @@ class QF2(Respond):
         self.lr = lr
         self.max_new_tokens = max_new_tokens
         self.folder = ParametersFolder(folder, self.layer, identity or model_identity(model), method="QF2", fresh=fresh)
-        self._original: torch.Tensor | None = None
+        self._original: OriginalWeight | None = None  # up_proj as it was before the first round
         self.applied_rounds = 0
         self.last_report: FiringReport | None = None
 
@@ -124,7 +125,7 @@ class QF2(Respond):
         ystar = torch.sigmoid(self.beta * (x.double() @ self._weight().double().T)).float()
         if not self.folder.has("w"):
             self.folder.set_dtype(self.parts.up.weight.dtype)
-            self.folder.save("w", self._original_weight())
+            self.folder.save("w", self._original_up().original)
         self.folder.append({"ystar": ystar}, {
             "new_round": True, "system": system, "user": user, "answer": answer,
             "significance": None if significance is None else [float(s) for s in significance],
@@ -179,14 +180,12 @@ class QF2(Respond):
             raise ParametersError("no W' yet: run QF-instruct, QF-update and solve() before QF-infer-wp")
         if self.applied_rounds == solved:
             return
-        self._original_weight()
-        weight = self.parts.up.weight
-        weight.data.copy_(self.folder.load("w_prime").to(weight.device, weight.dtype))
+        self._original_up().load(self.folder.load("w_prime"))
         self.applied_rounds = solved
 
     def revert(self) -> None:
         if self._original is not None:
-            self.parts.up.weight.data.copy_(self._original)
+            self._original.restore()
         self.applied_rounds = 0
 
     @property
@@ -215,9 +214,9 @@ class QF2(Respond):
     def _weight(self) -> torch.Tensor:
         return self.parts.up.weight.detach()
 
-    def _original_weight(self) -> torch.Tensor:
+    def _original_up(self) -> OriginalWeight:
         if self._original is None:
-            self._original = self._weight().clone()
+            self._original = OriginalWeight(self.parts.up)
         return self._original
 
 
