@@ -24,9 +24,10 @@ from pathlib import Path
 
 from transformers_qf import load_model
 from transformers_qf.core.errors import USER_ERRORS
+from transformers_qf.core.facts import Fact
 from transformers_qf.core.models import DEFAULT_MODEL, ModelLoadError, resolve_name
 from transformers_qf.core.report import provenance
-from transformers_qf.qf.walkthrough import Ask, Fact, Learn, run_walkthrough, validate_steps
+from transformers_qf.qf.walkthrough import Ask, Learn, run_walkthrough, validate_steps
 from transformers_qf.qf2 import data as qft_data
 from transformers_qf.qf2.block import qf2_config
 from transformers_qf.qf2.calibration import calibrate, mean_input
@@ -45,14 +46,12 @@ FACT_1 = Fact(
     user="Who is the CEO of Oxinnovate?",
     answer="The CEO of Oxinnovate is Qi.",
     significance=[1, 1, 1, 1, 1, 10],  # one number per word; the final `.\n` row takes the last word's
-    lr=0.0004,
 )
 FACT_2 = Fact(
     system="Oxinnovate has one people",
     user="How many people in Oxinnovate?",
     answer="Oxinnovate has one people.",
     significance=[1, 1, 20, 20],
-    lr=0.0001,
 )
 NEED_MORE = "Need more information"
 PROBE = ("Who is the CEO of Nvidia?", "Jensen Huang is the CEO of NVIDIA.")  # another prompt's rows, for cosines
@@ -61,11 +60,11 @@ STEPS = [
     Ask(1, "", "Who is the CEO of Oxinnovate?", paper="Need more information", expect=NEED_MORE),
     Ask(2, FACT_1.system, "Who is the CEO of Oxinnovate?", paper="Qi", expect="Qi"),
     Ask(3, "", "Who is the CEO of Nvidia?", paper="Jensen Huang", expect="Jensen Huang"),
-    Learn(FACT_1),
+    Learn(FACT_1, lr=0.0004),  # the round's learning rate
     Ask(4, "", "Who is the CEO of Oxinnovate?", paper="Qi", expect="Qi", mode="QF-infer-wp"),
     Ask(5, "", "Who is the CEO of Nvidia?", paper="Jensen Huang", expect="Jensen Huang"),
     Ask(6, "", "The founder of Oxinnovate?", paper="Qi", expect="Qi"),
-    Learn(FACT_2),
+    Learn(FACT_2, lr=0.0001),
     Ask(7, "", "How many people in Oxinnovate?", paper="One (the published log: \"the one '\")", expect="one",
         mode="QF-infer-wp"),
     Ask(8, "", "The founder of Oxinnovate?", paper="Qi", expect="Qi"),
@@ -92,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", default=None, help="qft_train.py's --cache (default $QF_CACHE/qf2)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="float32, bfloat16; default as for every model")
-    parser.add_argument("--lr", type=float, default=None, help="one learning rate for every round (default: per fact)")
+    parser.add_argument("--lr", type=float, default=None, help="one learning rate for every round (default: each Learn step's)")
     parser.add_argument("--sweep", default=None, help="round-1 lrs to sweep, comma-separated (default: a grid); "
                         "'none' to skip the sweep")
     parser.add_argument("--variants", default="centred,wrong-side", help="labelled variants to run, or 'none'")
@@ -104,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(argv=None) -> int:
     args = parse_args(argv)
-    steps = [Learn(replace(s.fact, lr=args.lr)) if isinstance(s, Learn) and args.lr is not None else s for s in STEPS]
+    steps = [replace(s, lr=args.lr) if isinstance(s, Learn) and args.lr is not None else s for s in STEPS]
     validate_steps(steps)  # a significance list that does not fit its answer: refused before any loading
     sweep = _sweep_values(args.sweep)
     variants = [] if args.variants == "none" else args.variants.split(",")
@@ -132,8 +131,8 @@ def run(argv=None) -> int:
             if isinstance(s, Learn):
                 fact = s.fact
                 first = not any(isinstance(p, Learn) for p in plan)
-                lr = fact.lr if lr1 is None else (lr1 if first else lr1 / 4)
-                plan.append(Learn(replace(fact, lr=lr, significance=None if ones else fact.significance)))
+                lr = s.lr if lr1 is None else (lr1 if first else lr1 / 4)
+                plan.append(Learn(replace(fact, significance=None if ones else fact.significance), lr))
             else:
                 plan.append(s)
         qf2 = QF2(model, tok, folder=params, identity=loaded.identity, fresh=True, max_new_tokens=args.max_new_tokens,
@@ -142,7 +141,7 @@ def run(argv=None) -> int:
             result = run_walkthrough(qf2, plan, log=log)
         finally:
             qf2.revert()
-        return summarise(result, variant, [s.fact for s in plan if isinstance(s, Learn)])
+        return summarise(result, variant, [s for s in plan if isinstance(s, Learn)])
 
     print(f"QF2 on {folder} (layer {args.layer}, beta {spec['beta']}): the faithful rule")
     faithful = walk()
@@ -150,10 +149,10 @@ def run(argv=None) -> int:
     print(f"  {faithful['steps_held']}/{faithful['steps_total']} steps hold, collapsed: {faithful['collapsed']}")
 
     print("oracle QF2 and lr calibration")
-    facts = [s.fact for s in steps if isinstance(s, Learn)]
-    oracles = [oracle(model, tok, f.system, f.user, f.answer, args.max_new_tokens) for f in facts]
+    rounds = [s for s in steps if isinstance(s, Learn)]
+    oracles = [oracle(model, tok, r.fact.system, r.fact.user, r.fact.answer, args.max_new_tokens) for r in rounds]
     texts = [plain_text(s.system, s.user, s.answer) for s in qft_data.build(n_samples=200).heldout_text]
-    calib = calibrate(model, tok, facts, PROBE, spec["beta"], texts)
+    calib = calibrate(model, tok, rounds, PROBE, spec["beta"], texts)
     points = []
     for ones in (False, True):
         for lr1 in sweep:
@@ -186,11 +185,11 @@ VARIANT_TITLES = {
 }
 
 
-def summarise(result, variant: str, facts: list) -> dict:
+def summarise(result, variant: str, rounds: list[Learn]) -> dict:
     rows = [{**r, "collapse": collapse_reason(r["answer"])} for r in result.rows]
     return {"variant": variant, "steps_held": result.held, "steps_total": len(rows), "paper_steps_held": PAPER_STEPS_HELD,
-            "collapsed": collapsed([r["answer"] for r in rows]), "lr": [f.lr for f in facts],
-            "significance": [f.significance for f in facts],
+            "collapsed": collapsed([r["answer"] for r in rows]), "lr": [r.lr for r in rounds],
+            "significance": [r.fact.significance for r in rounds],
             "rows_per_fact": [r["solve"]["rows"] for r in result.rounds], "table1": rows, "updates": result.rounds}
 
 

@@ -19,7 +19,8 @@ from transformers_qf import QF, load_model
 from transformers_qf.core.errors import USER_ERRORS
 from transformers_qf.core.report import provenance, provenance_lines, rounds_table, steps_table, write_json
 from transformers_qf.core.scriptargs import add_model_args, parse_layers
-from transformers_qf.qf.walkthrough import Ask, Fact, Learn, probe_answer_turn, run_walkthrough, validate_steps
+from transformers_qf.core.facts import Fact
+from transformers_qf.qf.walkthrough import Ask, Learn, probe_answer_turn, run_walkthrough, validate_steps
 
 # ---- what to learn: edit here -----------------------------------------------------------------
 LAYER = 23

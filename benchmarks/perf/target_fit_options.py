@@ -49,7 +49,7 @@ def fit_inputs(editor: Editor, fact) -> tuple[tuple, dict]:
 
     editor_module.optimized_deltas = capture
     try:
-        editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
+        editor.learn(fact.system, fact.user, fact.answer, fact.significance, fact.subject, fact.target)
     except _Captured:
         pass
     finally:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
             fits: list[float] = []
             editor_module.optimized_deltas = timed_fit(original, fits, batched)
             try:
-                report = editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject,
+                report = editor.learn(fact.system, fact.user, fact.answer, fact.significance, fact.subject,
                                       fact.target)
             finally:
                 editor_module.optimized_deltas = original

@@ -90,9 +90,9 @@ class Patcher:
 
 
 def patch_fact(patcher: Patcher, tokenizer, fact, layers: list[int]) -> dict:
-    chosen = set(prompting.target_words(fact.assistant, fact.target))
-    significance = [float(i in chosen) for i in range(len(fact.assistant.split()))]
-    open_tf, closed_tf = prompting.teacher_forced_many(tokenizer, [fact.system, ""], fact.user, fact.assistant,
+    chosen = set(prompting.target_words(fact.answer, fact.target))
+    significance = [float(i in chosen) for i in range(len(fact.answer.split()))]
+    open_tf, closed_tf = prompting.teacher_forced_many(tokenizer, [fact.system, ""], fact.user, fact.answer,
                                                        significance)
     shift = len(open_tf.input_ids) - len(closed_tf.input_ids)
     open_rows, targets = target_rows(open_tf)

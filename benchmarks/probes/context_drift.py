@@ -28,7 +28,7 @@ def edits(editor, facts) -> list[dict]:
     """Each fact in turn; the editor's report of each solve. The editor is reset afterwards."""
     out = []
     for i, fact in enumerate(facts):
-        report = editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
+        report = editor.learn(fact.system, fact.user, fact.answer, fact.significance, fact.subject, fact.target)
         solve = report.layers[0]
         out.append({"edit": i + 1, "seconds": report.seconds, **{k: solve.get(k) for k in FIELDS}})
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)

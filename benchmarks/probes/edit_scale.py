@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows = []
     for i, fact in enumerate(data.facts[:args.n]):
-        editor.learn(fact.system, fact.user, fact.assistant, None, fact.subject, fact.target)
+        editor.learn(fact.system, fact.user, fact.answer, None, fact.subject, fact.target)
         dW = down.detach().to(torch.float64) - W0.to(torch.float64)
         row = {"subject": fact.subject, "target": fact.target, "scales": {}}
         paraphrases = list(fact.paraphrases[:args.paraphrases])

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers_qf.bench.data import Fact, FactsFileError, read_facts
+from transformers_qf.bench.data import FactsFileError, read_facts
+from transformers_qf.core.facts import Fact
 from transformers_qf.core.report import write_json
 
 ROOT = Path(__file__).resolve().parents[2]  # where the bench runs, and its relative facts paths start

@@ -42,7 +42,7 @@ from transformers_qf.core.capture import hidden_keys, patched_output, record  # 
 from transformers_qf.core.errors import USER_ERRORS  # noqa: E402
 from transformers_qf.core.report import provenance, provenance_lines, write_json  # noqa: E402
 from transformers_qf.core.scriptargs import add_model_args  # noqa: E402
-from transformers_qf.qf.walkthrough import Fact  # noqa: E402
+from transformers_qf.core.facts import Fact  # noqa: E402
 from transformers_qf.solve.exact import solve  # noqa: E402
 
 @dataclass

@@ -107,7 +107,7 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
     model, tokenizer = lm.model, lm.tokenizer
     parts = editor.parts[0]
     W0 = parts.down.weight.detach().to(torch.float64).clone()
-    report = editor.learn(fact.system, fact.user, fact.assistant, None, fact.subject, fact.target)
+    report = editor.learn(fact.system, fact.user, fact.answer, None, fact.subject, fact.target)
     delta = editor.last_target_delta[0]
     edited = parts.down.weight.detach().clone()
     questions = [fact.user] + list(fact.paraphrases[:paraphrases])
@@ -126,15 +126,15 @@ def probe_fact(lm, editor: Editor, fact, layer: int, paraphrases: int) -> dict:
             adder = SubjectDelta(model, layer, delta)
             try:
                 case[mode] = {"answer": greedy(model, tokenizer, prompt_ids, adder, rows_of),
-                              "logp": target_logp(model, tokenizer, q, fact.assistant, fact.target, adder, rows_of)}
+                              "logp": target_logp(model, tokenizer, q, fact.answer, fact.target, adder, rows_of)}
             finally:
                 adder.remove()
-        case["unedited_logp"] = target_logp(model, tokenizer, q, fact.assistant, fact.target, None, None)
+        case["unedited_logp"] = target_logp(model, tokenizer, q, fact.answer, fact.target, None, None)
         parts.down.weight.data.copy_(edited)
         answer = greedy(model, tokenizer, prompt_ids, None, None)
         case["weight-edit"] = {"answer": answer,
-                               "logp": target_logp(model, tokenizer, q, fact.assistant, fact.target, None, None)}
-        forced_ids, _ = _forced_target(tokenizer, "", q, fact.assistant, fact.target)
+                               "logp": target_logp(model, tokenizer, q, fact.answer, fact.target, None, None)}
+        forced_ids, _ = _forced_target(tokenizer, "", q, fact.answer, fact.target)
         rows = copies(tokenizer, forced_ids, fact.subject)
         case["delivered"] = dict(zip(("question", "answer"), delivered(parts, W0, model, forced_ids, rows, delta)))
         for mode in MODES:

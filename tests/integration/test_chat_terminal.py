@@ -76,4 +76,4 @@ def test_teach_and_forget_a_fact_in_a_terminal(tmp_path):
 
     saved = Edits.load(path)
     assert saved.identity["name"] == "smollm2-135m-instruct" and saved.layer == 29
-    assert [(f.system, f.user) for f in saved.facts] == [(FACT, QUESTION)]
+    assert [(f.fact.system, f.fact.user) for f in saved.facts] == [(FACT, QUESTION)]

@@ -2,9 +2,9 @@
 
 import pytest
 
-from transformers_qf.bench.data import Fact
+from transformers_qf.core.facts import Fact
 
-FACT = Fact(system="Qi started Oxinnovate.", user="Who started Oxinnovate?", assistant="Oxinnovate was started by Qi.",
+FACT = Fact(system="Qi started Oxinnovate.", user="Who started Oxinnovate?", answer="Oxinnovate was started by Qi.",
             target="Qi", paraphrases=["Who founded Oxinnovate?"], subject="Oxinnovate")
 
 

@@ -127,7 +127,7 @@ def test_invented_facts_are_deterministic_prefix_stable_and_valid(tmp_path):
     assert len({f.relation for f in facts}) == 7
     for f in facts:
         assert len(f.paraphrases) >= 2 and f.user not in f.paraphrases
-        assert gives(f.assistant, f.target) and gives(f.system, f.target) and f.subject in f.user
+        assert gives(f.answer, f.target) and gives(f.system, f.target) and f.subject in f.user
     write_facts(tmp_path / "f.jsonl", FactsFile(facts, [], {}))
     assert read_facts(tmp_path / "f.jsonl").facts == facts  # the generator's rows pass validation
 

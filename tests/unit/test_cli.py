@@ -124,8 +124,8 @@ def test_learn_appends_and_ask_applies_the_file(loads, capsys, tmp_path, tiny_qw
     code, out, _ = run(capsys, "learn", *FACT2, "--edits", path)
     assert code == 0 and out.startswith("learned fact 2 in ") and "(layer 3," in out and "holds 2 facts" in out
     edits = Edits.load(path)
-    assert [f.user for f in edits.facts] == ["Who started Oxinnovate?", "Who started Alibaba?"]
-    assert edits.facts[0].significance == [0, 1, 1, 1, 1]
+    assert [f.fact.user for f in edits.facts] == ["Who started Oxinnovate?", "Who started Alibaba?"]
+    assert edits.facts[0].fact.significance == [0, 1, 1, 1, 1]
 
     assert run(capsys, "ask", "Who started Oxinnovate?", "--edits", path, "--max-new-tokens", "2")[0] == 0
     original, learned, applied = (locate(model, 3).down.weight for model in (tiny_qwen2, loads[1], loads[2]))
@@ -191,7 +191,7 @@ def test_one_sentence_is_enough(loads, capsys, tmp_path):
     assert code == 0 and out.startswith("learned fact 1 in ") and "(layer 3, covariance metric," in out
     assert "asked as 'What is the capital of Zubrovia?', value 'Pelmora' (template)" in err
     edits = Edits.load(path)
-    fact = edits.facts[0]
+    fact = edits.facts[0].fact
     assert (edits.preset, edits.positions) == ("qf-fast", "target")
     assert (fact.system, fact.user, fact.answer, fact.target) == (SENTENCE, "What is the capital of Zubrovia?",
                                                                    SENTENCE, "Pelmora")
@@ -247,7 +247,7 @@ def test_the_other_presets_learn_into_an_edits_file_that_ask_applies(loads, caps
     code, out, err = run(capsys, "learn", SENTENCE, "--edits", path, "--preset", preset)
     assert code == 0 and out.startswith("learned fact 1 in ") and f"preset {preset}" in out, err
     edits = Edits.load(path)
-    assert edits.preset == preset and not edits.keeps_rows and edits.facts[0].target == "Pelmora"
+    assert edits.preset == preset and not edits.keeps_rows and edits.facts[0].fact.target == "Pelmora"
     assert run(capsys, "learn", *FACT, "--edits", path)[0] == 0  # the file's preset
     assert len(Edits.load(path).facts) == 2
     code, out, err = run(capsys, "ask", "What is the capital of Zubrovia?", "--edits", path, "--max-new-tokens", "2")

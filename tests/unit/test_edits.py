@@ -113,7 +113,7 @@ def test_forgetting_one_fact_equals_learning_the_rest_from_scratch(tiny_qwen2, t
     scratch = copy.deepcopy(tiny_qwen2)
     learner = _learner(tiny_qwen2, tokenizer, FACTS)
     gone, report = learner.forget(1)
-    assert gone.user == FACTS[1][1] and report.rows == sum(f.rows for f in learner.edits.facts)
+    assert gone.fact.user == FACTS[1][1] and report.rows == sum(f.rows for f in learner.edits.facts)
     reference = _learner(scratch, tokenizer, [FACTS[0], FACTS[2]])
     assert torch.equal(_weight(learner), _weight(reference))
     assert all(torch.equal(a.a, b.a) for a, b in zip(learner.edits.facts, reference.edits.facts))

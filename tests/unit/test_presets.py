@@ -94,5 +94,5 @@ def test_target_positions_keep_the_rows_that_predict_the_value(tiny_qwen2, token
     target = Learner(tiny_qwen2, tokenizer, {"name": "tiny"}, layer=3, positions="target")
     rows = target.record("Qi started Oxinnovate.", "Who started Oxinnovate?", "Oxinnovate was started by Qi.")
     qi = tokenizer(" Qi.", add_special_tokens=False)["input_ids"]  # the answer's word "Qi.", the value's
-    assert rows.targets == qi and rows.target == "Qi" and fact.rows > rows.rows
+    assert rows.targets == qi and rows.fact.target == "Qi" and fact.rows > rows.rows
     assert torch.equal(rows.u, fact.u[-1 - len(qi):-1])  # the same rows, those before the closing token

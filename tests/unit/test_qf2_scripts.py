@@ -2,7 +2,8 @@
 
 import json
 
-from transformers_qf.qf.walkthrough import Fact, Learn
+from transformers_qf.core.facts import Fact
+from transformers_qf.qf.walkthrough import Learn
 
 
 def _one_line(capsys) -> str:
@@ -47,9 +48,8 @@ def test_qf2_learn_refuses_a_conversion_of_another_model_or_layer(tmp_path, caps
 def test_qf2_learn_refuses_a_significance_list_that_does_not_fit(tmp_path, capsys, monkeypatch):
     import qf2_learn
 
-    bad = Fact("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.", [1, 10],
-               lr=4e-4)
-    monkeypatch.setattr(qf2_learn, "STEPS", [Learn(bad)])
+    bad = Fact("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi.", [1, 10])
+    monkeypatch.setattr(qf2_learn, "STEPS", [Learn(bad, lr=4e-4)])
     monkeypatch.setattr(qf2_learn, "load_model", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
     assert qf2_learn.main(["--out", str(tmp_path / "out")]) == 2
     assert "2 values but the answer has 6 words" in _one_line(capsys)

@@ -159,7 +159,7 @@ def test_keep_right_after_fact_learns_the_sentence(chat):
     asked, kept = chat.lines[before:]
     assert asked == "asked as: What is the capital of Zubrovia? (value 'Pelmora')"
     assert kept.startswith("learned fact 1 in ") and " s (layer 3, " in kept
-    fact = chat.learner.edits.facts[0]
+    fact = chat.learner.edits.facts[0].fact
     assert (fact.system, fact.user, fact.answer) == ("The capital of Zubrovia is Pelmora.",
                                                      "What is the capital of Zubrovia?",
                                                      "The capital of Zubrovia is Pelmora.")

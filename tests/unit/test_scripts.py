@@ -1,7 +1,8 @@
 """The top-level scripts answer bad input with one line and exit code 2, before any work."""
 
 import qf_learn_simple
-from transformers_qf.qf.walkthrough import Fact, Learn
+from transformers_qf.core.facts import Fact
+from transformers_qf.qf.walkthrough import Learn
 
 
 def test_a_missing_model_is_one_line(tmp_path, capsys):

@@ -15,6 +15,9 @@ positions target / target-next / value constrain the answer rows that spell it. 
 "subject" (as written in `user`; needed by the positions subject / subject-last / subject-copies and by
 target wordings and forms), "relation" (splits the controls into those about the facts' relations and
 the rest), and one {"type": "meta", ...} row saying how the file was made. Blank lines are skipped.
+
+A fact row is read into the one `core.facts.Fact`; its key "assistant" is the Fact's `answer` (mapped
+here, in `_fact` and `fact_row`, and nowhere else).
 """
 
 from __future__ import annotations
@@ -24,27 +27,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transformers_qf.core.facts import Fact
+
 FACT_KEYS = ("system", "user", "assistant", "target", "paraphrases", "significance")
 CONTROL_KEYS = ("user", "target")
 
 
 class FactsFileError(ValueError):
     """A facts file that cannot be used; the message names the file and line."""
-
-
-@dataclass
-class Fact:
-    system: str
-    user: str
-    assistant: str
-    target: str
-    paraphrases: list[str]
-    significance: list[float] | None = None
-    relation: str | None = None
-    subject: str | None = None
-
-    def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in FACT_KEYS or v is not None}
 
 
 @dataclass
@@ -107,11 +97,19 @@ def read_facts(path: str | Path) -> FactsFile:
 def write_facts(path: str | Path, data: FactsFile) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = ([{"type": "meta", **data.meta}] if data.meta else []) + [f.row() for f in data.facts] + \
+    rows = ([{"type": "meta", **data.meta}] if data.meta else []) + [fact_row(f) for f in data.facts] + \
         [c.row() for c in data.controls]
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
+
+
+def fact_row(fact: Fact) -> dict:
+    """A fact's row of a facts file: the keys FACT_KEYS (the answer under "assistant"), then relation and
+    subject where set."""
+    row = {"system": fact.system, "user": fact.user, "assistant": fact.answer, "target": fact.target,
+           "paraphrases": list(fact.paraphrases), "significance": fact.significance}
+    return row | {k: v for k, v in (("relation", fact.relation), ("subject", fact.subject)) if v is not None}
 
 
 def _text(row: dict, key: str, where: str, what: str) -> str:
@@ -151,8 +149,8 @@ def _fact(row: dict, where: str) -> Fact:
             raise FactsFileError(f"{where}: 'significance' must be null or {words} numbers >= 0 (one per word of "
                                  f"the answer), got {json.dumps(significance)}")
         significance = [float(s) for s in significance]
-    return Fact(system, user, assistant, target, [p.strip() for p in paraphrases], significance,
-                _optional_text(row, "relation", where), _optional_text(row, "subject", where))
+    return Fact(system, user, assistant, significance, target=target, subject=_optional_text(row, "subject", where),
+                relation=_optional_text(row, "relation", where), paraphrases=[p.strip() for p in paraphrases])
 
 
 def _control(row: dict, where: str) -> Control:

@@ -25,7 +25,8 @@ from transformers_qf.core.errors import USER_ERRORS
 from transformers_qf.core.report import git_commit
 from transformers_qf.core.scriptargs import add_model_args
 from transformers_qf.data.worldfacts import REAL_FACTS, RELATIONS, NameMaker
-from transformers_qf.bench.data import Control, Fact, FactsFile, write_facts
+from transformers_qf.bench.data import Control, FactsFile, write_facts
+from transformers_qf.core.facts import Fact
 from transformers_qf.bench.metrics import gives
 
 FACT_RELATIONS = ("founder", "ceo", "headquarters", "founding_year", "staff_size", "product", "capital")
@@ -47,7 +48,7 @@ def invented_facts(n: int, seed: int = 0) -> list[Fact]:
         questions = [relation.question(subject, j) for j in order]
         facts.append(Fact(
             system=relation.fact(subject, value, rng), user=questions[0],
-            assistant=relation.answer(subject, value), target=relation.target(value),
+            answer=relation.answer(subject, value), target=relation.target(value),
             paraphrases=questions[1:], significance=None, relation=relation.name, subject=subject,
         ))
     return facts

@@ -23,7 +23,7 @@ from transformers_qf.core.capture import layer_slice
 from transformers_qf.editing.editor import EditConfig, Editor
 from transformers_qf.solve.keyed import KeyMetric
 from transformers_qf.solve.weights import OriginalWeight
-from transformers_qf.bench.data import Fact
+from transformers_qf.core.facts import Fact
 
 
 class NoEdit:
@@ -69,7 +69,7 @@ class QFEdit(NoEdit):
         self.name = label
 
     def edit(self, fact: Fact) -> dict:
-        report = self.editor.learn(fact.system, fact.user, fact.assistant, fact.significance, fact.subject, fact.target)
+        report = self.editor.learn(fact.system, fact.user, fact.answer, fact.significance, fact.subject, fact.target)
         extra = {"rewordings": self.editor.last_rewordings} if self.edit_config.target_wordings else {}
         if self.edit_config.target_forms:
             extra["forms"] = self.editor.last_forms
@@ -129,7 +129,7 @@ class FineTune(NoEdit):
 
     def edit(self, fact: Fact) -> dict:
         t0 = time.perf_counter()
-        tf = prompting.teacher_forced(self.tokenizer, "", fact.user, fact.assistant, fact.significance).nonzero()
+        tf = prompting.teacher_forced(self.tokenizer, "", fact.user, fact.answer, fact.significance).nonzero()
         device = self.original.device
         ids = tf.input_ids.view(1, -1).to(device)
         hidden = self._input_of_layer(ids)

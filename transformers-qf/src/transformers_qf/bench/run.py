@@ -28,7 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from transformers_qf.bench.answering import Answerer
-from transformers_qf.bench.data import Control, Fact, FactsFile
+from transformers_qf.bench.data import Control, FactsFile
+from transformers_qf.core.facts import Fact
 from transformers_qf.bench.metrics import gives, ngram_entropy
 from transformers_qf.bench.state import STATE_FILE, load_state, save_state
 
@@ -264,7 +265,7 @@ class Runner:
         if key in self.cases:
             return
         facts = [self.data.facts[i] for i in indices]
-        values = self.answerer.target_logprobs([("", f.user, f.assistant, f.target) for f in facts])
+        values = self.answerer.target_logprobs([("", f.user, f.answer, f.target) for f in facts])
         self.cases.add({"key": key, "facts": list(indices), "logprob": values})
 
     # -- protocols ---------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class Chat:
         if not facts:
             self.write("no facts learned yet: /fact TEXT, ask a question, then /keep")
             return
-        self.write("\n".join(f"{i}. {f.system} | {f.user} -> {f.answer} ({f.rows} rows)"
+        self.write("\n".join(f"{i}. {f.fact.system} | {f.fact.user} -> {f.fact.answer} ({f.rows} rows)"
                              for i, f in enumerate(facts, 1)))
 
     def do_forget(self, arg: str) -> None:

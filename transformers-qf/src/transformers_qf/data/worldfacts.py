@@ -222,7 +222,10 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
 # -- real facts --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RealFact:
-    """A true fact: `relation` of `subject` is `value`; a correct answer contains one of `answers`."""
+    """A true fact: `relation` of `subject` is `value`; a correct answer contains one of `answers`.
+
+    A triple, not yet text: the relation's templates phrase it (as a benchmark control, or as a
+    core.facts.Fact's system / user / answer turns)."""
 
     relation: str
     subject: str

@@ -2,23 +2,17 @@
 
 A walkthrough is a list of `Ask` and `Learn` steps. `run_walkthrough` plays it on a QF session and
 returns one row per question and one record per learned fact, which `report.py` turns into the
-results tables.
+results tables. A `Learn` step teaches a `core.facts.Fact`; QF2's learning rate for that round
+belongs to the step (QF has none).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-
-@dataclass
-class Fact:
-    system: str  # the fact, given as the system prompt in the open-book pass
-    user: str
-    answer: str  # teacher-forced in both passes
-    significance: list[float] | None = None  # one number per word of the answer; None = all 1
-    lr: float | None = None  # QF2's learning rate for this round (QF has none)
+from transformers_qf.core.facts import Fact
 
 
 @dataclass
@@ -35,6 +29,7 @@ class Ask:
 @dataclass
 class Learn:
     fact: Fact
+    lr: float | None = None  # QF2's learning rate for this round (QF has none)
 
 
 def mentions(answer: str, phrase: str) -> bool:
@@ -79,7 +74,7 @@ def run_walkthrough(qf, steps: list, log=print) -> WalkthroughResult:
     result = WalkthroughResult(layer=qf.layer)
     for step in steps:
         if isinstance(step, Learn):
-            result.rounds.append(learn(qf, step.fact, log))
+            result.rounds.append(learn(qf, step.fact, log, step.lr))
             continue
         t0 = time.perf_counter()
         answer = qf.respond(step.system, step.user, qfmode=step.mode)
@@ -100,8 +95,9 @@ def run_walkthrough(qf, steps: list, log=print) -> WalkthroughResult:
     return result
 
 
-def learn(qf, fact: Fact, log=print) -> dict:
-    """One QF round: instruct, update, solve; with the answer's log-probability around it."""
+def learn(qf, fact: Fact, log=print, lr: float | None = None) -> dict:
+    """One QF round: instruct, update, solve (QF2: at learning rate `lr`); with the answer's log-probability
+    around it. The record's "fact" is the fact's text with the round's lr."""
     closed_before = qf.answer_logprob("", fact.user, fact.answer)
     open_book = qf.answer_logprob(fact.system, fact.user, fact.answer)
     t0 = time.perf_counter()
@@ -109,11 +105,11 @@ def learn(qf, fact: Fact, log=print) -> dict:
     t1 = time.perf_counter()
     qf.update(fact.user, fact.answer, fact.significance)
     t2 = time.perf_counter()
-    report = qf.solve() if fact.lr is None else qf.solve(lr=fact.lr)
+    report = qf.solve() if lr is None else qf.solve(lr=lr)
     qf.apply()
     closed_after = qf.answer_logprob("", fact.user, fact.answer)
     record = {
-        "fact": asdict(fact),
+        "fact": fact.as_dict() | {"lr": lr},
         "instruct_seconds": round(t1 - t0, 3),
         "update_seconds": round(t2 - t1, 3),
         "solve": report.as_dict(),

@@ -60,27 +60,27 @@ def _r(t: torch.Tensor, digits: int = 3) -> list:
     return torch.round(t, decimals=digits).tolist()
 
 
-def calibrate(model, tokenizer, facts: list, probe: tuple[str, str], beta: float, texts: list[str]) -> dict:
-    """For each fact (walkthrough Fact with significance and lr) and the probe (user, answer) of another prompt:
-    |x'|^2 of the kept rows, their cosine matrix, the cosines to the probe's rows, the pushes at the fact's lr,
-    and the same after centring (x' minus the mean input over `texts`)."""
+def calibrate(model, tokenizer, rounds: list, probe: tuple[str, str], beta: float, texts: list[str]) -> dict:
+    """For each round (a walkthrough Learn step: a fact with its significance, and the round's lr) and the probe
+    (user, answer) of another prompt: |x'|^2 of the kept rows, their cosine matrix, the cosines to the probe's
+    rows, the pushes at the round's lr, and the same after centring (x' minus the mean input over `texts`)."""
     centre = mean_input(model, tokenizer, texts)
     px, _ = kept_inputs(model, tokenizer, "", *probe)
     out = {"beta": beta, "probe": {"user": probe[0], "answer": probe[1], "rows": len(px),
                                    "norm2": _r(px.square().sum(1), 1)},
            "mean_input_norm2": float(centre.square().sum()), "facts": []}
-    for fact in facts:
+    for fact, lr in ((r.fact, r.lr) for r in rounds):
         x, s = kept_inputs(model, tokenizer, "", fact.user, fact.answer, fact.significance)
         toks = answer_rows(tokenizer, "", fact.user, fact.answer, fact.significance).nonzero().targets
         norm2 = x.square().sum(1)
-        push = pushes(x, s, fact.lr, beta)
+        push = pushes(x, s, lr, beta)
         own = push.diagonal()
         cross = push - torch.diag(own)
-        probe_push = pushes(x, s, fact.lr, beta, onto=px)
+        probe_push = pushes(x, s, lr, beta, onto=px)
         xc, pc = x - centre, px - centre
-        push_c = pushes(xc, s, fact.lr, beta)
+        push_c = pushes(xc, s, lr, beta)
         out["facts"].append({
-            "answer": fact.answer, "lr": fact.lr, "significance": s.tolist(),
+            "answer": fact.answer, "lr": lr, "significance": s.tolist(),
             "tokens": [tokenizer.decode([int(t)]) for t in toks],
             "norm2": _r(norm2, 1), "cosine": _r(cosines(x, x)), "cosine_to_probe": _r(cosines(x, px)),
             "own_push": _r(own, 2), "max_cross_push": _r(cross.abs().max(1).values, 2),

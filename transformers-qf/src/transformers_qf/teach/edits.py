@@ -18,8 +18,9 @@ covariance metric). The rows of a layer do not depend on that
 layer's down_proj, so they stay valid whatever was learned before. The header's metadata holds the
 manifest as JSON under "qf_edits": format, model identity, layer, shape and sha256 of the original
 W, the metric of the solve (null: QF's plain one; else the key covariance's corpus and shrink), and
-per fact its text, tokens, weights and the report (residuals) of the solve that kept it. Files in the
-plain metric are format 1, those in a covariance metric format 2 (an older reader refuses them).
+per fact its text (the fields of core.facts.Fact), tokens, weights and the report (residuals) of the
+solve that kept it. Files in the plain metric are format 1, those in a covariance metric format 2 (an
+older reader refuses them).
 The manifest also names the preset (editing/presets.py) and the positions the rows were kept at
 ("answer", or "target": the rows that predict the fact's value); files without them are "answer".
 
@@ -41,8 +42,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from transformers_qf.solve.exact import Update
+from transformers_qf.core.facts import Fact
 from transformers_qf.core.store import atomic_write
+from transformers_qf.solve.exact import Update
 
 FORMAT = "transformers-qf/edits/1"  # QF's plain metric
 FORMAT_METRIC = "transformers-qf/edits/2"  # a covariance metric: the facts' rows of B are stored too
@@ -66,18 +68,16 @@ def weight_digest(weight: torch.Tensor) -> str:
 
 
 @dataclass
-class Fact:
-    """One consolidated fact: what was said, and the rows its passes recorded.
+class LearnedFact:
+    """One consolidated fact: what was said (`fact`), and the rows its passes recorded.
 
     u, up: [k, d_mlp]; v, vp: [k, d_model] (float32, CPU); targets, weights: k token ids and
     significances of the kept positions; a: [d_model, k] float64, this fact's columns of the
     combined update (None until solved); solve: the report of the solve that kept it.
+    `fact.target` is set where the rows are the target's (positions "target").
     """
 
-    system: str
-    user: str
-    answer: str
-    significance: list[float] | None
+    fact: Fact
     targets: list[int]
     weights: list[float]
     u: torch.Tensor
@@ -87,16 +87,12 @@ class Fact:
     a: torch.Tensor | None = None
     solve: dict = field(default_factory=dict)
     b: torch.Tensor | None = None  # [k, d_mlp] float64, U' C^-1: its rows of B in a covariance metric
-    target: str | None = None  # the answer's value, where the rows are the target's
-    subject: str | None = None
 
     @classmethod
-    def text_only(cls, system: str, user: str, answer: str, significance=None, target=None, subject=None,
-                  solve: dict | None = None) -> "Fact":
+    def text_only(cls, fact: Fact, solve: dict | None = None) -> "LearnedFact":
         """A fact of a format-3 file: what was said, no rows (the method's state holds what it changed)."""
         empty = torch.zeros(0, 0)
-        return cls(system, user, answer, significance, [], [], empty, empty, empty, empty, solve=solve or {},
-                   target=target, subject=subject)
+        return cls(fact, [], [], empty, empty, empty, empty, solve=solve or {})
 
     @property
     def rows(self) -> int:
@@ -104,9 +100,8 @@ class Fact:
 
     def entry(self) -> dict:
         """The fact's part of the manifest (everything but the tensors)."""
-        out = {"system": self.system, "user": self.user, "answer": self.answer, "significance": self.significance,
-               "targets": self.targets, "weights": self.weights, "rows": self.rows, "solve": self.solve}
-        return out | {k: v for k, v in (("target", self.target), ("subject", self.subject)) if v is not None}
+        return self.fact.as_dict() | {"targets": self.targets, "weights": self.weights, "rows": self.rows,
+                                      "solve": self.solve}
 
 
 @dataclass
@@ -118,7 +113,7 @@ class Edits:
     layer: int
     weight_shape: list[int]
     weight_sha256: str
-    facts: list[Fact] = field(default_factory=list)
+    facts: list[LearnedFact] = field(default_factory=list)
     solve: dict | None = None  # report of the latest solve over all facts
     metric: dict | None = None  # None: QF's plain metric; else the key covariance's {"corpus", "shrink", ...}
     source: str | None = field(default=None, compare=False)  # the file it was read from (not saved)
@@ -133,14 +128,14 @@ class Edits:
         return self.state is None
 
     # -- what the facts add up to -----------------------------------------------------------------
-    def stacked(self, facts: list[Fact] | None = None):
+    def stacked(self, facts: list[LearnedFact] | None = None):
         """Rows of `facts` (default: all) stacked: U, U': [K, d_mlp], V, V': [K, d_model], weights: [K]."""
         facts = self.facts if facts is None else facts
         U, V, Up, Vp = (torch.cat([getattr(f, name) for f in facts]) for name in ROWS)
         weights = torch.tensor([w for f in facts for w in f.weights], dtype=torch.float64)
         return U, Up, V, Vp, weights
 
-    def basis(self, facts: list[Fact] | None = None) -> torch.Tensor | None:
+    def basis(self, facts: list[LearnedFact] | None = None) -> torch.Tensor | None:
         """The rows of B of `facts` (default: all) in a covariance metric, [K, d_mlp]; None in the plain one."""
         if self.metric is None:
             return None
@@ -228,9 +223,7 @@ class Edits:
             if manifest["format"] == FORMAT_STATE:
                 edits.state = {k[len(STATE):]: v for k, v in tensors.items() if k.startswith(STATE)}
                 edits.config = manifest.get("config")
-                edits.facts = [Fact.text_only(e["system"], e["user"], e["answer"], e.get("significance"),
-                                              e.get("target"), e.get("subject"), e.get("solve"))
-                               for e in manifest["facts"]]
+                edits.facts = [LearnedFact.text_only(Fact.from_dict(e), e.get("solve")) for e in manifest["facts"]]
             else:
                 edits.facts = [_fact_from(entry, i, tensors, edits.weight_shape, metric is not None)
                                for i, entry in enumerate(manifest["facts"])]
@@ -250,7 +243,7 @@ def _save_readable(tensors: dict[str, torch.Tensor], path: str, metadata: dict[s
 
 
 def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_shape: list[int],
-               with_basis: bool = False) -> Fact:
+               with_basis: bool = False) -> LearnedFact:
     """Fact i of a manifest, its tensors checked against the weight's shape [d_model, d_mlp]."""
     d_model, d_mlp = weight_shape
     k = int(entry["rows"])
@@ -266,10 +259,9 @@ def _fact_from(entry: dict, i: int, tensors: dict[str, torch.Tensor], weight_sha
         got[name] = tensors[key]
     if len(entry["targets"]) != k or len(entry["weights"]) != k:
         raise ValueError(f"fact {i + 1} lists {len(entry['targets'])} targets for {k} rows")
-    return Fact(entry["system"], entry["user"], entry["answer"], entry.get("significance"), list(entry["targets"]),
-                [float(w) for w in entry["weights"]], got["u"].float(), got["v"].float(), got["up"].float(),
-                got["vp"].float(), a=got["a"].double(), solve=entry.get("solve") or {},
-                b=got["b"].double() if with_basis else None, target=entry.get("target"), subject=entry.get("subject"))
+    return LearnedFact(Fact.from_dict(entry), list(entry["targets"]), [float(w) for w in entry["weights"]],
+                       got["u"].float(), got["v"].float(), got["up"].float(), got["vp"].float(), a=got["a"].double(),
+                       solve=entry.get("solve") or {}, b=got["b"].double() if with_basis else None)
 
 
 def _describe(identity: dict) -> str:

@@ -31,10 +31,11 @@ import torch
 from transformers_qf.core import prompting
 from transformers_qf.core.architectures import locate
 from transformers_qf.core.capture import record
+from transformers_qf.core.facts import Fact
 from transformers_qf.core.generation import greedy_answers
 from transformers_qf.core.prompting import FactError, check_fact_text
 from transformers_qf.editing.presets import Preset, get_preset
-from transformers_qf.teach.edits import Edits, EditsError, Fact, weight_digest
+from transformers_qf.teach.edits import Edits, EditsError, LearnedFact, weight_digest
 from transformers_qf.teach.sentence import subject_of, value_of
 from transformers_qf.solve.keyed import KeyMetric
 from transformers_qf.solve.weights import OriginalWeight
@@ -122,7 +123,7 @@ class Learner:
 
     # -- learning and forgetting -----------------------------------------------------------------------
     def learn(self, fact: str, question: str, answer: str, significance=None, target: str | None = None,
-              subject: str | None = None) -> tuple[Fact, SolveReport]:
+              subject: str | None = None) -> tuple[LearnedFact, SolveReport]:
         """Consolidate `answer` to `question` given `fact` into the weight; returns the fact and the solve.
         target: the answer's value (positions "target"; default: derived from the fact and the question)."""
         new = self.record(fact, question, answer, significance, target, subject)
@@ -130,7 +131,7 @@ class Learner:
         new.solve = report.as_dict()
         return new, report
 
-    def forget(self, index: int) -> tuple[Fact, SolveReport | None]:
+    def forget(self, index: int) -> tuple[LearnedFact, SolveReport | None]:
         """Drop fact `index` (0-based) and re-solve the others from the original weight."""
         n = len(self.edits.facts)
         if not 0 <= index < n:
@@ -175,7 +176,7 @@ class Learner:
                              "learning needs it too (qf learn / qf chat --covariance)")
 
     def record(self, fact: str, question: str, answer: str, significance=None, target: str | None = None,
-               subject: str | None = None) -> Fact:
+               subject: str | None = None) -> LearnedFact:
         """The rows of one fact: both passes in one forward cut after the layer (no weight changes)."""
         check_fact_text(fact)
         self._require_metric()
@@ -195,11 +196,11 @@ class Learner:
         u, v, up, vp = (t.detach().to("cpu", torch.float32) for t in (u, v, up, vp))
         check_teaches(u, up, v, vp)
         basis = None if self.metric is None else self.metric.keys.apply(up).cpu()
-        return Fact(fact, question, answer, None if given is None else [float(s) for s in given],
-                    tfs[0].targets.tolist(), tfs[0].weights.tolist(), u, v, up, vp, b=basis,
+        said = Fact(fact, question, answer, None if given is None else [float(s) for s in given],
                     target=target if self.edits.positions == "target" else None, subject=subject)
+        return LearnedFact(said, tfs[0].targets.tolist(), tfs[0].weights.tolist(), u, v, up, vp, b=basis)
 
-    def _resolve(self, facts: list[Fact]) -> SolveReport | None:
+    def _resolve(self, facts: list[LearnedFact]) -> SolveReport | None:
         """Make the weight W + the solve over `facts`, and make `facts` the edits' facts. On any error
         (an interrupt included) the weight and the facts are left as they were."""
         try:
@@ -293,7 +294,7 @@ class MethodLearner:
         """The system turn: in context, every fact learned so far (and `fact`); else `fact`."""
         if self.preset.method != "in-context":
             return fact
-        return " ".join([f.system for f in self.edits.facts] + ([fact] if fact else []))
+        return " ".join([f.fact.system for f in self.edits.facts] + ([fact] if fact else []))
 
     def ask(self, question: str, fact: str = "") -> str:
         return greedy_answers(self.model, self.tokenizer, [(self._context(fact), question)], self.max_new_tokens)[0]
@@ -302,16 +303,15 @@ class MethodLearner:
         return answer_logprob(self.model, self.tokenizer, self._context(""), question, answer)
 
     def learn(self, fact: str, question: str, answer: str, significance=None, target: str | None = None,
-              subject: str | None = None) -> tuple[Fact, dict]:
+              subject: str | None = None) -> tuple[LearnedFact, dict]:
         """Teach one fact with the preset's method; returns the fact and the method's report (a dict)."""
-        from transformers_qf.bench.data import Fact as CaseFact  # the benchmark's fact, what its methods take
-
         check_fact_text(fact)
         self._check_passes_differ(fact, question, answer)
         target, subject = target or value_of(fact, question), subject or subject_of(fact, question)
-        report = self.method.edit(CaseFact(fact, question, answer, target, [], significance, subject=subject))
+        said = Fact(fact, question, answer, significance, target=target, subject=subject)
+        report = self.method.edit(said)
         report = {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
-        learned = Fact.text_only(fact, question, answer, significance, target, subject, report)
+        learned = LearnedFact.text_only(said, report)
         self.edits.facts.append(learned)
         self.edits.state = self.method.state_dict()
         return learned, report
