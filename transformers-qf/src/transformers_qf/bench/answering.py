@@ -4,8 +4,9 @@
     answerer.answers([("", "Who founded Velmora?"), (fact, "Who founded Velmora?")])   # two strings
     answerer.target_logprobs([("", question, answer, target)])                         # log p(target | ...)
 
-Prompts are the raw ChatML of `prompting.generation_prompt` (ending in `<|im_start|>assistant\\n`), left-
-padded into one batch; generation is greedy and stops at `<|im_end|>` or after `max_new_tokens`.
+Answers come from the package's one greedy generator (`core.generation.greedy_answers`): prompts in the
+tokenizer's chat format (raw ChatML for the bundled models, ending in `<|im_start|>assistant\\n`), left-padded
+`batch_size` at a time; generation is greedy and stops at the end of the answer turn or after `max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from transformers_qf.core import prompting
+from transformers_qf.core.generation import greedy_answers
 
 
 class Answerer:
@@ -24,9 +26,8 @@ class Answerer:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.open_answer_turn = open_answer_turn
-        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.end_id
+        self.pad_id = pad if pad is not None else tokenizer.convert_tokens_to_ids(prompting.chat_format(tokenizer).end)
 
     @property
     def device(self) -> torch.device:
@@ -34,27 +35,8 @@ class Answerer:
 
     def answers(self, prompts: list[tuple[str, str]], max_new_tokens: int | None = None) -> list[str]:
         """The greedy answer to each (system, user) prompt."""
-        out: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            out += self._generate(prompts[start:start + self.batch_size], max_new_tokens or self.max_new_tokens)
-        return out
-
-    @torch.no_grad()
-    def _generate(self, prompts: list[tuple[str, str]], max_new_tokens: int) -> list[str]:
-        texts = [prompting.generation_prompt(s, u, self.open_answer_turn) for s, u in prompts]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        width = max(len(i) for i in ids)
-        batch = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            batch[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        generated = self.model.generate(
-            input_ids=batch.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
-            do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.end_id,
-            pad_token_id=self.pad_id,
-        )
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in generated]
+        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens or self.max_new_tokens,
+                              self.open_answer_turn, self.batch_size)
 
     @torch.no_grad()
     def target_logprobs(self, items: list[tuple[str, str, str, str]]) -> list[float]:
@@ -89,8 +71,7 @@ def _forced_target(tokenizer, system: str, user: str, answer: str, target: str) 
     """Token ids of prompt + answer turn, and the positions of the target's tokens in them."""
     tf = prompting.teacher_forced(tokenizer, system, user, answer)
     ids = tf.input_ids.tolist()
-    header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
-    first = int(tf.kept[0]) + 1 + header  # position of the answer's first token
+    first = int(tf.kept[0]) + 1 + prompting.header_rows(tokenizer)  # position of the answer's first token
     words = answer.split()
     span = set(prompting.target_words(answer, target))
     pieces = tokenizer([w if i == 0 else " " + w for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]

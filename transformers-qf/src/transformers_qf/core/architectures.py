@@ -4,6 +4,9 @@ QF needs, at layer L: the residual stream entering the MLP (`v`, the input of th
 the MLP), the MLP input (`x`, that norm's output), the input of down_proj (`u`) and down_proj
 itself. The layer's output at a position is `v + down_proj(u)` for every family listed here.
 Families with a norm *after* the MLP (Gemma 2/3) break that identity and are left out on purpose.
+
+An entry here is all a family needs: prompts follow the tokenizer's own chat template
+(`prompting.chat_format`), whose system, user and answer turns QF finds by itself.
 """
 
 from __future__ import annotations

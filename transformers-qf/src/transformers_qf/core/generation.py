@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from transformers_qf.core.prompting import ANSWER_END, generation_prompt
+from transformers_qf.core.prompting import chat_format
 
 
 def stop_token_ids(tokenizer, stops: list[str]) -> list[int]:
@@ -54,7 +54,8 @@ def greedy_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
 
 def greedy_answers(model, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 48,
                    open_answer_turn: bool = True, batch_size: int = 16) -> list[str]:
-    """The greedy answer to each (system, user) pair, asked in the QF prompt (`prompting.generation_prompt`)
-    and ended at the end of the answer turn."""
-    prompts = [generation_prompt(system, user, open_answer_turn) for system, user in turns]
-    return greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=[ANSWER_END], batch_size=batch_size)
+    """The greedy answer to each (system, user) pair, asked in the tokenizer's chat format
+    (`prompting.chat_format(tokenizer).generation_prompt`) and ended at the end of the answer turn."""
+    fmt = chat_format(tokenizer)
+    prompts = [fmt.generation_prompt(system, user, open_answer_turn) for system, user in turns]
+    return greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=[fmt.end], batch_size=batch_size)

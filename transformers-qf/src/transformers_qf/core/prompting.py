@@ -1,28 +1,153 @@
 """Prompts, teacher-forced answers and the per-position significance of the QF passes.
 
-The QF prompt is raw ChatML built by hand, with the system turn present even when empty:
+The chat format is the tokenizer's own: `chat_format(tokenizer)` renders the tokenizer's chat template
+once with placeholder texts and cuts it into the pieces around the system text, the question and the
+answer (a `ChatFormat`). A tokenizer with no template gets raw ChatML, the paper's format, with the
+system turn present even when empty:
 
     <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n
 
-The answer is teacher-forced as `<|im_start|>assistant\n{answer}<|im_end|>\n`. The kept positions
-are those that *predict* a token of that turn, from `assistant` to `<|im_end|>`; each takes the
-significance of the token it predicts (a word's number for its tokens, 1 for header and closing).
+The templates of both bundled models (Qwen2.5-Coder, SmolLM2) render exactly this when a system turn is
+given, so their prompts are the paper's ChatML byte for byte; a system turn is always given (empty when
+there is no fact), which also keeps a template's default system prompt out.
+
+The answer is teacher-forced as `{header}{answer}{closing}`, in ChatML `<|im_start|>assistant\n{answer}<|im_end|>\n`.
+The kept positions are those that *predict* a token of that turn, from the header's second token
+(`assistant`) to the closing's first (`<|im_end|>`); each takes the significance of the token it predicts
+(a word's number for its tokens, 1 for header and closing).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
 
-ANSWER_HEADER = "<|im_start|>assistant\n"
-ANSWER_END = "<|im_end|>"  # the token that ends a turn
-ANSWER_CLOSING = ANSWER_END + "\n"
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """The texts around the system text, the question and the answer in one chat format.
+
+    prompt = system_open + system + system_close + user_open + user + user_close; the answer turn is
+    header + answer + closing. `system_close` is empty when the template does not show where the system
+    turn ends (then the user turn starts right after the system text).
+    """
+
+    system_open: str
+    system_close: str
+    user_open: str
+    user_close: str
+    header: str
+    closing: str
+
+    @property
+    def end(self) -> str:
+        """The text that ends an answer turn (generation stops there): the closing without its trailing newline."""
+        return self.closing.strip() or self.closing
+
+    def prompt(self, system: str, user: str) -> str:
+        """The system turn (present even when empty) and the user turn, up to where the answer turn opens."""
+        return f"{self.system_open}{system}{self.system_close}{self.user_open}{user}{self.user_close}"
+
+    def generation_prompt(self, system: str, user: str, open_answer_turn: bool = True) -> str:
+        """The prompt to answer from. With `open_answer_turn` it ends in the answer turn's header (ChatML:
+        `<|im_start|>assistant\\n`), the context the recorded passes saw; without it, after the user turn
+        like the original."""
+        return self.prompt(system, user) + (self.header if open_answer_turn else "")
+
+    def conversation(self, system: str, user: str, answer: str) -> str:
+        """The whole exchange: the prompt, the answer turn and its closing."""
+        return self.prompt(system, user) + self.header + answer + self.closing
+
+
+CHATML = ChatFormat(system_open="<|im_start|>system\n", system_close="<|im_end|>\n", user_open="<|im_start|>user\n",
+                    user_close="<|im_end|>\n", header="<|im_start|>assistant\n", closing="<|im_end|>\n")
+
+# The paper's raw ChatML by name (its scripts and tests); code that has a tokenizer uses chat_format(tokenizer).
+ANSWER_HEADER = CHATML.header
+ANSWER_END = CHATML.end  # the token that ends a turn
+ANSWER_CLOSING = CHATML.closing
+
+
+# Placeholder texts rendered through a template and found again in its output.
+_SYSTEM, _USER, _ANSWER = "QFSYSTEMTEXTQF", "QFUSERTEXTQF", "QFANSWERTEXTQF"
+_FORMATS: "weakref.WeakKeyDictionary[object, tuple[object, ChatFormat]]" = weakref.WeakKeyDictionary()
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """The tokenizer's chat format, cut from its own chat template (computed once per tokenizer and template);
+    raw ChatML when the tokenizer has no template."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return CHATML
+    cached = _FORMATS.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    fmt = _cut_template(tokenizer)
+    _FORMATS[tokenizer] = (template, fmt)
+    return fmt
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # a template raises what it likes (jinja's TemplateError, its own raise_exception)
+        roles = "/".join(m["role"] for m in messages)
+        raise ChatTemplateError(f"the tokenizer's chat template does not render a {roles} conversation "
+                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): give the model a "
+                                "template with system, user and assistant turns, or none for ChatML") from None
+
+
+def _cut(text: str, marker: str, what: str) -> tuple[str, str]:
+    """`text` split at its one copy of `marker`."""
+    if text.count(marker) != 1:
+        raise ChatTemplateError(f"the tokenizer's chat template does not show the {what} exactly once in its "
+                                "output, so QF cannot cut it into turns: give the model a template that writes each "
+                                "message's text as given, or none for ChatML")
+    before, after = text.split(marker)
+    return before, after
+
+
+def _cut_template(tokenizer) -> ChatFormat:
+    """The pieces of the tokenizer's template, found by rendering placeholder texts: a system + user prompt, the
+    same with an answer (its header and closing), and the system turn alone (where it ends). The header is the
+    one the template writes in a conversation, which the answer is teacher-forced after and generated from; a
+    template's generation prompt may stop short of it (Zephyr's lacks the newline)."""
+    system, user = {"role": "system", "content": _SYSTEM}, {"role": "user", "content": _USER}
+    prompt = _render(tokenizer, [system, user])
+    full = _render(tokenizer, [system, user, {"role": "assistant", "content": _ANSWER}])
+    system_open, rest = _cut(prompt, _SYSTEM, "system text")
+    between, user_close = _cut(rest, _USER, "question")
+    if not between:
+        raise ChatTemplateError("the tokenizer's chat template writes the question right after the system text: "
+                                "QF cannot tell the turns apart; give the model a template with separate turns")
+    if not full.startswith(prompt):
+        raise ChatTemplateError("the tokenizer's chat template writes the prompt differently once an answer "
+                                "follows: QF cannot teacher-force the answer after the prompt it generates from")
+    header, closing = _cut(full[len(prompt):], _ANSWER, "answer")
+    if not header or not closing:
+        raise ChatTemplateError(f"the tokenizer's chat template has no {'header' if not header else 'closing'} "
+                                "around the answer: QF needs both to teacher-force the answer turn")
+    system_close, user_open = "", between
+    try:
+        alone = _render(tokenizer, [system])  # where the system turn ends, when the template shows it
+    except ChatTemplateError:
+        alone = ""
+    if alone.startswith(system_open + _SYSTEM):
+        close = alone[len(system_open + _SYSTEM):]
+        if close and between.startswith(close) and len(close) < len(between):
+            system_close, user_open = close, between[len(close):]
+    return ChatFormat(system_open, system_close, user_open, user_close, header, closing)
 
 
 class PromptError(ValueError):
     """An answer or significance list that cannot be turned into kept positions."""
+
+
+class ChatTemplateError(PromptError):
+    """A tokenizer's chat template that cannot be cut into the system, user and answer pieces QF needs."""
 
 
 class FactError(PromptError):
@@ -37,7 +162,8 @@ def check_fact_text(fact: str) -> None:
 
 
 def chatml_prompt(system: str, user: str) -> str:
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+    """The paper's raw ChatML prompt (system turn present even when empty)."""
+    return CHATML.prompt(system, user)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -164,11 +290,13 @@ def teacher_forced(
 def teacher_forced_many(
     tokenizer, systems: list[str], user: str, answer: str, significance=None, original_tokenization: bool = False
 ) -> list[TeacherForced]:
-    """The same question and answer after each system prompt (e.g. the fact, then none), tokenized
-    with one tokenizer call in all (see `answer_tokens` for how the answer is tokenized)."""
+    """The same question and answer after each system prompt (e.g. the fact, then none), in the tokenizer's
+    chat format, tokenized with one tokenizer call in all (see `answer_tokens` for how the answer is tokenized).
+    The prompt, the header, each word and the closing are tokenized apart, so no token spans two of them."""
+    fmt = chat_format(tokenizer)
     words = answer_words(answer, original_tokenization)
     word_weights = check_significance(significance, len(words))
-    texts = [chatml_prompt(s, user) for s in systems] + [ANSWER_HEADER, ANSWER_CLOSING] + words
+    texts = [fmt.prompt(s, user) for s in systems] + [fmt.header, fmt.closing] + words
     pieces = encode_many(tokenizer, texts)
     prompts, (header, closing) = pieces[:len(systems)], pieces[len(systems):len(systems) + 2]
     ids, w = _join_pieces(pieces[len(systems) + 2:], word_weights)
@@ -176,7 +304,7 @@ def teacher_forced_many(
     weights = torch.tensor([1.0] * (len(header) - 1) + w + [1.0], dtype=torch.float64)
     out = []
     for prompt in prompts:
-        start = len(prompt)  # the position whose input is <|im_start|> of the answer turn
+        start = len(prompt)  # the position whose input is the header's first token (ChatML: <|im_start|>)
         out.append(TeacherForced(
             input_ids=torch.tensor(prompt + header + ids + closing, dtype=torch.long),
             kept=torch.arange(start, start + len(targets)),
@@ -186,9 +314,16 @@ def teacher_forced_many(
     return out
 
 
+def header_rows(tokenizer) -> int:
+    """How many kept positions predict the answer turn's header (ChatML: `assistant`, `\\n`); the answer's
+    tokens are predicted from the next kept position on."""
+    return len(encode(tokenizer, chat_format(tokenizer).header)) - 1
+
+
 def user_turn_start(tokenizer, prompt: str) -> int:
-    """Position of the first token of the user turn (`<|im_start|>user`) in a ChatML prompt."""
-    return len(encode(tokenizer, prompt.split("<|im_start|>user")[0]))
+    """Position of the first token of the user turn (ChatML: `<|im_start|>user`) in a prompt of the tokenizer's
+    chat format (its first copy of the user turn's opening)."""
+    return len(encode(tokenizer, prompt.split(chat_format(tokenizer).user_open)[0]))
 
 
 def subject_positions(tokenizer, prompt: str, user: str, subject: str | None) -> torch.Tensor:
@@ -213,9 +348,9 @@ def subject_copies(tokenizer, ids, subject: str, start: int = 0) -> torch.Tensor
 
 
 def generation_prompt(system: str, user: str, open_answer_turn: bool = True) -> str:
-    """The prompt to answer from. With `open_answer_turn` it ends in `<|im_start|>assistant\\n`,
-    the context the recorded passes saw; without it, it ends after the user turn like the original."""
-    return chatml_prompt(system, user) + (ANSWER_HEADER if open_answer_turn else "")
+    """The paper's raw ChatML prompt to answer from (`CHATML.generation_prompt`); with a tokenizer at hand use
+    `chat_format(tokenizer).generation_prompt`, the same text for a ChatML model."""
+    return CHATML.generation_prompt(system, user, open_answer_turn)
 
 
 # -- the plain `role: content` format of the QFt-converted model (QF2) ------------------------------------

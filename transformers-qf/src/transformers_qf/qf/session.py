@@ -270,7 +270,7 @@ class QF(Respond):
                               self.open_answer_turn)[0]
 
     def answer_logprob(self, system: str, user: str, answer: str) -> float:
-        """Sum of log p of the answer's tokens, teacher-forced after `<|im_start|>assistant\\n`."""
+        """Sum of log p of the answer's tokens, teacher-forced after the answer turn's header."""
         return answer_logprob(self.model, self.tokenizer, system, user, answer, self.original_tokenization)
 
     # -- internals -------------------------------------------------------------------------------
@@ -349,11 +349,12 @@ def _kept(rec, tf: prompting.TeacherForced) -> Captured:
 
 @torch.no_grad()
 def answer_logprob(model, tokenizer, system: str, user: str, answer: str, original_tokenization: bool = False) -> float:
-    """Sum of log p of the answer's tokens, teacher-forced after `<|im_start|>assistant\\n`."""
+    """Sum of log p of the answer's tokens, teacher-forced after the answer turn's header (in the tokenizer's
+    chat format; ChatML: `<|im_start|>assistant\\n`)."""
     tf = prompting.teacher_forced(tokenizer, system, user, answer, None, original_tokenization)
     device = next(model.parameters()).device
     logits = model(input_ids=tf.input_ids.view(1, -1).to(device), use_cache=False).logits[0]
-    header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
+    header = prompting.header_rows(tokenizer)
     pos, tgt = tf.kept[header:-1], tf.targets[header:-1]  # answer tokens only
     logp = torch.log_softmax(logits[pos.to(logits.device)].float(), dim=-1)
     return float(logp[torch.arange(len(tgt)), tgt.to(logits.device)].sum())

@@ -125,17 +125,19 @@ def learn(qf, fact: Fact, log=print, lr: float | None = None) -> dict:
 def probe_answer_turn(qf, user: str) -> dict:
     """What the model puts after the user turn when the prompt ends there, as in the original.
 
-    Returns p(token) for the two tokens that follow: the original's prompt expects
-    `<|im_start|>` then `assistant`; models may open their turn differently.
+    Returns p(token) for the two tokens that follow: the original's prompt expects the answer turn's header,
+    in ChatML `<|im_start|>` then `assistant`; models may open their turn differently. `after_im_start` is
+    after the header's first token (the key keeps its ChatML name).
     """
     import torch
 
     from transformers_qf.core import prompting
 
     tok = qf.tokenizer
-    ids = prompting.encode(tok, prompting.chatml_prompt("", user))
+    fmt = prompting.chat_format(tok)
+    ids = prompting.encode(tok, fmt.prompt("", user))
     out = {}
-    for label, extra in (("after_user_turn", []), ("after_im_start", [tok.convert_tokens_to_ids("<|im_start|>")])):
+    for label, extra in (("after_user_turn", []), ("after_im_start", prompting.encode(tok, fmt.header)[:1])):
         with torch.no_grad():
             logits = qf.model(input_ids=torch.tensor([ids + extra], device=qf._device), use_cache=False).logits
         p = torch.softmax(logits[0, -1].float(), -1)
