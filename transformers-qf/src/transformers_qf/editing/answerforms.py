@@ -24,8 +24,9 @@ from transformers_qf.core.generation import greedy_batch
 def own_answer_forms(model, tokenizer, questions: list[str], target: str, subject: str,
                      max_new_tokens: int = 32) -> list[str | None]:
     """Per question, the model's own answer with the target where it names its value (None: no place found)."""
-    prompts = [prompting.generation_prompt("", q) for q in questions]
-    answers = greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=["<|im_end|>"])
+    fmt = prompting.chat_format(tokenizer)
+    prompts = [fmt.generation_prompt("", q) for q in questions]
+    answers = greedy_batch(model, tokenizer, prompts, max_new_tokens, stop=[fmt.end])
     return [_best_form(model, tokenizer, q, answer, target, subject) for q, answer in zip(questions, answers)]
 
 
@@ -79,7 +80,7 @@ def form_at(answer: str, place: int, target: str) -> str:
 def target_logprobs(model, tokenizer, question: str, answers: list[str], target: str) -> list[float]:
     """log p of the target's words in each teacher-forced answer to the question (closed book), in one
     right-padded forward (with causal attention no position sees the padding after it)."""
-    header = len(prompting.encode(tokenizer, prompting.ANSWER_HEADER)) - 1
+    header = prompting.header_rows(tokenizer)
     forced = []
     for answer in answers:
         words = set(prompting.target_words(answer, target))

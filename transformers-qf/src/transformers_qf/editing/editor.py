@@ -386,7 +386,7 @@ class Editor:
 
     def _other_rows(self, contexts, user: str) -> list[torch.Tensor]:
         """Per context, the rows from the user turn to the last one that predicts the answer, less the kept ones."""
-        start = prompting.user_turn_start(self.tokenizer, prompting.chatml_prompt("", user))
+        start = prompting.user_turn_start(self.tokenizer, prompting.chat_format(self.tokenizer).prompt("", user))
         out = []
         for tf, pos, _ in contexts:
             rows = torch.arange(start, int(tf.kept[-1]) + 1)
@@ -500,12 +500,12 @@ class Editor:
         if self.config.positions == "answer":
             return keep, keep - shift, weights
         if self.config.positions in ("answer-words", "target", "target-next", "value"):
-            header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
-            words = answer_open.kept >= int(open_tf.kept[header])  # not the positions that predict "assistant\n"
+            header = prompting.header_rows(self.tokenizer)
+            words = answer_open.kept >= int(open_tf.kept[header])  # not the positions that predict the header
             if self.config.positions != "answer-words" and not ends_answer:  # nor the one that predicts the end
                 words &= answer_open.kept != int(open_tf.kept[-1])
             return keep[words], keep[words] - shift, weights[words]
-        closed_prompt = prompting.chatml_prompt("", user)
+        closed_prompt = prompting.chat_format(self.tokenizer).prompt("", user)
         user_start = prompting.user_turn_start(self.tokenizer, closed_prompt)
         if self.config.positions == "suffix":
             extra = torch.arange(user_start, int(closed_tf.kept[0]))

@@ -16,7 +16,7 @@ CEO is John Doe."), and fitting the fact after a user turn that states another v
 from __future__ import annotations
 
 from transformers_qf.core.generation import greedy_batch
-from transformers_qf.core.prompting import generation_prompt
+from transformers_qf.core import prompting
 
 INSTRUCTIONS = (
     "Rewrite this question in different words. Reply with the rewritten question only.",
@@ -35,11 +35,12 @@ FIRST = 5
 SYSTEM = "You rewrite questions in other words. You never answer them: reply with the rewritten question only."
 
 
-def prompts(question: str, n: int, system: str = SYSTEM) -> list[str]:
-    """The generation prompts that ask for rewordings of `question`: the first FIRST instructions, or all of them
-    when n is larger. Since 2026-11-25 they carry `system` (before, the system turn was empty)."""
+def prompts(question: str, n: int, system: str = SYSTEM, fmt: prompting.ChatFormat = prompting.CHATML) -> list[str]:
+    """The generation prompts (in chat format `fmt`) that ask for rewordings of `question`: the first FIRST
+    instructions, or all of them when n is larger. Since 2026-11-25 they carry `system` (before, the system turn
+    was empty)."""
     asked = INSTRUCTIONS if n > FIRST else INSTRUCTIONS[:FIRST]
-    return [generation_prompt(system, f"{instruction}\n\n{question}") for instruction in asked]
+    return [fmt.generation_prompt(system, f"{instruction}\n\n{question}") for instruction in asked]
 
 
 def first_line(answer: str) -> str:
@@ -61,7 +62,8 @@ def rewordings(model, tokenizer, question: str, subject: str, n: int, max_new_to
                system: str = SYSTEM) -> list[str]:
     """Up to n rewordings of `question` by the model (fewer when its answers are not questions, drop the
     subject or repeat), one a prompt of `prompts`."""
-    answers = greedy_batch(model, tokenizer, prompts(question, n, system), max_new_tokens, stop=["<|im_end|>"])
+    fmt = prompting.chat_format(tokenizer)
+    answers = greedy_batch(model, tokenizer, prompts(question, n, system, fmt), max_new_tokens, stop=[fmt.end])
     kept: list[str] = []
     seen = {question.strip().lower()}
     for text in map(first_line, answers):

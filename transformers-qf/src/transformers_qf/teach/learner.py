@@ -188,7 +188,7 @@ class Learner:
             significance = Editor._target_significance(answer, target, significance, False)[0]
         tfs = [prompting.teacher_forced(self.tokenizer, system, question, answer, significance) for system in (fact, "")]
         if self.edits.positions == "target":
-            header = len(prompting.encode(self.tokenizer, prompting.ANSWER_HEADER)) - 1
+            header = prompting.header_rows(self.tokenizer)
             tfs = [tf.answer_words(header) for tf in tfs]
         tfs = [tf.nonzero() for tf in tfs]
         recs = record(self.model, self.parts, [tf.input_ids for tf in tfs])

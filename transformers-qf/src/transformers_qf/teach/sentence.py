@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from transformers_qf.core.generation import greedy_batch
-from transformers_qf.core.prompting import FactError, check_fact_text, generation_prompt
+from transformers_qf.core.prompting import FactError, chat_format, check_fact_text
 from transformers_qf.editing.rewording import first_line
 
 # relations whose value is a person: asked with "Who"
@@ -51,8 +51,9 @@ def derive(sentence: str, model=None, tokenizer=None, max_new_tokens: int = 40) 
         return templated
     if model is None:
         raise FactError(f"cannot tell the question {sentence!r} answers: give --user QUESTION (and --assistant ANSWER)")
-    prompt = generation_prompt(SYSTEM, f"{INSTRUCTION}\n\n{sentence}")
-    question = first_line(greedy_batch(model, tokenizer, [prompt], max_new_tokens, stop=["<|im_end|>"])[0])
+    fmt = chat_format(tokenizer)
+    prompt = fmt.generation_prompt(SYSTEM, f"{INSTRUCTION}\n\n{sentence}")
+    question = first_line(greedy_batch(model, tokenizer, [prompt], max_new_tokens, stop=[fmt.end])[0])
     if not question.endswith("?") or question.rstrip("?").strip().lower() == sentence.rstrip(".!").lower():
         raise FactError(f"the model did not turn {sentence!r} into a question (it said {question!r}): "
                         "give --user QUESTION and --assistant ANSWER")
