@@ -4,7 +4,7 @@ The covariance-weighted solve (`keysolve.KeyMetric`) needs to know which directi
 key space generic inputs use, so that an edit changes the layer least there. The generic text is
 made here, without any data set: a fixed, seeded list of everyday requests (topics x kinds of
 request, none about the benchmark's entities or relations), each answered by the model itself
-(greedy), and the whole exchange written as ChatML. Texts and covariances are cached per model under
+(greedy), and the whole exchange written in the model's chat format. Texts and covariances are cached per model under
 the package's cache directory (`models.cache_dir()`).
 
     texts = generic_texts(answer, count=256, seed=0)                  # answer: (system, user) -> text
@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import astuple
 from typing import Callable
 
 import torch
@@ -76,9 +77,10 @@ def generic_prompts(count: int, seed: int = 0) -> list[str]:
 
 
 def generic_texts(answer: Answer, count: int = 256, seed: int = 0, max_new_tokens: int = 64,
-                  cache_key: str | None = None) -> list[str]:
-    """The generic prompts with the model's answers, as full ChatML exchanges (cached when cache_key is given)."""
-    return answered_texts(answer, generic_prompts(count, seed), max_new_tokens, cache_key)
+                  cache_key: str | None = None, fmt: prompting.ChatFormat = prompting.CHATML) -> list[str]:
+    """The generic prompts with the model's answers, as full exchanges in chat format `fmt` (cached when
+    cache_key is given)."""
+    return answered_texts(answer, generic_prompts(count, seed), max_new_tokens, cache_key, fmt)
 
 
 def known_fact_prompts(exclude: list[str] = (), count: int | None = None, seed: int = 0) -> list[str]:
@@ -94,21 +96,25 @@ def known_fact_prompts(exclude: list[str] = (), count: int | None = None, seed: 
 
 
 def known_fact_texts(answer: Answer, exclude: list[str] = (), count: int | None = None, max_new_tokens: int = 32,
-                     cache_key: str | None = None) -> list[str]:
-    """`known_fact_prompts` with the model's own answers, as ChatML exchanges (cached when cache_key is given)."""
-    return answered_texts(answer, known_fact_prompts(exclude, count), max_new_tokens, cache_key)
+                     cache_key: str | None = None, fmt: prompting.ChatFormat = prompting.CHATML) -> list[str]:
+    """`known_fact_prompts` with the model's own answers, as exchanges in chat format `fmt` (cached when
+    cache_key is given)."""
+    return answered_texts(answer, known_fact_prompts(exclude, count), max_new_tokens, cache_key, fmt)
 
 
-def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cache_key: str | None = None) -> list[str]:
-    """Each prompt with the model's greedy answer, as a full ChatML exchange; cached per model and prompt list."""
+def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cache_key: str | None = None,
+                   fmt: prompting.ChatFormat = prompting.CHATML) -> list[str]:
+    """Each prompt with the model's greedy answer, as a full exchange in chat format `fmt` (raw ChatML by
+    default); cached per model, prompt list and (other than ChatML) chat format."""
     path = None
     if cache_key is not None:
-        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]
+        named = prompts if fmt == prompting.CHATML else [prompts, list(astuple(fmt))]
+        digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:12]
         path = cache_dir() / "answered" / f"{_slug(cache_key)}-{digest}-{max_new_tokens}.json"
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
     answers = answer([("", p) for p in prompts], max_new_tokens)
-    texts = [prompting.generation_prompt("", p) + a + prompting.ANSWER_CLOSING for p, a in zip(prompts, answers)]
+    texts = [fmt.conversation("", p, a) for p, a in zip(prompts, answers)]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
@@ -118,7 +124,7 @@ def answered_texts(answer: Answer, prompts: list[str], max_new_tokens: int, cach
 def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
                    answers_only: bool = False) -> tuple[torch.Tensor, int]:
     """E[u u^T] over every position of `texts` at layer `parts.index` ([d_mlp, d_mlp] float64), and the count;
-    answers_only: over the positions of the assistant's answer only (after the last ANSWER_HEADER)."""
+    answers_only: over the positions of the assistant's answer only (after the last answer turn's header)."""
     return key_covariances(model, [parts], tokenizer, texts, batch_size, cache_key, answers_only)[parts.index]
 
 
@@ -175,8 +181,10 @@ def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic
     """
     if answer_weight < 0 or (answer_weight > 0 and corpus != "generic+facts"):
         raise ValueError(f"an answer weight ({answer_weight:g}) needs corpus generic+facts and must be >= 0")
-    texts = generic_texts(answer, count, cache_key=cache_key)
-    facts = known_fact_texts(answer, exclude, fact_count, cache_key=cache_key) if corpus == "generic+facts" else []
+    fmt = prompting.chat_format(tokenizer)
+    texts = generic_texts(answer, count, cache_key=cache_key, fmt=fmt)
+    facts = (known_fact_texts(answer, exclude, fact_count, cache_key=cache_key, fmt=fmt)
+             if corpus == "generic+facts" else [])
     parts = [locate(model, layer) for layer in layers]
     covariances = {i: c for i, (c, _) in key_covariances(model, parts, tokenizer, texts + facts,
                                                            cache_key=cache_key).items()}
@@ -188,7 +196,8 @@ def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic
 
 def _answer_start(tokenizer, text: str) -> int:
     """The index of the first token of the assistant's answer in the encoded `text`."""
-    head = text.rindex(prompting.ANSWER_HEADER) + len(prompting.ANSWER_HEADER)
+    header = prompting.chat_format(tokenizer).header
+    head = text.rindex(header) + len(header)
     return len(prompting.encode(tokenizer, text[:head]))
 
 
