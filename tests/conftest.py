@@ -1,4 +1,5 @@
-"""Fixtures: tiny random models and a tiny ChatML tokenizer, built in the test (no downloads)."""
+"""Fixtures: tiny random models and tiny tokenizers (ChatML, and one with a Llama-3 chat template), built in
+the test (no downloads)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ def tokenizer():
                                    additional_special_tokens=SPECIALS)
 
 
+LLAMA3_TEMPLATE = (  # the Llama-3 instruct template's shape: headers, trimmed contents, <|eot_id|>, a bos first
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+@pytest.fixture
+def llama3_tokenizer(tokenizer):
+    """The tiny tokenizer with a Llama-3 style chat template (a format other than ChatML) and its special tokens."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>",
+                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
 def _tiny(kind: str, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -57,6 +78,12 @@ def tiny_model(request, tokenizer):
 @pytest.fixture
 def tiny_qwen2(tokenizer):
     return _tiny("qwen2", len(tokenizer))
+
+
+@pytest.fixture
+def tiny_llama3(llama3_tokenizer):
+    """A tiny Llama model for `llama3_tokenizer` (its vocabulary holds the template's special tokens)."""
+    return _tiny("llama", len(llama3_tokenizer))
 
 
 DRORAM = {"system": "The CEO of Droram is Orla Esposito.", "user": "Who is the CEO of Droram?",

@@ -67,3 +67,19 @@ def test_answers_are_asked_in_the_tokenizers_chat_format(tiny_qwen2, tokenizer, 
     assert prompts[0] == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWho started Oxinnovate?<|im_end|>\n" \
                          "<|im_start|>assistant\n"
     assert stop == ["<|im_end|>"]
+
+
+def test_answers_of_a_llama3_template_are_asked_and_stopped_in_its_format(llama3_tokenizer, monkeypatch):
+    from transformers_qf.core import generation
+
+    asked = []
+    monkeypatch.setattr(generation, "greedy_batch",
+                        lambda model, tok, prompts, n, stop, batch_size: asked.append((prompts, stop)) or prompts)
+    greedy_answers(None, llama3_tokenizer, TURNS[1:2])
+    prompts, stop = asked[0]
+    turns = [{"role": "system", "content": TURNS[1][0]}, {"role": "user", "content": TURNS[1][1]}]
+    assert prompts == [llama3_tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)]
+    assert stop == ["<|eot_id|>"]
+    # one token, so generation ends on it (not only the text cut there)
+    assert generation.stop_token_ids(llama3_tokenizer, stop) == [llama3_tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+

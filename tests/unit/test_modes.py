@@ -46,6 +46,21 @@ def test_closed_book_output_equals_open_book_after_the_edit(tiny_model, tokenize
     assert rel.max() < 1e-5
 
 
+def test_a_fact_is_learned_in_a_llama3_chat_format(tiny_llama3, llama3_tokenizer, tmp_path):
+    """The kept rows follow the tokenizer's own template: the closed-book rows of the Llama-3 format meet the
+    open-book ones, and the rows recorded are those of the answer turn `assistant<|end_header_id|>...<|eot_id|>`."""
+    model = tiny_llama3
+    qf = QF(model, llama3_tokenizer, layer=2, folder=tmp_path)
+    open_book = _layer_out(model, llama3_tokenizer, 2, *FACT)
+    assert _learn(qf, FACT).residual_applied < 1e-5
+    qf.respond("", FACT[1], qfmode="QF-infer-wp")
+    closed_book = _layer_out(model, llama3_tokenizer, 2, "", FACT[1], FACT[2])
+    assert _rel(closed_book, open_book.detach()) < 1e-5
+    tf = teacher_forced(llama3_tokenizer, "", FACT[1], FACT[2])
+    assert llama3_tokenizer.decode(tf.targets) == "assistant<|end_header_id|>\n\n" + FACT[2] + "<|eot_id|>"
+    assert len(open_book) == len(tf.kept)
+
+
 def test_second_round_re_solves_both_facts_from_the_original_weight(tiny_qwen2, tokenizer, tmp_path):
     qf = QF(tiny_qwen2, tokenizer, layer=1, folder=tmp_path)
     W = locate(tiny_qwen2, 1).down.weight.detach().clone()

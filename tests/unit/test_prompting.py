@@ -95,19 +95,12 @@ def test_encode_many_gives_the_tokenizers_ids(tokenizer):
 
 
 # -- the chat format, cut from the tokenizer's own chat template -----------------------------------------
-LLAMA3_TEMPLATE = (  # the Llama-3 instruct template's shape: headers, trimmed contents, <|eot_id|>, a bos first
-    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
-    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 ZEPHYR_TEMPLATE = (  # Zephyr's: <|role|> lines, eos after each message; the generation prompt lacks the newline
     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
     "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}"
     "\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
 )
-LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 FACT = ("Qi started Oxinnovate.", "Who started Oxinnovate?", ANSWER)
 
 
@@ -148,8 +141,8 @@ def test_a_chatml_template_gives_the_papers_chatml_and_the_same_rows(tokenizer):
             assert torch.equal(getattr(plain, field), getattr(templated, field)), field
 
 
-def test_a_llama3_template_is_cut_into_its_turns(tokenizer):
-    tok = _templated(tokenizer, LLAMA3_TEMPLATE, LLAMA3_SPECIALS, bos_token="<|begin_of_text|>")
+def test_a_llama3_template_is_cut_into_its_turns(llama3_tokenizer):
+    tok = llama3_tokenizer
     fmt = prompting.chat_format(tok)
     assert fmt == prompting.ChatFormat(
         system_open="<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n", system_close="<|eot_id|>",
@@ -163,8 +156,8 @@ def test_a_llama3_template_is_cut_into_its_turns(tokenizer):
     assert prompting.chat_format(tok) is fmt  # cut once per tokenizer
 
 
-def test_teacher_forcing_keeps_the_answer_turn_of_a_llama3_template(tokenizer):
-    tok = _templated(tokenizer, LLAMA3_TEMPLATE, LLAMA3_SPECIALS, bos_token="<|begin_of_text|>")
+def test_teacher_forcing_keeps_the_answer_turn_of_a_llama3_template(llama3_tokenizer):
+    tok = llama3_tokenizer
     sig = [0, 1, 2.5, 1, 3]
     tf = teacher_forced(tok, *FACT, sig)
     start_header, eot = tok.convert_tokens_to_ids(["<|start_header_id|>", "<|eot_id|>"])
@@ -220,8 +213,8 @@ def test_a_template_that_cannot_be_cut_is_refused_in_one_line(tokenizer, templat
     assert "\n" not in str(caught.value)
 
 
-def test_the_format_follows_a_changed_template(tokenizer):
-    tok = _templated(tokenizer, LLAMA3_TEMPLATE, LLAMA3_SPECIALS, bos_token="<|begin_of_text|>")
+def test_the_format_follows_a_changed_template(llama3_tokenizer):
+    tok = llama3_tokenizer
     assert prompting.chat_format(tok).closing == "<|eot_id|>"
     tok.chat_template = None
     assert prompting.chat_format(tok) is prompting.CHATML
