@@ -11,7 +11,7 @@ import torch
 from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
-from transformers_qf.bench.methods import QFEdit
+from transformers_qf.editing.methods import QFEdit
 from transformers_qf.bench.metrics import fraction, gives, miss_kind, ngram_entropy
 from transformers_qf.editing import editor
 from transformers_qf.solve import keyed as keysolve

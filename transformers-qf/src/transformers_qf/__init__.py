@@ -10,6 +10,7 @@
 """
 
 from transformers_qf.core.architectures import ARCHITECTURES, UnsupportedModelError, locate
+from transformers_qf.core.facts import Fact
 from transformers_qf.core.models import BUNDLED, DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from transformers_qf.qf.session import QF, QFMode
 from transformers_qf.core.prompting import PromptError
@@ -17,7 +18,7 @@ from transformers_qf.solve.exact import SolveError, SolveReport
 from transformers_qf.core.store import ParametersError, ParametersFolder
 
 __all__ = [
-    "ARCHITECTURES", "BUNDLED", "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "ParametersError",
+    "ARCHITECTURES", "BUNDLED", "DEFAULT_MODEL", "Fact", "LoadedModel", "ModelLoadError", "ParametersError",
     "ParametersFolder", "PromptError", "QF", "QFMode", "SolveError", "SolveReport", "UnsupportedModelError",
     "load_model", "locate",
 ]

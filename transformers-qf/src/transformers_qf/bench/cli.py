@@ -23,7 +23,7 @@ from transformers_qf.core.report import git_commit, write_json
 from transformers_qf.core.scriptargs import add_model_args, parse_layers
 from transformers_qf.bench.answering import Answerer
 from transformers_qf.bench.data import FactsFile, FactsFileError, read_facts
-from transformers_qf.bench.methods import FineTune, InContext, NoEdit, QFEdit
+from transformers_qf.editing.methods import FineTune, InContext, NoEdit, QFEdit
 from transformers_qf.bench.run import PROTOCOLS, Cases, CasesFileError, Runner, RunOptions, adopt_edits, finished_edits, read_header
 from transformers_qf.bench.state import STATE_FILE
 from transformers_qf.bench.summary import summarize

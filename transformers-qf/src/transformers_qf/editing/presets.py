@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from transformers_qf.core.prompting import PromptError
 from transformers_qf.editing.editor import PAPER, RECOMMENDED, EditConfig
+from transformers_qf.editing.methods import FineTune, InContext, QFEdit
 
 REFERENCE_DEPTH = 28  # qwen2.5-coder-1.5b-instruct, where every preset was measured
 SOURCE = "results/bench/benchmark.md, 100 facts in sequence, qwen2.5-coder-1.5b-instruct bf16, CPU"
@@ -145,8 +146,6 @@ def build_method(preset: Preset, model, tokenizer, metrics=None, layers: tuple[i
 
     layers: the layers in this model (default: `layers_for` its depth); metrics: {layer: KeyMetric} for a
     covariance preset."""
-    from transformers_qf.bench.methods import FineTune, InContext, QFEdit  # the methods live with the benchmark
-
     if preset.method == "in-context":
         return InContext()
     layers = layers if layers is not None else preset.layers_for(int(model.config.num_hidden_layers))

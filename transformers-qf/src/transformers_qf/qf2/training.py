@@ -35,6 +35,7 @@ from transformers_qf.core.store import ParametersError
 from transformers_qf.qf2.block import QF2MLP, alpha_at, convert
 from transformers_qf.qf2.data import COPIES, Sample, training_order
 from transformers_qf.qf2.rows import answer_rows, plain_text
+from transformers_qf.solve.weights import OriginalWeight
 
 
 @dataclass
@@ -287,7 +288,7 @@ class Conversion:
             D = torch.linalg.lstsq(G, B, driver="gelsd").solution.T
         else:
             D = torch.cholesky_solve(B, L).T  # [d_model, d_mlp]
-        parts.down.weight.data.copy_(D.to(parts.down.weight.device, parts.down.weight.dtype))
+        OriginalWeight(parts.down).load(D)
 
         def rel(xs, ts):
             x, t = torch.cat(xs), torch.cat(ts)

@@ -6,9 +6,9 @@
     w.restore()                              # the weight := W0 again
     w.is_original()                          # bit for bit
 
-Every flow that changes a down_proj (the QF session, the learner behind `qf learn`, the solves) goes
-through one of these, so that W0 is copied once a layer and every revert is the same copy. `Update` is
-the one in-place write of a rank-k change, W += A B, in float64 a block of columns at a time.
+Every flow that changes a down_proj (the QF session, the learner behind `qf learn`, the solves, FT-L, QF2,
+the QFt conversion's closed-form start) goes through one of these, so that W0 is copied once a layer and
+every revert is the same copy. `Update` is the one in-place write of a rank-k change, W += A B, in float64 a block of columns at a time.
 """
 
 from __future__ import annotations
