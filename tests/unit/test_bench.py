@@ -11,7 +11,8 @@ import torch
 from transformers_qf.bench import cli, report
 from transformers_qf.bench.data import Control, FactsFile, FactsFileError, read_facts, write_facts
 from transformers_qf.bench.generate import generate, invented_facts, known_controls, pick_controls
-from transformers_qf.editing.methods import QFEdit
+from transformers_qf.editing.methods import NoEdit, QFEdit
+from transformers_qf.solve.weights import OriginalWeight
 from transformers_qf.bench.metrics import fraction, gives, miss_kind, ngram_entropy
 from transformers_qf.editing import editor
 from transformers_qf.solve import keyed as keysolve
@@ -578,3 +579,84 @@ def test_covariances_of_several_layers_from_one_forward_match_each_layer_alone_a
     monkeypatch.setattr(keystats, "record_layers", lambda *a, **k: pytest.fail("a cached layer was recorded again"))
     again = keystats.key_covariances(tiny_qwen2, [high, low], tokenizer, texts, cache_key="tiny")
     torch.testing.assert_close(again[2][0], together[2][0])
+
+
+# -- the drift guard -------------------------------------------------------------------------------------------
+class _NoisyEdit(NoEdit):
+    """An edit that adds seeded noise of 100 times the weight's own scale to layer 2's down_proj: a harmful edit."""
+
+    name = "ft"
+
+    def __init__(self, model):
+        self.parts = locate(model, 2)
+        self.layers = (self.parts.index,)
+        self.weight = OriginalWeight(self.parts.down)
+        self.count = 0  # edits in force: the seed of the next one
+
+    def config(self) -> dict:
+        return {"layers": list(self.layers)}
+
+    def reset(self) -> None:
+        self.weight.restore()
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"weight": self.weight.weight, "count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight.load(state["weight"])
+        self.count = int(state["count"])
+
+    def edit(self, fact) -> dict:
+        W = self.weight.weight
+        noise = torch.randn(W.shape, generator=torch.Generator().manual_seed(self.count))
+        self.weight.load(W + 100 * W.std() * noise)
+        self.count += 1
+        return {"seconds": 0.0, "delta_rel": 1.0}
+
+
+def _guarded_run(tmp_path, facts_file, name, guard, extra=()):
+    out = tmp_path / name
+    argv = ["--facts", str(facts_file), "--method", "ft", "--protocol", "sequential", "--out", str(out),
+            "--max-new-tokens", "3", "--layer", "2", *extra]
+    if guard is not None:
+        argv += ["--guard-max-drop", str(guard)]
+    assert cli.main(argv) == 0
+    rows = {r["key"]: r for r in map(json.loads, (out / "cases.jsonl").read_text().splitlines())}
+    return argv, rows, json.loads((out / "summary.json").read_text())
+
+
+def test_the_drift_guard_withdraws_an_edit_that_lowers_the_controls_and_a_resumed_run_does_not_make_it_again(
+        bench_model, facts_file, tmp_path, monkeypatch):
+    # a tiny random model answers no control: count every control as answered, so that the guard has some
+    monkeypatch.setattr("transformers_qf.bench.run.gives", lambda answer, target: True)
+    made = []
+    monkeypatch.setattr(cli, "build_method", lambda args, lm, data: made.append(_NoisyEdit(lm.model)) or made[-1])
+    _, plain, _ = _guarded_run(tmp_path, facts_file, "plain", None)
+    _, lenient, lenient_summary = _guarded_run(tmp_path, facts_file, "lenient", 1e9)
+    assert lenient["before/guard"]["controls"] == [0, 1]
+    assert not lenient_summary["refused_edits"] and lenient_summary["guard_drop_max"] > 0
+    assert lenient["final/logprob"]["logprob"] == plain["final/logprob"]["logprob"]  # a guard that refuses nothing
+
+    argv, strict, strict_summary = _guarded_run(tmp_path, facts_file, "strict", 0.0, ["--no-state"])
+    refused = strict_summary["refused_edits"]
+    assert refused == [i for i in range(3) if strict[f"edit/{i}"]["guard_drop"] > 0] and refused  # 0 nats allowed
+    assert all(strict[f"edit/{i}"]["refused"] == (i in refused) for i in range(3))
+    assert made[-1].count == 3 - len(refused)  # a withdrawn edit leaves the method as it was before it
+    # resumed from its cases file alone (no state): the refused edits are not made again
+    out = tmp_path / "strict"
+    cut = [line for line in (out / "cases.jsonl").read_text().splitlines()
+           if not json.loads(line)["key"].startswith(("checkpoint/", "final/"))]
+    (out / "cases.jsonl").write_text("\n".join(cut) + "\n")
+    assert cli.main(argv) == 0
+    assert made[-1].count == 3 - len(refused)
+    again = {r["key"]: r for r in map(json.loads, (out / "cases.jsonl").read_text().splitlines())}
+    assert again["final/logprob"]["logprob"] == strict["final/logprob"]["logprob"]
+
+
+def test_the_drift_guard_is_refused_outside_the_sequential_protocol(bench_model, facts_file, tmp_path, capsys):
+    argv = ["--facts", str(facts_file), "--method", "ft", "--protocol", "single", "--out", str(tmp_path / "r"),
+            "--layer", "2", "--guard-max-drop", "1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--protocol sequential" in err[0] and not (tmp_path / "r").exists()

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "this often, so that a resumed run goes on from it (default 300; 0: after every edit)")
     p.add_argument("--no-state", action="store_true",
                    help="sequential: keep no state file (a resumed run makes every edit again)")
+    p.add_argument("--guard-max-drop", type=float, default=None, metavar="NATS",
+                   help="sequential: after each edit, score the first --guard-controls controls the unedited model "
+                        "answers (teacher-forced log p of their answers) and withdraw an edit that lowers their mean "
+                        "by more than NATS; the edit's row says refused, the summary lists refused_edits")
+    p.add_argument("--guard-controls", type=_positive, default=16, help="the drift guard's controls (default 16)")
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
     p.add_argument("--edits-from", default=None, metavar="DIR",
@@ -261,6 +266,9 @@ def run(args, argv: list[str]) -> int:
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")
+    if args.guard_max_drop is not None and (args.protocol != "sequential" or args.guard_max_drop < 0):
+        raise FactsFileError(f"--guard-max-drop {args.guard_max_drop}: the drift guard needs --protocol sequential "
+                             "and a drop of 0 nats or more")
     out = Path(args.out)
     # the code this process runs, and when: read before the minutes of loading and key statistics
     commit, started = git_commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -268,7 +276,8 @@ def run(args, argv: list[str]) -> int:
     method = build_method(args, lm, data)
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
                          controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
-                         fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases)
+                         fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases,
+                         guard_max_drop=args.guard_max_drop, guard_controls=args.guard_controls)
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},

@@ -13,7 +13,8 @@ log-probability is taken. Every answer is one row of DIR/cases.jsonl, keyed; a r
 started again with the same command and skips what its cases file already holds. In the sequential
 protocol the method's state is saved beside it (DIR/state.safetensors, state.py) at every checkpoint and
 at least every `state_every` seconds; a resumed run goes on from the last state, and makes again, unscored,
-only the edits after it.
+only the edits after it. With a drift guard (`guard_max_drop`), an edit that lowers the teacher-forced log p
+of a fixed set of controls too far is withdrawn and its row says so.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class RunOptions:
     immediate: bool = True  # sequential: score each fact right after its edit
     paraphrases: int | None = None  # score only each fact's first N paraphrases (None: all)
     seed: int = 0
+    guard_max_drop: float | None = None  # sequential: refuse an edit that lowers the guard controls' mean log p more
+    guard_controls: int = 16  # sequential, with a guard: how many controls (the first the unedited model answers)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "checkpoints": list(self.checkpoints)}
@@ -270,12 +273,33 @@ class Runner:
 
     # -- protocols ---------------------------------------------------------------------------------
     def before(self) -> None:
-        """What the unedited model does: controls, fluency, target log-probabilities."""
+        """What the unedited model does: controls, fluency, target log-probabilities (and the guard's)."""
         self.method.reset()
         n = len(self.data.facts)
         self.score(self.control_asks("before", range(len(self.data.controls)), None), "controls before editing")
         self.fluency("before/fluency")
         self.target_logprobs("before/logprob", range(n))
+        if self.options.guard_max_drop is not None:
+            items = self._guard_items()
+            if self.cases.rows.get("before/guard", {}).get("controls") != [j for j, _ in items]:
+                self.cases.add({"key": "before/guard", "controls": [j for j, _ in items],
+                                "logprob": self.answerer.target_logprobs([item for _, item in items])})
+
+    # -- the drift guard -----------------------------------------------------------------------------
+    def _guard_items(self) -> list[tuple[int, tuple[str, str, str, str]]]:
+        """The guard's controls: the first `guard_controls` that the unedited model answers with their target,
+        each teacher-forced on that answer: (control index, (system, user, answer, target))."""
+        rows = [self.cases.rows[f"before/control/{j}"] for j in range(len(self.data.controls))]
+        right = [(j, r) for j, r in enumerate(rows) if r["gives"]][:self.options.guard_controls]
+        return [(j, ("", r["user"], r["answer"], r["target"])) for j, r in right]
+
+    def _guard_drop(self) -> float:
+        """How far the guard controls' target log p fell, on average, from the unedited model's (nats)."""
+        before = self.cases.rows["before/guard"]["logprob"]
+        if not before:
+            return 0.0
+        now = self.answerer.target_logprobs([item for _, item in self._guard_items()])
+        return sum(b - a for b, a in zip(before, now)) / len(before)
 
     def run(self) -> None:
         self.before()
@@ -285,8 +309,22 @@ class Runner:
             self.sequential()
 
     def _edit(self, index: int) -> None:
+        """Edit fact `index`. With a guard (sequential), an edit that moves the guard controls' mean log p down
+        by more than `guard_max_drop` is withdrawn (the method goes back to its state before it) and its row
+        says `refused`; a resumed run does not make a refused edit again."""
         key = f"edit/{index}"
+        guarded = self.options.guard_max_drop is not None and self.options.protocol == "sequential"
+        if key in self.cases and self.cases.rows[key].get("refused"):
+            return
+        before = {k: v.detach().clone() for k, v in self.method.state_dict().items()} if guarded else None
         info = self.method.edit(self.data.facts[index])
+        if guarded:
+            drop = self._guard_drop()
+            info = {**info, "guard_drop": drop, "refused": drop > self.options.guard_max_drop}
+            if info["refused"]:
+                self.method.reset()
+                if before:
+                    self.method.load_state_dict(before)
         if key not in self.cases:
             self.cases.add({"key": key, "fact": index, **info})
 

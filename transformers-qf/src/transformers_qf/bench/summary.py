@@ -50,14 +50,18 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
 
         fluency_after = mean(rows["final/fluency"]["entropy"]) if "final/fluency" in rows else None
         logprob_after = mean(rows["final/logprob"]["logprob"]) if "final/logprob" in rows else None
-        delta_rel = edits[-1].get("delta_rel") if edits else None
+        kept = [e for e in edits if not e.get("refused")]  # a refused edit was withdrawn: the last kept one is in force
+        delta_rel = kept[-1].get("delta_rel") if kept else None
         immediate = cases.with_prefix("after/")
         extra = {
             "efficacy_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "question"),
             "paraphrase_immediate": fraction(r["gives"] for r in immediate if r["kind"] == "paraphrase"),
             "checkpoints": _checkpoints(cases, data, before),
             # editor's drift.py, after the last edit: how far layer L moved at earlier facts' unconstrained rows
-            "drift_earlier": (edits[-1].get("solves") or [{}])[0].get("drift_earlier") if edits else None,
+            "drift_earlier": (kept[-1].get("solves") or [{}])[0].get("drift_earlier") if kept else None,
+            # the drift guard (--guard-max-drop): the edits it withdrew, and the largest drop it measured
+            "refused_edits": [e["fact"] for e in edits if e.get("refused")],
+            "guard_drop_max": max((e["guard_drop"] for e in edits if "guard_drop" in e), default=None),
         }
     edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None
