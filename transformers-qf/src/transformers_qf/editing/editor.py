@@ -170,8 +170,8 @@ class _Clock:
     def total(self) -> float:
         return time.perf_counter() - self.start
 
-    def timings(self) -> dict[str, float]:
-        total = self.total()
+    def timings(self, total: float) -> dict[str, float]:
+        """The parts' seconds and "other", which adds them up to `total` (one reading of the clock for both)."""
         return {**self.seconds, "other": max(0.0, total - sum(self.seconds.values()))}
 
 
@@ -382,7 +382,8 @@ class Editor:
             with clock.part("drift"):
                 measured = watch.measure(W) if watch is not None else {}
             reports.append({**report, **measured})
-        return EditReport(clock.total(), len(up), reports, clock.timings())
+        seconds = clock.total()
+        return EditReport(seconds, len(up), reports, clock.timings(seconds))
 
     def _other_rows(self, contexts, user: str) -> list[torch.Tensor]:
         """Per context, the rows from the user turn to the last one that predicts the answer, less the kept ones."""
