@@ -204,6 +204,10 @@ def runs() -> dict[str, list[str]]:
     fast = ["--target-stop", "0.05", "--target-lr", "0.5", "--incremental"]
     intact = plan["sequential100-qf-L4-8-rome-60-copies-keep-words5"]
     plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast"] = [*intact, *fast, "--drift-rows", "8"]
+    # the same with the drift guard: an edit that lowers 16 real-entity controls' mean log p by more than 0.5 nats
+    # (teacher-forced, after every edit) is withdrawn
+    plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast-guard"] = [
+        *plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast"], "--guard-max-drop", "0.5"]
     plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast"] = [
         "--facts", FACTS.format(n=1000), "--protocol", "sequential", "--no-immediate", "--paraphrases", "1",
         "--checkpoints", "10,100,300", *intact[intact.index("--method"):], *fast, "--drift-rows", "2"]
