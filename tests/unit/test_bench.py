@@ -382,6 +382,13 @@ def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, 
     assert cli.main(["--facts", str(facts_file), "--method", "none", "--protocol", "single", "--out", "x",
                      "--gamma", "1"]) == 2
     assert "are qf options, not none's" in capsys.readouterr().err
+    assert cli.main(["--facts", str(facts_file), "--method", "none", "--protocol", "single", "--out", "x",
+                     "--null-space", "0.01"]) == 2
+    assert "are qf options, not none's" in capsys.readouterr().err
+    assert cli.main(["--facts", str(facts_file), "--method", "qf", "--protocol", "single", "--out", "x",
+                     "--no-covariance", "--null-space", "0.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "null space 0.01: give a variance threshold >= 0, with the covariance" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("keep", [False, True])

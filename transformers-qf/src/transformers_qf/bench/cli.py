@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--cov-answer-weight", type=float, default=None, metavar="W",
                     help="qf, generic+facts: add W times the covariance of the real-entity answers' own positions "
                     "(the keys that spell names and numbers)")
+    qf.add_argument("--null-space", type=float, default=None, metavar="T",
+                    help="qf, with --covariance: confine each change to the key directions whose variance in that "
+                    "covariance is below T times the mean (AlphaEdit's null-space projection), instead of weighting "
+                    "by its inverse")
     qf.add_argument("--target", choices=TARGETS, default=None,
                     help="qf: the layer output to aim at: the open-book pass (QF) or one optimised by gradient "
                     "descent (ROME/MEMIT's v*)")
@@ -182,6 +186,7 @@ def edit_config(args, num_layers: int | None = None) -> EditConfig:
         cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
         cov_corpus=args.cov_corpus or base.cov_corpus,
         cov_answer_weight=base.cov_answer_weight if args.cov_answer_weight is None else args.cov_answer_weight,
+        null_space=base.null_space if args.null_space is None else args.null_space,
         target=args.target or base.target,
         target_steps=args.target_steps or base.target_steps,
         target_lr=base.target_lr if args.target_lr is None else args.target_lr,
@@ -223,9 +228,14 @@ def key_metrics(lm: LoadedModel, config: EditConfig, count: int, exclude: list[s
           f"{' and questions about real entities' if config.cov_corpus == 'generic+facts' else ''} (cached after the "
           "first run) ...", file=sys.stderr, flush=True)
     name = f"{lm.name}-{str(lm.model.dtype).replace('torch.', '')}"
-    return keystats.key_metrics(lm.model, lm.tokenizer, Answerer(lm.model, lm.tokenizer).answers, config.layers,
-                                config.cov_corpus, config.cov_shrink, count, exclude, fact_count, cache_key=name,
-                                answer_weight=config.cov_answer_weight)
+    metrics = keystats.key_metrics(lm.model, lm.tokenizer, Answerer(lm.model, lm.tokenizer).answers, config.layers,
+                                   config.cov_corpus, config.cov_shrink, count, exclude, fact_count, cache_key=name,
+                                   answer_weight=config.cov_answer_weight, null_space=config.null_space)
+    for layer, metric in metrics.items():
+        if metric.null_rank:
+            print(f"bench: layer {layer}: the change is confined to {metric.null_rank} of {metric.basis.shape[0]} key "
+                  f"directions (variance below {config.null_space:g} x the mean)", file=sys.stderr, flush=True)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +271,7 @@ def run(args, argv: list[str]) -> int:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
     qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
                args.covariance is not None, args.cov_shrink is not None, args.cov_corpus,
-               args.cov_answer_weight is not None, args.target, args.keep_context, args.target_forms,
+               args.cov_answer_weight is not None, args.null_space is not None, args.target, args.keep_context, args.target_forms,
                args.target_stop is not None, args.incremental, args.drift_rows is not None, args.target_method)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "

@@ -75,6 +75,8 @@ def _config(run: dict) -> str:
             parts.append(f"covariance of {c.get('cov_corpus', 'generic')} text (shrink {c.get('cov_shrink', 0.1):g})")
             if c.get("cov_answer_weight"):
                 parts.append(f"+ {c['cov_answer_weight']:g} x its answers' covariance")
+            if c.get("null_space"):
+                parts.append(f"change confined to its null space (variance < {c['null_space']:g} x mean)")
         if c.get("target", "open-book") != "open-book":
             contexts = f", {c['target_contexts'] + 1} contexts" if c.get("target_contexts") else ""
             contexts += f", up to {c['target_wordings']} rewordings" if c.get("target_wordings") else ""

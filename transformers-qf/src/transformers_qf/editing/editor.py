@@ -86,6 +86,7 @@ class EditConfig:
     cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
     cov_corpus: str = "generic"  # the text that covariance is estimated on (COV_CORPORA)
     cov_answer_weight: float = 0.0  # generic+facts: C + w C(answer positions of the real-entity texts) (keystats)
+    null_space: float = 0.0  # covariance: confine the change to the directions of variance < this x mean (KeyMetric)
     target: str = "open-book"  # or "optimized": layer-output targets by gradient descent (gradtarget.py)
     target_steps: int = 20
     target_lr: float = 0.1  # relative to |h_t| (gradtarget.py)
@@ -110,6 +111,9 @@ class EditConfig:
         if self.cov_answer_weight < 0 or (self.cov_answer_weight > 0 and self.cov_corpus != "generic+facts"):
             raise PromptError(f"covariance answer weight {self.cov_answer_weight:g}: give a weight >= 0, and use it "
                               "with the generic+facts corpus (its answers are the ones weighted)")
+        if self.null_space < 0 or (self.null_space and not self.covariance):
+            raise PromptError(f"null space {self.null_space:g}: give a variance threshold >= 0, with the covariance "
+                              "(the null space is that of its keys)")
         if self.target not in TARGETS:
             raise PromptError(f"unknown target {self.target!r}: use one of {', '.join(TARGETS)}")
         most = len(CONTEXT_OPENINGS)
@@ -139,7 +143,10 @@ class EditConfig:
                               "target at subject-last or subject-copies (it keeps the subject's own row in check)")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "layers": list(self.layers)}
+        out = {**asdict(self), "layers": list(self.layers)}
+        if not self.null_space:  # added later: a configuration without it reads as it did before
+            del out["null_space"]
+        return out
 
 
 PAPER = EditConfig(layers=(23,), positions="answer")  # the QF paper: answer positions, exact, plain metric

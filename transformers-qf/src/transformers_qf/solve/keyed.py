@@ -89,33 +89,62 @@ class KeyMetric:
 
     C_s = (1 - shrink) C + shrink (trace C / d) I keeps C_s invertible when C was estimated from fewer
     samples than d_mlp; shrink = 1 is QF's plain metric up to a scale.
+
+    null_space > 0 replaces C_s^-1 by P = V V^T, the projector onto the eigenvectors of C whose variance is
+    below null_space times C's mean variance (AlphaEdit's null space of the preserved keys; shrink is not
+    used). The dual solve then gives dW = dW P: the change reads keys only through the directions generic
+    keys barely use, so dW u ~ 0 for those keys, while every edited row is still met (as far as its key
+    reaches into those directions; the residual says how far). P is singular, so this metric has no primal
+    form (at most d_mlp rows).
     """
 
-    def __init__(self, covariance: torch.Tensor, shrink: float = 0.1):
+    def __init__(self, covariance: torch.Tensor, shrink: float = 0.1, null_space: float = 0.0):
         if not 0.0 < shrink <= 1.0:
             raise SolveError(f"covariance shrink must be in (0, 1], got {shrink}")
+        if null_space < 0:
+            raise SolveError(f"null-space threshold must be >= 0 (0: none), got {null_space:g}")
         C = covariance.to(torch.float64)
         d = C.shape[0]
         scale = torch.trace(C) / d
+        self.scale, self.shrink, self.null_space = float(scale), shrink, null_space
+        self.factor: torch.Tensor | None = None
+        self.basis: torch.Tensor | None = None  # null_space: V [d_mlp, r], orthonormal
+        if null_space:
+            variances, vectors = torch.linalg.eigh(C / scale)
+            self.basis = vectors[:, variances < null_space].contiguous()
+            if self.basis.shape[1] == 0:
+                raise SolveError(f"no direction of the key covariance has a variance below {null_space:g} times "
+                                 f"its mean (the smallest is {float(variances[0]):.2e}): raise the null-space threshold")
+            return
         C = (1.0 - shrink) * C + shrink * scale * torch.eye(d, dtype=torch.float64, device=C.device)
         self.factor = torch.linalg.cholesky(C / scale)  # unit mean variance: lambda is on the scale of |u|^2 / d
-        self.scale = float(scale)
-        self.shrink = shrink
+
+    @property
+    def null_rank(self) -> int:
+        """The dimension of the null space the change is confined to (0: no projection)."""
+        return 0 if self.basis is None else self.basis.shape[1]
 
     def apply(self, keys: torch.Tensor) -> torch.Tensor:
-        """keys C_s^-1 (rows), [k, d_mlp] float64 on the keys' device, with C_s at unit mean variance."""
+        """keys C_s^-1 (rows), [k, d_mlp] float64 on the keys' device, with C_s at unit mean variance; with a
+        null space, keys P."""
+        if self.basis is not None:
+            k = keys.to(self.basis)
+            return ((k @ self.basis) @ self.basis.T).to(keys.device)
         return torch.cholesky_solve(keys.to(self.factor).T, self.factor).T.to(keys.device)
 
     def to(self, device: torch.device | str) -> "KeyMetric":
-        """This metric with its factor on `device` (itself when it is there already; copies are kept, one a
-        device, so that the solvers of several layers or a reset do not copy it again)."""
+        """This metric with its factor (or basis) on `device` (itself when it is there already; copies are kept,
+        one a device, so that the solvers of several layers or a reset do not copy it again)."""
         device = torch.device(device)
-        if self.factor.device == device:
+        held = self.basis if self.basis is not None else self.factor
+        if held.device == device:
             return self
         copies = self.__dict__.setdefault("_copies", {})
         if str(device) not in copies:
             moved = KeyMetric.__new__(KeyMetric)
-            moved.factor, moved.scale, moved.shrink = self.factor.to(device), self.scale, self.shrink
+            moved.scale, moved.shrink, moved.null_space = self.scale, self.shrink, self.null_space
+            moved.factor = self.factor.to(device) if self.factor is not None else None
+            moved.basis = self.basis.to(device) if self.basis is not None else None
             copies[str(device)] = moved
         return copies[str(device)]
 
@@ -235,6 +264,10 @@ class KeySolver:
         if not (torch.isfinite(keys).all() and torch.isfinite(residuals).all()):
             raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
         weights = torch.ones(m, **f64) if weights is None else weights.to(**f64)
+        if self.primal is None and self.count + m > self.dual_rows and self.metric is not None \
+                and self.metric.factor is None:  # checked before any state changes: the solver stays usable
+            raise SolveError(f"{self.count + m} rows: a null-space metric solves at most {self.dual_rows} rows (it "
+                             "has no primal form); edit fewer facts a layer or drop the null-space projection")
         self.count += m
         if self.primal is None and self.count > self.dual_rows:
             self.B = self.K = self.coef = None  # the primal form is built without them: their memory first

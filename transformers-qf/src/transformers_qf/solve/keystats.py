@@ -169,7 +169,7 @@ def key_covariances(model, layers, tokenizer, texts: list[str], batch_size: int 
 
 def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic+facts", shrink: float = 0.1,
                 count: int = 256, exclude: list[str] = (), fact_count: int | None = None,
-                cache_key: str | None = None, answer_weight: float = 0.0) -> dict:
+                cache_key: str | None = None, answer_weight: float = 0.0, null_space: float = 0.0) -> dict:
     """{layer: KeyMetric} for the covariance-weighted solve (`editor.Editor(..., metrics=...)`).
 
     corpus: "generic" (`count` everyday requests) or "generic+facts" (those plus `known_fact_texts`: all, or
@@ -177,7 +177,8 @@ def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic
     new tokens -> the model's answers. answer_weight w > 0 (generic+facts only): C + w C_answers, with
     C_answers the covariance of the answer positions of the real-entity texts alone, so the keys that spell
     the model's answers about entities (a surname after a first name, the next digit of a year) count w
-    times as much as the whole corpus.
+    times as much as the whole corpus. null_space > 0: each metric projects onto the directions whose variance is
+    below that fraction of the mean (`KeyMetric`, AlphaEdit's null space) instead of weighting by C_s^-1.
     """
     if answer_weight < 0 or (answer_weight > 0 and corpus != "generic+facts"):
         raise ValueError(f"an answer weight ({answer_weight:g}) needs corpus generic+facts and must be >= 0")
@@ -191,7 +192,7 @@ def key_metrics(model, tokenizer, answer: Answer, layers, corpus: str = "generic
     if answer_weight > 0:
         answers = key_covariances(model, parts, tokenizer, facts, cache_key=cache_key, answers_only=True)
         covariances = {i: c + answer_weight * answers[i][0] for i, c in covariances.items()}
-    return {i: KeyMetric(c, shrink) for i, c in covariances.items()}
+    return {i: KeyMetric(c, shrink, null_space) for i, c in covariances.items()}
 
 
 def _answer_start(tokenizer, text: str) -> int:
