@@ -484,6 +484,30 @@ def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_a
     assert losses == pytest.approx(alone_losses, rel=1e-5) and losses[-1] < losses[0]
 
 
+def test_the_warm_started_fit_steps_on_the_first_context_alone_then_on_all(tiny_model, monkeypatch):
+    from transformers_qf.editing import targets
+
+    g = torch.Generator().manual_seed(4)
+    contexts = [targets.Context(torch.randn(n, 32, generator=g), torch.tensor([1, n - 3]), torch.arange(n - 3, n - 1),
+                                torch.randint(0, 50, (2,), generator=g), torch.tensor([0, 1])) for n in (7, 12, 5)]
+    _, alone = targets.optimized_deltas(tiny_model, 1, contexts[:1], steps=3, lr=0.5)
+    stop = alone[2] + 1e-6  # the first context alone gets below it within 3 steps
+    stage_one = next(i + 1 for i, loss in enumerate(alone) if loss < stop)
+    seen = []
+    step = targets._step
+    monkeypatch.setattr(targets, "_step", lambda base, head, stage, *a, **k: seen.append(len(stage)) or
+                        step(base, head, stage, *a, **k))
+    delta, losses = targets.optimized_deltas(tiny_model, 1, contexts, steps=8, lr=0.5, stop=stop, method="adam-warm")
+    # the first context alone until its loss is below the stop (the same steps as a fit on it alone), then all three
+    assert seen[:stage_one] == [1] * stage_one and set(seen[stage_one:]) == {3} and len(seen) == len(losses)
+    assert losses[:stage_one] == pytest.approx(alone[:stage_one], rel=1e-6)
+    assert delta.shape == (2, 32) and torch.isfinite(delta).all()
+    with pytest.raises(ValueError, match="give a stop > 0"):
+        targets.optimized_deltas(tiny_model, 1, contexts, steps=3, method="adam-warm")
+    with pytest.raises(PromptError, match="give --target-stop too"):
+        EditConfig(target="optimized", target_method="adam-warm")
+
+
 def test_target_positions_keep_only_the_rows_that_predict_the_target(tiny_qwen2, tokenizer):
     from transformers_qf.core.prompting import encode
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers_qf.solve import keystats
 from transformers_qf.editing.editor import COV_CORPORA, PAPER, POSITIONS, RECOMMENDED, TARGETS, EditConfig
+from transformers_qf.editing.targets import FIT_METHODS
 from transformers_qf.editing.presets import PRESETS, SOURCE, get_preset
 from transformers_qf.core.errors import USER_ERRORS
 from transformers_qf.solve.keyed import KeyMetric
@@ -154,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--target-stop", type=float, default=None, metavar="NLL",
                     help="qf, optimized target: end the fit once the answer's mean NLL a token is below NLL "
                     "(0: always run --target-steps)")
-    qf.add_argument("--target-method", choices=("adam", "lbfgs"), default=None,
-                    help="qf, optimized target: Adam steps (default) or L-BFGS with a line search")
+    qf.add_argument("--target-method", choices=FIT_METHODS, default=None,
+                    help="qf, optimized target: Adam steps (default), adam-warm (Adam on the question alone until "
+                    "its loss is below --target-stop, then on every context) or L-BFGS with a line search")
     qf.add_argument("--incremental", action="store_true",
                     help="qf: extend each layer's factorisation by the new rows instead of re-factorising every "
                     "row of every edit (the same solve; the state keeps only the rows)")

@@ -97,7 +97,7 @@ class EditConfig:
     target_forms: bool = False  # optimized: the question and its rewordings answered in the model's own form too
     keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
     target_stop: float = 0.0  # optimized: stop the fit once the answer's mean NLL a token is below this (0: never)
-    target_method: str = "adam"  # optimized: "adam", or "lbfgs" (quasi-Newton steps with a line search; targets.py)
+    target_method: str = "adam"  # optimized: "adam", "adam-warm" (the question alone first) or "lbfgs" (targets.py)
     incremental: bool = False  # extend each layer's factorisation by the round's rows (keyed.py), no re-factorising
     drift_rows: int = 0  # optimized: rows a context the drift watch keeps (0: every unconstrained row)
 
@@ -129,6 +129,9 @@ class EditConfig:
         if self.target_method not in FIT_METHODS or (self.target_method != "adam" and self.target != "optimized"):
             raise PromptError(f"target method {self.target_method!r}: use one of {', '.join(FIT_METHODS)}, with the "
                               "optimized target")
+        if self.target_method == "adam-warm" and not self.target_stop:
+            raise PromptError("target method adam-warm moves on from the question once its loss is below the target "
+                              "stop: give --target-stop too")
         if self.incremental and self.ridge > 0:
             raise PromptError("the incremental solve is exact: give --ridge or --incremental, not both")
         if self.drift_rows < 0:

@@ -26,7 +26,7 @@ import torch
 
 from transformers_qf.core.capture import layer_slice
 
-FIT_METHODS = ("adam", "lbfgs")
+FIT_METHODS = ("adam", "adam-warm", "lbfgs")
 
 
 @dataclass
@@ -68,6 +68,9 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
     clamp_norm_factor. batched=False runs one forward per context (the same result; for timing the two).
     stop > 0: end the fit after the first step whose loss (the answer's mean NLL a token, averaged over the
     contexts, before that step's update) is below `stop`; that step's update is still made.
+    method "adam-warm": Adam on the first context alone until its loss is below `stop`, then, from there and with
+    the same moments, on every context until their mean is below it (a step on one short sequence costs a fraction
+    of a step on all; the losses are the first context's, then the mean's; `steps` counts both). Needs stop > 0.
     method "lbfgs": L-BFGS with a strong-Wolfe line search on the same loss instead of Adam (lr is then its
     step scale, 1 by default in torch); `steps` counts the loss's evaluations (a forward and a backward each,
     as an Adam step), the losses are those of every evaluation, and with `stop` the deltas returned are those
@@ -76,6 +79,9 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
     """
     if method not in FIT_METHODS:
         raise ValueError(f"unknown fit method {method!r}: use one of {', '.join(FIT_METHODS)}")
+    if method == "adam-warm" and stop <= 0:
+        raise ValueError("the warm-started fit moves on from the first context once its loss is below the stop: "
+                         "give a stop > 0")
     first = contexts[0]
     k = int(first.slots.max()) + 1
     if sorted(set(first.slots.tolist())) != list(range(k)):
@@ -104,10 +110,12 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
             if method == "lbfgs":
                 return _lbfgs(base, lm_head, contexts, eps, unit, decay, max_ratio, kept, batched, steps, lr, stop)
             optimiser = torch.optim.Adam([eps], lr=lr)
-            for _ in range(steps):
-                losses.append(_step(base, lm_head, contexts, eps, unit, decay, max_ratio, optimiser, kept, batched))
-                if losses[-1] < stop:
-                    break
+            stages = [contexts[:1], contexts] if method == "adam-warm" and len(contexts) > 1 else [contexts]
+            for stage in stages:
+                while len(losses) < steps:
+                    losses.append(_step(base, lm_head, stage, eps, unit, decay, max_ratio, optimiser, kept, batched))
+                    if losses[-1] < stop:
+                        break
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
