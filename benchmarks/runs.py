@@ -200,10 +200,10 @@ def runs() -> dict[str, list[str]]:
     # where the backprop-free default collapses (efficacy or specificity below 0.6; the 1000-fact run above was at
     # 0.68 / 0.45 after 100 edits), and whether AlphaEdit's null-space projection moves that point: the change
     # confined to the key directions whose variance in the generic+facts covariance is below 1/100 of the mean
-    collapse = ["--facts", FACTS.format(n=1000), "--limit", "300", "--protocol", "sequential", "--no-immediate",
-                "--paraphrases", "1", "--checkpoints", "10,30,50,100,150,200,300"]
-    plan["sequential300-qf-covfacts-target"] = [*collapse, *methods["qf-covfacts-target"]]
-    plan["sequential300-qf-covfacts-target-null0.01"] = [*collapse, *methods["qf-covfacts-target"],
+    collapse = ["--facts", FACTS.format(n=1000), "--limit", "200", "--protocol", "sequential", "--no-immediate",
+                "--paraphrases", "1", "--checkpoints", "10,30,50,75,100,150,200"]
+    plan["sequential200-qf-covfacts-target"] = [*collapse, *methods["qf-covfacts-target"]]
+    plan["sequential200-qf-covfacts-target-null0.01"] = [*collapse, *methods["qf-covfacts-target"],
                                                           "--null-space", "0.01"]
     # the spread edit above with the speed options (results/perf/intact_edit_profile.md, first 10 facts: 25 s an edit
     # against 61 s, 1.00 / 0.87 / 1.00 against 1.00 / 0.63 / 1.00): the fit ends once the answer's loss is below
@@ -229,8 +229,8 @@ def donor(name: str) -> str:
         return f"sweep-L{SWEEP_LAYERS[0]:02d}"
     if name.startswith("sequential50-"):
         return name  # no other run of 50 facts: it scores the unedited model itself
-    if name.startswith("sequential300-"):
-        return "sequential300-qf-covfacts-target"
+    if name.startswith("sequential200-"):
+        return "sequential200-qf-covfacts-target"
     size = "1000" if "1000-" in name else "100"
     return f"sequential{size}-qf-paper"
 

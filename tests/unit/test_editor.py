@@ -484,6 +484,19 @@ def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_a
     assert losses == pytest.approx(alone_losses, rel=1e-5) and losses[-1] < losses[0]
 
 
+def test_rows_after_the_last_scored_one_do_not_change_the_fit(tiny_model):
+    from transformers_qf.editing.targets import Context, optimized_deltas
+
+    g = torch.Generator().manual_seed(5)
+    contexts = [Context(torch.randn(n, 32, generator=g), torch.tensor([1, n - 3]), torch.arange(n - 3, n - 1),
+                        torch.randint(0, 50, (2,), generator=g), torch.tensor([0, 1])) for n in (7, 12)]
+    longer = [Context(torch.cat([c.hidden, torch.randn(4, 32, generator=g)]), c.positions, c.loss_positions,
+                      c.targets, c.slots) for c in contexts]
+    (delta, losses), (same, same_losses) = [optimized_deltas(tiny_model, 1, cs, steps=3) for cs in (contexts, longer)]
+    torch.testing.assert_close(same, delta, rtol=1e-5, atol=1e-6)
+    assert same_losses == pytest.approx(losses, rel=1e-5)
+
+
 def test_the_warm_started_fit_steps_on_the_first_context_alone_then_on_all(tiny_model, monkeypatch):
     from transformers_qf.editing import targets
 

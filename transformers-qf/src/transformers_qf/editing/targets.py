@@ -88,7 +88,9 @@ def optimized_deltas(model, layer: int, contexts: list[Context], steps: int = 20
         raise ValueError("the first context must have a row for every slot (its rows set each delta's scale)")
     if any(int(c.slots.max()) >= k for c in contexts) or (essence is not None and len(essence.positions) != k):
         raise ValueError(f"every context's slots must be among the first context's {k} (they share the deltas)")
-    contexts = [Context(c.hidden.detach(), c.positions, c.loss_positions, c.targets, c.slots) for c in contexts]
+    # each sequence cut after its last scored row: under the causal mask nothing after it changes the loss
+    contexts = [Context(c.hidden[:int(max(c.loss_positions.max(), c.positions.max())) + 1].detach(), c.positions,
+                        c.loss_positions, c.targets, c.slots) for c in contexts]
     firsts = [int((first.slots == t).nonzero()[0]) for t in range(k)]
     scale = torch.linalg.norm(first.hidden[first.positions[firsts]].float(), dim=1, keepdim=True)  # [k, 1]
     # delta = eps |h_t| / sqrt(d): an Adam step of lr moves each delta_t by about lr |h_t|, on any model
