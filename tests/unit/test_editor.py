@@ -484,6 +484,31 @@ def test_contexts_of_different_lengths_fit_the_same_deltas_in_one_padded_batch_a
     assert losses == pytest.approx(alone_losses, rel=1e-5) and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_rows_before_the_first_delta_run_once_with_the_same_fit(tiny_model, attention):
+    from transformers_qf.editing import targets
+
+    tiny_model.config._attn_implementation = attention
+    g = torch.Generator().manual_seed(6)
+    contexts = [targets.Context(torch.randn(n, 32, generator=g), torch.tensor([first, n - 3]),
+                                torch.arange(n - 3, n - 1), torch.randint(0, 50, (2,), generator=g),
+                                torch.tensor([0, 1])) for n, first in ((9, 3), (12, 5), (8, 4))]
+    calls = []
+    original = targets._Prefix.run
+    targets._Prefix.run = lambda self, base, batch: calls.append(self.length) or original(self, base, batch)
+    try:
+        results = [targets.optimized_deltas(tiny_model, 1, contexts, steps=3, prefix=prefix, batched=batched)
+                   for prefix, batched in ((False, True), (True, True), (True, False))]
+    finally:
+        targets._Prefix.run = original
+    (plain, plain_losses), *cached = results
+    for delta, losses in cached:
+        torch.testing.assert_close(delta, plain, rtol=1e-5, atol=1e-6)
+        assert losses == pytest.approx(plain_losses, rel=1e-5)
+    # batched: one prefix of 3 rows (the earliest delta row); one by one: each context's own
+    assert calls == [3] * 3 + [3, 5, 4] * 3
+
+
 def test_rows_after_the_last_scored_one_do_not_change_the_fit(tiny_model):
     from transformers_qf.editing.targets import Context, optimized_deltas
 
