@@ -509,6 +509,19 @@ def test_the_rows_before_the_first_delta_run_once_with_the_same_fit(tiny_model, 
     assert calls == [3] * 3 + [3, 5, 4] * 3
 
 
+def test_the_lbfgs_fit_counts_evaluations_and_returns_the_best_deltas_it_saw(tiny_model):
+    from transformers_qf.editing.targets import Context, optimized_deltas
+
+    g = torch.Generator().manual_seed(7)
+    contexts = [Context(torch.randn(n, 32, generator=g), torch.tensor([2, n - 3]), torch.arange(n - 3, n - 1),
+                        torch.randint(0, 50, (2,), generator=g), torch.tensor([0, 1])) for n in (8, 11)]
+    delta, losses = optimized_deltas(tiny_model, 1, contexts, steps=6, method="lbfgs")
+    assert len(losses) == 6 and delta.shape == (2, 32) and torch.isfinite(delta).all()
+    plain, plain_losses = optimized_deltas(tiny_model, 1, contexts, steps=6, method="lbfgs", prefix=False)
+    torch.testing.assert_close(delta, plain, rtol=1e-4, atol=1e-5)
+    assert losses == pytest.approx(plain_losses, rel=1e-4)
+
+
 def test_rows_after_the_last_scored_one_do_not_change_the_fit(tiny_model):
     from transformers_qf.editing.targets import Context, optimized_deltas
 
