@@ -503,6 +503,9 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
     assert text.split("## Planned but not run (or not finished)")[1].strip() == "- `later`: `python -m transformers_qf.bench --later`"
     assert (out / "benchmark_layers.png").stat().st_size > 1000 and (out / "benchmark_retention.png").is_file()
     assert len(json.loads((out / "benchmark.json").read_text())["runs"]) == 4
+    threads = torch.get_num_threads()
+    assert json.loads((runs / "seq-qf" / "summary.json").read_text())["device"] == f"cpu ({threads} threads)"
+    assert f"| cpu ({threads} threads) |" in text.split("| seq-qf |")[1].splitlines()[0]
 
     # a fresh machine with one run folder: the earlier report's other runs are kept, the folder's run wins
     fresh = tmp_path / "fresh"
@@ -514,6 +517,10 @@ def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_fi
     kept = json.loads((merged / "benchmark.json").read_text())["runs"]
     assert [r["label"] for r in kept] == ["seq-none", "seq-qf", "sweep-L01", "sweep-L03"]
     assert kept[0]["commit"] == "rerun" and "| sweep-L03 |" in (merged / "benchmark.md").read_text()
+    # a run summarized before the device was recorded: shown as the CPU, marked
+    (fresh / "seq-none" / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "device"}))
+    assert report.main([str(fresh), "--out", str(merged)]) == 0
+    assert "| cpu* |" in (merged / "benchmark.md").read_text().split("| seq-none |")[1].splitlines()[0]
     (tmp_path / "bad.json").write_text("[]")
     assert report.main([str(fresh), "--out", str(merged), "--earlier", str(tmp_path / "bad.json")]) == 2
 
@@ -661,9 +668,32 @@ def test_the_drift_guard_withdraws_an_edit_that_lowers_the_controls_and_a_resume
     assert again["final/logprob"]["logprob"] == strict["final/logprob"]["logprob"]
 
 
+def test_the_drift_guard_counts_the_controls_whose_target_is_no_longer_greedy_and_withdraws_past_its_limit(
+        bench_model, facts_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("transformers_qf.bench.run.gives", lambda answer, target: True)
+    made = []
+    monkeypatch.setattr(cli, "build_method", lambda args, lm, data: made.append(_NoisyEdit(lm.model)) or made[-1])
+    _, rows, summary = _guarded_run(tmp_path, facts_file, "lost", None, ["--guard-max-lost", "0", "--no-state"])
+    greedy_before = rows["before/guard"]["greedy"]
+    assert len(greedy_before) == len(rows["before/guard"]["controls"]) == 2
+    edits = [rows[f"edit/{i}"] for i in range(3)]
+    assert all(0 <= e["guard_lost"] <= sum(greedy_before) and e["guard_worst"] >= e["guard_drop"] for e in edits)
+    # 0 lost controls allowed: exactly the edits that lost one are withdrawn, and the noise loses some
+    assert summary["refused_edits"] == [i for i, e in enumerate(edits) if e["guard_lost"] > 0]
+    assert summary["guard_lost_max"] == max(e["guard_lost"] for e in edits)
+    assert made[-1].count == 3 - len(summary["refused_edits"])
+    if sum(greedy_before):
+        assert summary["refused_edits"]
+
+
 def test_the_drift_guard_is_refused_outside_the_sequential_protocol(bench_model, facts_file, tmp_path, capsys):
     argv = ["--facts", str(facts_file), "--method", "ft", "--protocol", "single", "--out", str(tmp_path / "r"),
             "--layer", "2", "--guard-max-drop", "1"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--protocol sequential" in err[0] and not (tmp_path / "r").exists()
+    argv = [a for a in argv if a not in ("--guard-max-drop", "1")] + ["--guard-max-lost", "-1"]
+    argv[argv.index("single")] = "sequential"
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--guard-max-lost -1" in err[0] and not (tmp_path / "r").exists()

@@ -38,19 +38,25 @@ class Answerer:
         return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens or self.max_new_tokens,
                               self.open_answer_turn, self.batch_size)
 
-    @torch.no_grad()
     def target_logprobs(self, items: list[tuple[str, str, str, str]]) -> list[float]:
         """log p of the target's tokens in the teacher-forced answer, for each (system, user, answer, target).
 
         The target's tokens are those of the answer words that overlap the target's first occurrence
         (the whole answer when the target does not occur in it).
         """
-        out: list[float] = []
+        return [logp for logp, _ in self.target_scores(items)]
+
+    def target_scores(self, items: list[tuple[str, str, str, str]]) -> list[tuple[float, bool]]:
+        """(log p, greedy) of the target's tokens for each (system, user, answer, target), as `target_logprobs`;
+        greedy: every target token is the most likely one after the answer before it, so that greedy generation
+        that reached the target's start writes the target."""
+        out: list[tuple[float, bool]] = []
         for start in range(0, len(items), self.batch_size):
-            out += self._logprobs(items[start:start + self.batch_size])
+            out += self._scores(items[start:start + self.batch_size])
         return out
 
-    def _logprobs(self, items) -> list[float]:
+    @torch.no_grad()
+    def _scores(self, items) -> list[tuple[float, bool]]:
         forced = [_forced_target(self.tokenizer, *item) for item in items]
         width = max(len(ids) for ids, _ in forced)
         batch = torch.full((len(forced), width), self.pad_id, dtype=torch.long)
@@ -62,8 +68,9 @@ class Answerer:
         for row, (ids, positions) in enumerate(forced):
             pos = torch.tensor(positions, device=logits.device)
             logp = torch.log_softmax(logits[row, pos - 1].float(), dim=-1)
-            picked = logp.gather(1, batch[row, pos].to(logits.device)[:, None])
-            result.append(float(picked.sum()))
+            wanted = batch[row, pos].to(logits.device)
+            picked = logp.gather(1, wanted[:, None])
+            result.append((float(picked.sum()), bool((logp.argmax(-1) == wanted).all())))
         return result
 
 

@@ -44,6 +44,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"bench: error: {message} (see --help)\n")
 
 
+def device_name(model) -> str:
+    """Where the model runs, for the report: "cpu (2 threads)" or "cuda (NVIDIA H100 80GB HBM3)"."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -100,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: after each edit, score the first --guard-controls controls the unedited model "
                         "answers (teacher-forced log p of their answers) and withdraw an edit that lowers their mean "
                         "by more than NATS; the edit's row says refused, the summary lists refused_edits")
+    p.add_argument("--guard-max-lost", type=int, default=None, metavar="N",
+                   help="sequential: the same guard, withdrawing an edit after which more than N of those controls "
+                        "no longer have their target as the greedy continuation of their answer (0: none may be lost)")
     p.add_argument("--guard-controls", type=_positive, default=16, help="the drift guard's controls (default 16)")
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
@@ -281,6 +294,9 @@ def run(args, argv: list[str]) -> int:
     if args.guard_max_drop is not None and (args.protocol != "sequential" or args.guard_max_drop < 0):
         raise FactsFileError(f"--guard-max-drop {args.guard_max_drop}: the drift guard needs --protocol sequential "
                              "and a drop of 0 nats or more")
+    if args.guard_max_lost is not None and (args.protocol != "sequential" or args.guard_max_lost < 0):
+        raise FactsFileError(f"--guard-max-lost {args.guard_max_lost}: the drift guard needs --protocol sequential "
+                             "and a count of 0 or more")
     out = Path(args.out)
     # the code this process runs, and when: read before the minutes of loading and key statistics
     commit, started = git_commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -289,13 +305,15 @@ def run(args, argv: list[str]) -> int:
     options = RunOptions(protocol=args.protocol, max_new_tokens=args.max_new_tokens, checkpoints=args.checkpoints,
                          controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
                          fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases,
-                         guard_max_drop=args.guard_max_drop, guard_controls=args.guard_controls)
+                         guard_max_drop=args.guard_max_drop, guard_max_lost=args.guard_max_lost,
+                         guard_controls=args.guard_controls)
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},
         "options": options.as_dict(),
         "model": lm.name,
         "dtype": str(lm.model.dtype).replace("torch.", ""),
+        "device": device_name(lm.model),
         "facts_file": str(args.facts),
         "n_facts": len(data.facts),
         "command": " ".join(["python -m transformers_qf.bench", *argv]),

@@ -30,6 +30,7 @@ COLUMNS = (
     ("fluency_drop", "fluency drop", "{:+.1%}"), ("logprob_before", "log p before", "{:.1f}"),
     ("logprob_after", "log p after", "{:.1f}"), ("delta_rel", "‖ΔW‖/‖W‖", "{:.3f}"),
     ("residual_max", "residual", "{:.0e}"), ("seconds_per_edit", "s / edit", "{:.2f}"),
+    ("device", "device", "{}"),
 )
 SEQUENTIAL_EXTRA = (("efficacy_immediate", "efficacy right after", "{:.2f}"),
                     ("paraphrase_immediate", "paraphrase right after", "{:.2f}"))
@@ -42,6 +43,10 @@ SPECIFICITY_NOTE = (
     "asked only for the own target; `leak`: control answers naming an edited fact's value; `controls changed`: "
     "control answers that differ from the unedited model's. Runs summarized before these scores existed show "
     "`–` for them.")
+
+
+DEVICE_NOTE = ("`device`: where the run's edits were made and scored (`s / edit` is that device's wall-clock "
+               "time an edit); `cpu*`: a run summarized before the device was recorded, made on 2 CPU cores.")
 
 
 # keys whose meaning changed when a kept control had to name no edited value; older summaries lack them
@@ -99,6 +104,8 @@ def _value(run: dict, key: str):
     that is exact (every fact has at least two paraphrases, so --paraphrases 1 or 2 scores that many a fact)."""
     if "specificity_target_only" not in run and key in STRICT_KEYS:  # summarized before the strict scores
         return run.get("specificity") if key == "specificity_target_only" else None
+    if key == "device" and run.get(key) is None:
+        return "cpu*"  # summarized before the device was recorded: every such run was made on 2 CPU cores
     if key == "n_paraphrases_scored" and run.get(key) is None:
         per_fact = (run.get("options") or {}).get("paraphrases")
         scored = run.get("n_questions_scored")
@@ -210,7 +217,7 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
     lines = ["# The facts benchmark", "", f"Written by `{command}` from the runs' summary.json files; "
              "do not edit by hand. Every number is a fraction of answers scored by free greedy generation "
              "(no teacher forcing); see docs/findings.md for the definitions.", "",
-             SPECIFICITY_NOTE, ""]
+             SPECIFICITY_NOTE, "", DEVICE_NOTE, ""]
     if runs:
         r0 = runs[0]
         lines += [f"- **model**: {r0['model']} ({r0['dtype']})", f"- **commits**: "

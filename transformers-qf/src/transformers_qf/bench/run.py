@@ -13,8 +13,9 @@ log-probability is taken. Every answer is one row of DIR/cases.jsonl, keyed; a r
 started again with the same command and skips what its cases file already holds. In the sequential
 protocol the method's state is saved beside it (DIR/state.safetensors, state.py) at every checkpoint and
 at least every `state_every` seconds; a resumed run goes on from the last state, and makes again, unscored,
-only the edits after it. With a drift guard (`guard_max_drop`), an edit that lowers the teacher-forced log p
-of a fixed set of controls too far is withdrawn and its row says so.
+only the edits after it. With a drift guard (`guard_max_drop`, `guard_max_lost`), an edit that lowers the
+teacher-forced log p of a fixed set of controls too far, or makes too many of them no longer the greedy answer,
+is withdrawn and its row says so.
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ class RunOptions:
     paraphrases: int | None = None  # score only each fact's first N paraphrases (None: all)
     seed: int = 0
     guard_max_drop: float | None = None  # sequential: refuse an edit that lowers the guard controls' mean log p more
+    guard_max_lost: int | None = None  # sequential: refuse an edit after which more guard controls' targets are lost
     guard_controls: int = 16  # sequential, with a guard: how many controls (the first the unedited model answers)
+
+    @property
+    def guarded(self) -> bool:
+        return self.protocol == "sequential" and (self.guard_max_drop is not None or self.guard_max_lost is not None)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "checkpoints": list(self.checkpoints)}
@@ -198,7 +204,7 @@ def _with_defaults(header: dict, defaults: dict[str, dict]) -> dict:
 
 
 def _comparable(header: dict) -> dict:
-    return {k: v for k, v in header.items() if k not in ("key", "started", "commit", "command")}
+    return {k: v for k, v in header.items() if k not in ("key", "started", "commit", "command", "device")}
 
 
 def _difference(old: dict, new: dict) -> str:
@@ -279,11 +285,12 @@ class Runner:
         self.score(self.control_asks("before", range(len(self.data.controls)), None), "controls before editing")
         self.fluency("before/fluency")
         self.target_logprobs("before/logprob", range(n))
-        if self.options.guard_max_drop is not None:
+        if self.options.guarded:
             items = self._guard_items()
             if self.cases.rows.get("before/guard", {}).get("controls") != [j for j, _ in items]:
+                scores = self.answerer.target_scores([item for _, item in items])
                 self.cases.add({"key": "before/guard", "controls": [j for j, _ in items],
-                                "logprob": self.answerer.target_logprobs([item for _, item in items])})
+                                "logprob": [logp for logp, _ in scores], "greedy": [g for _, g in scores]})
 
     # -- the drift guard -----------------------------------------------------------------------------
     def _guard_items(self) -> list[tuple[int, tuple[str, str, str, str]]]:
@@ -293,13 +300,22 @@ class Runner:
         right = [(j, r) for j, r in enumerate(rows) if r["gives"]][:self.options.guard_controls]
         return [(j, ("", r["user"], r["answer"], r["target"])) for j, r in right]
 
-    def _guard_drop(self) -> float:
-        """How far the guard controls' target log p fell, on average, from the unedited model's (nats)."""
-        before = self.cases.rows["before/guard"]["logprob"]
+    def _guard_check(self) -> dict:
+        """The guard controls now against the unedited model: guard_drop, the mean fall of their target log p
+        (nats); guard_worst, the largest one control's fall; guard_lost, how many whose target was the greedy
+        continuation of their answer no longer is. refused: a limit is passed."""
+        row = self.cases.rows["before/guard"]
+        before, was_greedy = row["logprob"], row.get("greedy") or [True] * len(row["logprob"])
         if not before:
-            return 0.0
-        now = self.answerer.target_logprobs([item for _, item in self._guard_items()])
-        return sum(b - a for b, a in zip(before, now)) / len(before)
+            return {"guard_drop": 0.0, "guard_worst": 0.0, "guard_lost": 0, "refused": False}
+        now = self.answerer.target_scores([item for _, item in self._guard_items()])
+        drops = [b - logp for b, (logp, _) in zip(before, now)]
+        check = {"guard_drop": sum(drops) / len(drops), "guard_worst": max(drops),
+                 "guard_lost": sum(g and not greedy for g, (_, greedy) in zip(was_greedy, now))}
+        o = self.options
+        check["refused"] = (o.guard_max_drop is not None and check["guard_drop"] > o.guard_max_drop) or \
+                           (o.guard_max_lost is not None and check["guard_lost"] > o.guard_max_lost)
+        return check
 
     def run(self) -> None:
         self.before()
@@ -309,18 +325,18 @@ class Runner:
             self.sequential()
 
     def _edit(self, index: int) -> None:
-        """Edit fact `index`. With a guard (sequential), an edit that moves the guard controls' mean log p down
-        by more than `guard_max_drop` is withdrawn (the method goes back to its state before it) and its row
-        says `refused`; a resumed run does not make a refused edit again."""
+        """Edit fact `index`. With a guard (sequential), an edit that passes one of its limits (`_guard_check`)
+        is withdrawn (the method goes back to its state before it) and its row says `refused`; a resumed run
+        does not make a refused edit again."""
         key = f"edit/{index}"
-        guarded = self.options.guard_max_drop is not None and self.options.protocol == "sequential"
+        guarded = self.options.guarded
         if key in self.cases and self.cases.rows[key].get("refused"):
             return
-        before = {k: v.detach().clone() for k, v in self.method.state_dict().items()} if guarded else None
+        # kept on the CPU: on a GPU a second copy of a long run's rows would not fit beside the first
+        before = {k: v.detach().to("cpu", copy=True) for k, v in self.method.state_dict().items()} if guarded else None
         info = self.method.edit(self.data.facts[index])
         if guarded:
-            drop = self._guard_drop()
-            info = {**info, "guard_drop": drop, "refused": drop > self.options.guard_max_drop}
+            info = {**info, **self._guard_check()}
             if info["refused"]:
                 self.method.reset()
                 if before:

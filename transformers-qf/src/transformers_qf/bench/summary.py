@@ -59,9 +59,10 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
             "checkpoints": _checkpoints(cases, data, before),
             # editor's drift.py, after the last edit: how far layer L moved at earlier facts' unconstrained rows
             "drift_earlier": (kept[-1].get("solves") or [{}])[0].get("drift_earlier") if kept else None,
-            # the drift guard (--guard-max-drop): the edits it withdrew, and the largest drop it measured
+            # the drift guard (--guard-max-drop/-lost): the edits it withdrew, the largest drop and loss it measured
             "refused_edits": [e["fact"] for e in edits if e.get("refused")],
             "guard_drop_max": max((e["guard_drop"] for e in edits if "guard_drop" in e), default=None),
+            "guard_lost_max": max((e["guard_lost"] for e in edits if "guard_lost" in e), default=None),
         }
     edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None
@@ -91,6 +92,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         **extra,
         "model": header["model"],
         "dtype": header["dtype"],
+        "device": header.get("device"),  # the device the run started on (not recorded before 2026-12-07)
         "method_config": header["method_config"],
         "options": header["options"],
         "facts_file": header["facts_file"],

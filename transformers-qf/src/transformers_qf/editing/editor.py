@@ -302,6 +302,8 @@ class Editor:
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.reset()
+        device = self.parts[0].down.weight.device  # a state file, or one kept aside, is read onto the CPU
+        state = {k: v.to(device) for k, v in state.items()}
         for i, (parts, solver) in enumerate(zip(self.parts, self.solvers)):
             solver.load_state_dict(_unprefixed(f"layer{i}.solver.", state))
             self.originals[i].load(state[f"layer{i}.weight"])
@@ -498,7 +500,7 @@ class Editor:
         self.last_target_losses = losses
         delta = delta.to(torch.float64) * (1.0 + c.gamma)
         self.last_target_delta = delta
-        return torch.cat([h[pos].to(torch.float64) + delta[context.slots]
+        return torch.cat([h[pos.to(h.device)].to(torch.float64) + delta[context.slots]
                           for h, (_, pos, _), context in zip(hidden, contexts, fitted)])
 
     def _positions(self, open_tf, closed_tf, system: str, user: str, subject: str | None, ends_answer: bool = False):
