@@ -88,11 +88,17 @@ def _config(run: dict) -> str:
             contexts += ", the model's own answer forms" if c.get("target_forms") else ""
             essence = f", essence KL {c['target_essence']:g}" if c.get("target_essence") else ""
             spread = f", fitted at layer {c['layers'][-1]} and spread" if len(c["layers"]) > 1 else ""
-            parts.append(f"{c['target']} target ({c['target_steps']} steps{contexts}{essence}{spread})")
+            fit = f", lr {c['target_lr']:g}" if c.get("target_lr", 0.1) != 0.1 else ""
+            fit += f", stopped below loss {c['target_stop']:g}" if c.get("target_stop") else ""
+            parts.append(f"{c['target']} target ({c['target_steps']} steps{fit}{contexts}{essence}{spread})")
         elif c.get("target_wordings"):
             parts.append(f"open book on up to {c['target_wordings']} rewordings too")
         if c.get("keep_context"):
             parts.append("other rows kept")
+        if c.get("incremental"):
+            parts.append("factor extended by each round")
+        if c.get("drift_rows"):
+            parts.append(f"{c['drift_rows']} drift rows a context")
         return ", ".join(parts)
     if run["method"] == "ft":
         return f"layer {c['layers'][0]}, {c['steps']} Adam steps, lr {c['lr']:g}"
