@@ -11,6 +11,7 @@ from transformers_qf.teach.edits import Edits
 from transformers_qf.core.models import LoadedModel, ModelLoadError
 from transformers_qf.cli.repl import Chat
 from transformers_qf.teach.learner import Learner
+from transformers_qf.editing.presets import PRESETS
 
 FACT = ["--system", "Qi started Oxinnovate.", "--user", "Who started Oxinnovate?",
         "--assistant", "Oxinnovate was started by Qi."]
@@ -182,7 +183,8 @@ def test_learn_help_lists_the_presets_with_what_they_measured(capsys):
     assert code == 0 and "--preset" in out
     for name in ("paper [default]", "qf-fast", "intact", "ft", "in-context"):
         assert f"  {name}: " in out, name
-    assert "146 s an edit" in out and "specificity 1.00" in out and "results/bench/benchmark.md" in out
+    intact = PRESETS["intact"]  # its measured cost and scores, as the report gives them
+    assert f"{intact.cost}; {intact.scores}" in out and "results/bench/benchmark.md" in out
 
 
 def test_one_sentence_is_enough(loads, capsys, tmp_path):
