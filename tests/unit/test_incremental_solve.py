@@ -93,3 +93,16 @@ def test_incremental_and_ridge_are_refused_together():
     W0, _, _, km = _problem()
     with pytest.raises(SolveError, match="incremental"):
         KeySolver(W0, km, ridge=0.5, incremental=True)
+
+
+@pytest.mark.parametrize("metric", [False, True])
+def test_past_its_dual_rows_the_incremental_solve_goes_on_in_the_primal_form_as_the_full_one(metric):
+    # a long run (about 150 facts of the intact preset a layer) passes d_mlp rows and switches form mid-run
+    W0, keys, R, km = _problem(k=60)
+    incremental = KeySolver(W0, km if metric else None, incremental=True, dual_rows=30)
+    full = KeySolver(W0, km if metric else None, dual_rows=30)
+    W_inc, reports = _rounds(incremental, keys, R, size=10)
+    W_full, _ = _rounds(full, keys, R, size=10)
+    assert [r.method.startswith("incremental") for r in reports] == [True, True, True, False, False, False]
+    assert incremental.primal is not None and "primal" in reports[-1].method
+    torch.testing.assert_close(W_inc, W_full, rtol=1e-9, atol=1e-9)
