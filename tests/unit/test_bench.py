@@ -632,7 +632,7 @@ class _NoisyEdit(NoEdit):
 def _guarded_run(tmp_path, facts_file, name, guard, extra=()):
     out = tmp_path / name
     argv = ["--facts", str(facts_file), "--method", "ft", "--protocol", "sequential", "--out", str(out),
-            "--max-new-tokens", "3", "--layer", "2", *extra]
+            "--max-new-tokens", "3", "--layer", "2", "--guard-set", "scored", *extra]  # the file's first controls
     if guard is not None:
         argv += ["--guard-max-drop", str(guard)]
     assert cli.main(argv) == 0
@@ -697,3 +697,61 @@ def test_the_drift_guard_is_refused_outside_the_sequential_protocol(bench_model,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--guard-max-lost -1" in err[0] and not (tmp_path / "r").exists()
+    argv = [a for a in argv if a not in ("--guard-max-lost", "-1")] + ["--guard-resolve"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--method qf" in err[0] and not (tmp_path / "r").exists()
+
+
+def _answering_with(model, tokenizer, questions: list[str], word: str, margin: float = 1.0) -> None:
+    """Make a tiny random model answer every question's first token with `word` (one token), by `margin` nats
+    over the runner-up: its output row is moved along the mean hidden state there. The guard then has controls
+    that the unedited model answers, as a real model's known controls."""
+    from transformers_qf.core import prompting
+
+    token, = tokenizer(word, add_special_tokens=False)["input_ids"]
+    prompts = []
+    for question in questions:
+        tf = prompting.teacher_forced(tokenizer, "", question, word)
+        prompts.append(tf.input_ids[:int(tf.kept[0]) + 1 + prompting.header_rows(tokenizer)])
+    with torch.no_grad():
+        hidden = torch.stack([model.model(input_ids=ids[None]).last_hidden_state[0, -1] for ids in prompts])
+        logits = model.lm_head(hidden)
+        runner_up = logits.clone()
+        runner_up[:, token] = -float("inf")
+        direction = hidden.mean(0) / hidden.mean(0).norm()
+        needed = (runner_up.max(1).values - logits[:, token] + margin) / (hidden @ direction)
+        model.lm_head.weight[token] += float(needed.max()) * direction
+
+
+def test_a_re_solving_guard_holds_the_held_out_controls_an_edit_loses_and_the_scored_ones_stay_out_of_it(
+        bench_model, facts_file, tmp_path, monkeypatch, tiny_qwen2, tokenizer):
+    from transformers_qf.bench import run as run_module
+
+    monkeypatch.setattr("transformers_qf.bench.run.gives", lambda answer, target: True)
+    questions = [f"Who is the CEO of {name}?" for name in ("Apple", "Ford", "IBM", "Intel")]
+    _answering_with(tiny_qwen2, tokenizer, questions, "te")  # the run's model is a copy of this one, made later
+    asked = []
+
+    def answered(answer, leave_out):
+        asked.append(leave_out)
+        return [(Control(q, "te", "ceo", q.split()[-1][:-1]), "te") for q in questions], len(questions)
+
+    monkeypatch.setattr(run_module, "answered_controls", answered)
+    out = tmp_path / "resolve"
+    argv = ["--facts", str(facts_file), "--method", "qf", "--paper", "--layer", "2", "--gamma", "20",
+            "--protocol", "sequential", "--out", str(out), "--max-new-tokens", "3", "--guard-resolve",
+            "--guard-controls", "4", "--guard-max-lost", "0"]
+    assert cli.main(argv) == 0
+    rows = {r["key"]: r for r in map(json.loads, (out / "cases.jsonl").read_text().splitlines())}
+    summary = json.loads((out / "summary.json").read_text())
+    # the guard watches the held-out questions, never the facts file's controls
+    assert asked == [frozenset({"Who started Alibaba?", "What is the capital of France?"})]
+    assert sorted(rows["before/guard"]["controls"]) == sorted(questions)
+    assert all(rows["before/guard"]["greedy"])
+    edits = [rows[f"edit/{i}"] for i in range(3)]
+    resolved = [e for e in edits if e.get("guard_lost_first")]
+    assert resolved  # the pushed edits lose the controls' shared first token (here the first edit loses all four)
+    assert summary["guard_resolved_edits"] == [e["fact"] for e in resolved]
+    for e in resolved:  # held where the unedited model has them: nothing is lost any more, nothing refused
+        assert e["guard_held_rows"] > 0 and e["guard_lost"] == 0 and not e["refused"]

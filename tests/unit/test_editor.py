@@ -356,6 +356,40 @@ def test_keep_context_holds_every_other_row_of_the_fitted_sequences(tiny_qwen2, 
                                rtol=1e-4, atol=1e-4)
 
 
+def test_hold_puts_a_damaged_conversation_back_at_every_layer_and_keeps_it_through_later_edits(tiny_qwen2,
+                                                                                                 tokenizer):
+    from transformers_qf.core.architectures import locate
+    from transformers_qf.core.capture import record
+
+    unedited = copy.deepcopy(tiny_qwen2)
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 2), target="optimized", target_steps=3,
+                                                      positions="subject-copies", incremental=True))
+    control = ("", "What is the capital of France?", "The capital of France is Paris.")
+    sequence = prompting.teacher_forced(tokenizer, *control)
+    rows = torch.arange(int(sequence.kept[-1]) + 1)
+
+    def outputs(model):  # both edited layers' outputs over the held rows
+        records = [record(model, locate(model, layer), [sequence.input_ids])[0] for layer in (1, 2)]
+        return [(r.v + r.y)[rows] for r in records]
+
+    editor.learn(*FACTS[0][:3], subject=FACTS[0][3])
+    original = outputs(unedited)
+    assert max(float((a - b).abs().max()) for a, b in zip(outputs(tiny_qwen2), original)) > 1e-3  # the edit moved it
+    held = editor.hold([control])
+    assert held["held_rows"] == len(rows)
+    for after, before in zip(outputs(tiny_qwen2), original):
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    report = editor.learn(*FACTS[1][:3], subject=FACTS[1][3])  # a later edit keeps it there, and meets its own rows
+    assert report.residual < 1e-4
+    for after, before in zip(outputs(tiny_qwen2), original):
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert editor.hold([control])["held_rows"] == 0  # held once: its rows are not added twice
+    state = editor.state_dict()
+    again = Editor(copy.deepcopy(unedited), tokenizer, editor.config)
+    again.load_state_dict(state)
+    assert again.hold([control])["held_rows"] == 0 and again.kept_prefixes == editor.kept_prefixes
+
+
 def test_without_keep_context_the_drift_of_earlier_facts_rows_is_reported(tiny_qwen2, tokenizer):
     editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(2,), target="optimized", target_steps=2,
                                                       positions="subject-last"))

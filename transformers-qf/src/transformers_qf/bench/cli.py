@@ -113,7 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard-max-lost", type=int, default=None, metavar="N",
                    help="sequential: the same guard, withdrawing an edit after which more than N of those controls "
                         "no longer have their target as the greedy continuation of their answer (0: none may be lost)")
+    p.add_argument("--guard-resolve", action="store_true",
+                   help="sequential, qf: an edit after which guard controls are lost is solved again with those "
+                        "controls held where the unedited model has them, then checked again (and withdrawn only if "
+                        "it still passes --guard-max-drop/-lost); the edit's row says guard_lost_first and "
+                        "guard_held_rows")
     p.add_argument("--guard-controls", type=_positive, default=16, help="the drift guard's controls (default 16)")
+    p.add_argument("--guard-set", choices=("held-out", "scored"), default="held-out",
+                   help="the guard's controls: held-out (default), real facts the facts file's controls leave out "
+                        "and the unedited model answers right, so that specificity is not scored on what the guard "
+                        "protects; scored, the first controls of the facts file the unedited model answers")
     p.add_argument("--before-from", default=None, metavar="DIR",
                    help="reuse the unedited model's answers from another run's folder (same model, dtype, facts)")
     p.add_argument("--edits-from", default=None, metavar="DIR",
@@ -297,6 +306,8 @@ def run(args, argv: list[str]) -> int:
     if args.guard_max_lost is not None and (args.protocol != "sequential" or args.guard_max_lost < 0):
         raise FactsFileError(f"--guard-max-lost {args.guard_max_lost}: the drift guard needs --protocol sequential "
                              "and a count of 0 or more")
+    if args.guard_resolve and (args.protocol != "sequential" or args.method != "qf"):
+        raise FactsFileError("--guard-resolve holds rows in qf's solve: give --method qf and --protocol sequential")
     out = Path(args.out)
     # the code this process runs, and when: read before the minutes of loading and key statistics
     commit, started = git_commit(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -306,7 +317,8 @@ def run(args, argv: list[str]) -> int:
                          controls_per_edit=args.controls_per_edit, immediate=not args.no_immediate,
                          fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases,
                          guard_max_drop=args.guard_max_drop, guard_max_lost=args.guard_max_lost,
-                         guard_controls=args.guard_controls)
+                         guard_controls=args.guard_controls, guard_resolve=args.guard_resolve)
+    options.guard_held_out = options.guarded and args.guard_set == "held-out"
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},

@@ -54,21 +54,30 @@ def invented_facts(n: int, seed: int = 0) -> list[Fact]:
     return facts
 
 
-def known_controls(answer: Answer, seed: int = 0) -> tuple[list[Control], int]:
-    """Every real fact the model answers right, as a control (in a seeded order); and how many were asked.
+def answered_controls(answer: Answer, leave_out: frozenset[str] = frozenset()) -> tuple[list[tuple[Control, str]], int]:
+    """Every real fact whose question (not in `leave_out`) the model answers right, as a control with the
+    model's answer, in `REAL_FACTS` order; and how many were asked.
 
     An accepted answer that the question itself contains ("Packard" in "Who founded Hewlett-Packard?")
     proves nothing and is not used.
     """
     candidates = [(f, RELATIONS[f.relation].question(f.subject, 0)) for f in REAL_FACTS]
+    candidates = [(f, q) for f, q in candidates if q not in leave_out]
     answers = answer([("", q) for _, q in candidates])
     kept = []
     for (fact, question), text in zip(candidates, answers):
         target = next((a for a in fact.answers if not gives(question, a) and gives(text, a)), None)
         if target is not None:
-            kept.append(Control(question, target, fact.relation, fact.subject))
-    random.Random(f"{seed}:controls").shuffle(kept)
+            kept.append((Control(question, target, fact.relation, fact.subject), text))
     return kept, len(candidates)
+
+
+def known_controls(answer: Answer, seed: int = 0) -> tuple[list[Control], int]:
+    """Every real fact the model answers right, as a control (in a seeded order); and how many were asked."""
+    answered, asked = answered_controls(answer)
+    kept = [control for control, _ in answered]
+    random.Random(f"{seed}:controls").shuffle(kept)
+    return kept, asked
 
 
 def pick_controls(kept: list[Control], count: int) -> list[Control]:

@@ -15,7 +15,10 @@ protocol the method's state is saved beside it (DIR/state.safetensors, state.py)
 at least every `state_every` seconds; a resumed run goes on from the last state, and makes again, unscored,
 only the edits after it. With a drift guard (`guard_max_drop`, `guard_max_lost`), an edit that lowers the
 teacher-forced log p of a fixed set of controls too far, or makes too many of them no longer the greedy answer,
-is withdrawn and its row says so.
+is withdrawn and its row says so. With `guard_resolve`, an edit that loses guard controls is first solved
+again with those controls held where the unedited model has them (`method.hold`), and checked again. With
+`guard_held_out`, the guard watches real facts that the facts file's controls leave out, so that what it
+protects is not what specificity scores.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 
 from transformers_qf.bench.answering import Answerer
 from transformers_qf.bench.data import Control, FactsFile
+from transformers_qf.bench.generate import answered_controls, pick_controls
 from transformers_qf.core.facts import Fact
 from transformers_qf.bench.metrics import gives, ngram_entropy
 from transformers_qf.bench.state import STATE_FILE, load_state, save_state
@@ -68,10 +72,13 @@ class RunOptions:
     guard_max_drop: float | None = None  # sequential: refuse an edit that lowers the guard controls' mean log p more
     guard_max_lost: int | None = None  # sequential: refuse an edit after which more guard controls' targets are lost
     guard_controls: int = 16  # sequential, with a guard: how many controls (the first the unedited model answers)
+    guard_held_out: bool = False  # the guard's controls: real facts the facts file's controls leave out (not scored)
+    guard_resolve: bool = False  # an edit that loses guard controls is solved again with them held (method.hold)
 
     @property
     def guarded(self) -> bool:
-        return self.protocol == "sequential" and (self.guard_max_drop is not None or self.guard_max_lost is not None)
+        return self.protocol == "sequential" and (self.guard_max_drop is not None or self.guard_max_lost is not None
+                                                  or self.guard_resolve)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "checkpoints": list(self.checkpoints)}
@@ -286,6 +293,11 @@ class Runner:
         self.fluency("before/fluency")
         self.target_logprobs("before/logprob", range(n))
         if self.options.guarded:
+            if self.options.guard_held_out and "before/guard-pool" not in self.cases:
+                scored = frozenset(c.user for c in self.data.controls)
+                answered, _ = answered_controls(self.answerer.answers, leave_out=scored)
+                self.cases.add({"key": "before/guard-pool", "controls": [
+                    {**asdict(control), "answer": text} for control, text in answered]})
             items = self._guard_items()
             if self.cases.rows.get("before/guard", {}).get("controls") != [j for j, _ in items]:
                 scores = self.answerer.target_scores([item for _, item in items])
@@ -293,29 +305,41 @@ class Runner:
                                 "logprob": [logp for logp, _ in scores], "greedy": [g for _, g in scores]})
 
     # -- the drift guard -----------------------------------------------------------------------------
-    def _guard_items(self) -> list[tuple[int, tuple[str, str, str, str]]]:
-        """The guard's controls: the first `guard_controls` that the unedited model answers with their target,
-        each teacher-forced on that answer: (control index, (system, user, answer, target))."""
+    def _guard_items(self) -> list[tuple[int | str, tuple[str, str, str, str]]]:
+        """The guard's controls, each teacher-forced on the unedited model's answer: (control index, or with
+        guard_held_out its question, (system, user, answer, target)). By default the first `guard_controls`
+        controls that the unedited model answers with their target; with guard_held_out, as many real facts
+        that the facts file's controls leave out and the unedited model answers right, half about the facts'
+        relations (as the controls are picked), in a seeded order."""
+        if self.options.guard_held_out:
+            pool = self.cases.rows["before/guard-pool"]["controls"]
+            answers = {c["user"]: c["answer"] for c in pool}
+            controls = [Control(c["user"], c["target"], c["relation"], c["subject"]) for c in pool]
+            random.Random(f"{self.options.seed}:guard").shuffle(controls)
+            chosen = pick_controls(controls, self.options.guard_controls)
+            return [(c.user, ("", c.user, answers[c.user], c.target)) for c in chosen]
         rows = [self.cases.rows[f"before/control/{j}"] for j in range(len(self.data.controls))]
         right = [(j, r) for j, r in enumerate(rows) if r["gives"]][:self.options.guard_controls]
         return [(j, ("", r["user"], r["answer"], r["target"])) for j, r in right]
 
-    def _guard_check(self) -> dict:
+    def _guard_check(self) -> tuple[dict, list[tuple[str, str, str, str]]]:
         """The guard controls now against the unedited model: guard_drop, the mean fall of their target log p
         (nats); guard_worst, the largest one control's fall; guard_lost, how many whose target was the greedy
-        continuation of their answer no longer is. refused: a limit is passed."""
+        continuation of their answer no longer is; and those lost controls."""
         row = self.cases.rows["before/guard"]
         before, was_greedy = row["logprob"], row.get("greedy") or [True] * len(row["logprob"])
         if not before:
-            return {"guard_drop": 0.0, "guard_worst": 0.0, "guard_lost": 0, "refused": False}
-        now = self.answerer.target_scores([item for _, item in self._guard_items()])
+            return {"guard_drop": 0.0, "guard_worst": 0.0, "guard_lost": 0}, []
+        items = [item for _, item in self._guard_items()]
+        now = self.answerer.target_scores(items)
         drops = [b - logp for b, (logp, _) in zip(before, now)]
-        check = {"guard_drop": sum(drops) / len(drops), "guard_worst": max(drops),
-                 "guard_lost": sum(g and not greedy for g, (_, greedy) in zip(was_greedy, now))}
+        lost = [item for item, g, (_, greedy) in zip(items, was_greedy, now) if g and not greedy]
+        return {"guard_drop": sum(drops) / len(drops), "guard_worst": max(drops), "guard_lost": len(lost)}, lost
+
+    def _guard_refuses(self, check: dict) -> bool:
         o = self.options
-        check["refused"] = (o.guard_max_drop is not None and check["guard_drop"] > o.guard_max_drop) or \
-                           (o.guard_max_lost is not None and check["guard_lost"] > o.guard_max_lost)
-        return check
+        return (o.guard_max_drop is not None and check["guard_drop"] > o.guard_max_drop) or \
+               (o.guard_max_lost is not None and check["guard_lost"] > o.guard_max_lost)
 
     def run(self) -> None:
         self.before()
@@ -325,8 +349,8 @@ class Runner:
             self.sequential()
 
     def _edit(self, index: int) -> None:
-        """Edit fact `index`. With a guard (sequential), an edit that passes one of its limits (`_guard_check`)
-        is withdrawn (the method goes back to its state before it) and its row says `refused`; a resumed run
+        """Edit fact `index`. With a guard (sequential), an edit that loses guard controls is solved again with
+        them held (guard_resolve), and one that then passes one of its limits (`_guard_check`) is withdrawn (the method goes back to its state before it) and its row says `refused`; a resumed run
         does not make a refused edit again."""
         key = f"edit/{index}"
         guarded = self.options.guarded
@@ -336,7 +360,14 @@ class Runner:
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.method.state_dict().items()} if guarded else None
         info = self.method.edit(self.data.facts[index])
         if guarded:
-            info = {**info, **self._guard_check()}
+            check, lost = self._guard_check()
+            if self.options.guard_resolve and lost:
+                held = self.method.hold([(system, user, answer) for system, user, answer, _ in lost])
+                first = check
+                check, lost = self._guard_check()
+                check.update(guard_lost_first=first["guard_lost"], guard_drop_first=first["guard_drop"],
+                             guard_held_rows=held["held_rows"], guard_hold_seconds=held["seconds"])
+            info = {**info, **check, "refused": self._guard_refuses(check)}
             if info["refused"]:
                 self.method.reset()
                 if before:

@@ -63,6 +63,8 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
             "refused_edits": [e["fact"] for e in edits if e.get("refused")],
             "guard_drop_max": max((e["guard_drop"] for e in edits if "guard_drop" in e), default=None),
             "guard_lost_max": max((e["guard_lost"] for e in edits if "guard_lost" in e), default=None),
+            # --guard-resolve: the edits solved again with their lost guard controls held
+            "guard_resolved_edits": [e["fact"] for e in edits if e.get("guard_lost_first")],
         }
     edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None

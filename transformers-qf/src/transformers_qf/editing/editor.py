@@ -397,6 +397,28 @@ class Editor:
         seconds = clock.total()
         return EditReport(seconds, len(up), reports, clock.timings(seconds))
 
+    @torch.no_grad()
+    def hold(self, turns: list[tuple[str, str, str]]) -> dict:
+        """Put these conversations (system, user, answer), teacher-forced, back where the original weights have
+        them, and keep them there through every later edit: at each edited layer, from the lowest up, every row
+        of a sequence through the last one that predicts its answer gets the target dW u' = 0 (its output under
+        W0), and the layer is solved again. Each layer's keys are recorded after the layers below were solved,
+        so that those rows see the original keys again. A row whose tokens so far were kept before (the chat
+        template's opening, an earlier hold) is not added twice. For sequences the edits have damaged, such as
+        a drift guard's lost controls; returns {"held_rows", "seconds"}."""
+        t0 = time.perf_counter()
+        sequences = [prompting.teacher_forced(self.tokenizer, system, user, answer) for system, user, answer in turns]
+        rows = self._new_rows([(tf, None, None) for tf in sequences],
+                              [torch.arange(int(tf.kept[-1]) + 1) for tf in sequences])
+        count = sum(len(r) for r in rows)
+        if count:
+            for parts, solver, original in zip(self.parts, self.solvers, self.originals):
+                keys, v = _rows_of(record(self.model, parts, [tf.input_ids for tf in sequences]), rows)
+                unchanged = solver.outputs_w0(keys, v)
+                solver.add(keys, torch.zeros_like(unchanged), torch.linalg.norm(unchanged, dim=1))
+                solver.solve_into(original.weight)
+        return {"held_rows": count, "seconds": time.perf_counter() - t0}
+
     def _other_rows(self, contexts, user: str) -> list[torch.Tensor]:
         """Per context, the rows from the user turn to the last one that predicts the answer, less the kept ones."""
         start = prompting.user_turn_start(self.tokenizer, prompting.chat_format(self.tokenizer).prompt("", user))

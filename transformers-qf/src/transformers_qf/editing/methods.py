@@ -5,6 +5,8 @@
     method.reset()                     the model as loaded again
     method.state_dict() -> {name: tensor}   what the edits so far left ({} when nothing: no edit)
     method.load_state_dict(state)      go on from there (a resumed sequential run)
+    method.hold(turns) -> dict         qf only: put (system, user, answer) conversations back as the original
+                                       weights have them, through every later edit (a drift guard's re-solve)
 
 - `none`: no edit (the floor).
 - `in-context`: the fact in the system turn when its questions are asked (the ceiling QF aims at).
@@ -48,6 +50,9 @@ class NoEdit:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
+    def hold(self, turns: list[tuple[str, str, str]]) -> dict:
+        raise NotImplementedError(f"method {self.name} cannot hold rows: a re-solving guard needs --method qf")
+
 
 class InContext(NoEdit):
     name = "in-context"
@@ -88,6 +93,9 @@ class QFEdit(NoEdit):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.editor.load_state_dict(state)
+
+    def hold(self, turns: list[tuple[str, str, str]]) -> dict:
+        return self.editor.hold(turns)
 
     def config(self) -> dict:
         return self.edit_config.as_dict()
