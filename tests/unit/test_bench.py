@@ -483,6 +483,37 @@ def test_report_writes_run_folders_relative_to_the_runs_folder_it_was_given():
     assert report.portable(None, "runs/b") is None
     rescored = "python -m transformers_qf.bench --out /a/runs/b/again --edits-from /a/runs/b/seq"
     assert report.portable(rescored, "runs/b") == "python -m transformers_qf.bench --out runs/b/again --edits-from runs/b/seq"
+    # a run brought from another machine into a folder of another name: --out names the folder it is reported from
+    assert report.portable(recorded, "runs/b", "seq-h100").startswith(
+        "python -m transformers_qf.bench --facts f.jsonl --out runs/b/seq-h100 --before-from runs/b/paper")
+
+
+def test_a_run_that_has_not_finished_is_summarized_from_the_checkpoints_it_has_scored(bench_model, facts_file,
+                                                                                      tmp_path, capsys):
+    from transformers_qf.bench import summary as summary_module
+
+    out = tmp_path / "cut"
+    argv = ["--facts", str(facts_file), "--method", "qf", "--paper", "--layer", "2", "--protocol", "sequential",
+            "--no-immediate", "--checkpoints", "1,2", "--out", str(out), "--max-new-tokens", "3"]
+    assert cli.main(argv) == 0
+    finished = json.loads((out / "summary.json").read_text())
+    # as if stopped during the third edit: its rows and the final checkpoint are not there, nor a summary
+    lines = [line for line in (out / "cases.jsonl").read_text().splitlines()
+             if not json.loads(line)["key"].startswith(("edit/2", "checkpoint/3/", "final/"))]
+    (out / "cases.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert summary_module.main([str(out)]) == 0
+    assert "2 of 3 edits" in capsys.readouterr().out
+    partial = json.loads((out / "summary.json").read_text())
+    assert finished["complete"] and finished["edits_made"] == 3
+    assert not partial["complete"] and partial["edits_made"] == 2 and partial["efficacy"] is None
+    assert partial["checkpoints"] == finished["checkpoints"][:2]
+    text = report.render(report.load_runs(tmp_path), tmp_path, "report")
+    assert "cut (stopped after 2 of 3 edits)" in text
+    assert summary_module.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
 
 
 def test_report_tables_plots_and_commands_from_run_folders(bench_model, facts_file, tmp_path):

@@ -89,18 +89,41 @@ def test_the_incremental_state_grows_linearly_in_rows_at_its_documented_bytes_a_
     assert [b - a for a, b in zip(sizes, sizes[1:])] == [9 * per_row] * 3
 
 
-def test_incremental_and_ridge_are_refused_together():
-    W0, _, _, km = _problem()
-    with pytest.raises(SolveError, match="incremental"):
-        KeySolver(W0, km, ridge=0.5, incremental=True)
+def _weighted_rounds(solver, keys, R, weights, size=6):
+    W = solver.W0.clone()
+    reports = []
+    for start in range(0, len(keys), size):
+        rows = slice(start, start + size)
+        solver.add(keys[rows], R[rows], torch.linalg.norm(R[rows], dim=1), weights[rows])
+        reports.append(solver.solve_into(W))
+    return W, reports
 
 
 @pytest.mark.parametrize("metric", [False, True])
-def test_past_its_dual_rows_the_incremental_solve_goes_on_in_the_primal_form_as_the_full_one(metric):
-    # a long run (about 150 facts of the intact preset a layer) passes d_mlp rows and switches form mid-run
+def test_the_incremental_ridge_gives_the_full_ridge_solves_change_and_goes_on_from_its_state(metric):
+    # the ridge is one more diagonal of K (lambda / s_t a row): rows, significances and a restart as the full solve
+    W0, keys, R, km = _problem(k=36)
+    km = km if metric else None
+    weights = torch.linspace(0.5, 2.0, 36, dtype=torch.float64)
+    ridge = 0.3 * float((keys ** 2).sum(1).mean())
+    W_full, _ = _weighted_rounds(KeySolver(W0, km, ridge=ridge), keys, R, weights)
+    incremental = KeySolver(W0, km, ridge=ridge, incremental=True)
+    W_inc, reports = _weighted_rounds(incremental, keys[:24], R[:24], weights[:24])
+    assert all(r.method == "incremental, ridge" for r in reports)
+    assert reports[-1].residual > 1e-3  # a ridge does not meet its rows exactly
+    restored = KeySolver(W0, km, ridge=ridge, incremental=True)
+    restored.load_state_dict({k: v.clone() for k, v in incremental.state_dict().items()})
+    for solver in (incremental, restored):
+        W_inc, _ = _weighted_rounds(solver, keys[24:], R[24:], weights[24:])
+        torch.testing.assert_close(W_inc, W_full, rtol=1e-7, atol=1e-9)  # the incremental jitter: 1e-10 of K's diagonal
+
+
+@pytest.mark.parametrize("metric, ridge", [(False, 0.0), (True, 0.0), (True, 5.0)])
+def test_past_its_dual_rows_the_incremental_solve_goes_on_in_the_primal_form_as_the_full_one(metric, ridge):
+    # a long run (about 125 facts of the intact preset a layer) passes d_mlp rows and switches form mid-run
     W0, keys, R, km = _problem(k=60)
-    incremental = KeySolver(W0, km if metric else None, incremental=True, dual_rows=30)
-    full = KeySolver(W0, km if metric else None, dual_rows=30)
+    incremental = KeySolver(W0, km if metric else None, ridge, incremental=True, dual_rows=30)
+    full = KeySolver(W0, km if metric else None, ridge, dual_rows=30)
     W_inc, reports = _rounds(incremental, keys, R, size=10)
     W_full, _ = _rounds(full, keys, R, size=10)
     assert [r.method.startswith("incremental") for r in reports] == [True, True, True, False, False, False]

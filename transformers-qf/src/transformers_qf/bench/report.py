@@ -127,13 +127,20 @@ def _method(run: dict) -> str:
     return "qf-paper" if all(config.get(k, v) == v for k, v in PAPER.as_dict().items()) else "qf"
 
 
+def _label(run: dict) -> str:
+    """The run's name, and how far it got if it has not finished (summarized while going, or stopped)."""
+    if run.get("complete") is False and run.get("edits_made") is not None:
+        return f"{run['label']} (stopped after {run['edits_made']} of {run['n_facts']} edits)"
+    return run["label"]
+
+
 def table(runs: list[dict], sequential: bool, first: str = "run") -> list[str]:
     columns = COLUMNS + (SEQUENTIAL_EXTRA if sequential else ())
     lines = [f"| {first} | method | configuration | " + " | ".join(c[1] for c in columns) + " |",
              "|" + "---|" * (len(columns) + 3)]
     for run in runs:
         cells = [_fmt(_value(run, key), pattern) for key, _, pattern in columns]
-        lines.append(f"| {_cell(run['label'])} | {_method(run)} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(_label(run))} | {_method(run)} | {_cell(_config(run))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -186,13 +193,18 @@ def retention_plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def portable(command: str | None, runs: str) -> str | None:
+def portable(command: str | None, runs: str, label: str | None = None) -> str | None:
     """A run's recorded command with its --out/--before-from/--edits-from folders under `runs` as given to the
-    report, not the absolute paths of the machine that made it."""
+    report, not the absolute paths of the machine that made it; --out is the run's folder there (`label`), which
+    may have been renamed when the run was brought from another machine."""
     if command is None:
         return None
-    return re.sub(r"(--out|--before-from|--edits-from) \S*?([^/\s]+)(?=\s|$)", lambda m: f"{m[1]} {runs.rstrip('/')}/{m[2]}",
-                  command)
+    root = runs.rstrip("/")
+
+    def folder(m: re.Match) -> str:
+        return f"{m[1]} {root}/{label if label and m[1] == '--out' else m[2]}"
+
+    return re.sub(r"(--out|--before-from|--edits-from) \S*?([^/\s]+)(?=\s|$)", folder, command)
 
 
 def earlier_runs(path: Path, runs: list[dict]) -> list[dict]:
@@ -250,7 +262,7 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
         for steps, group in sorted(by_steps.items(), key=lambda kv: kv[0][-1]):
             lines += ["| run | " + " | ".join(f"after {n}" for n in steps) + " |", "|---|" + "---|" * len(steps)]
             for r in group:
-                lines.append(f"| {_cell(r['label'])} | " + " | ".join(
+                lines.append(f"| {_cell(_label(r))} | " + " | ".join(
                     f"{_fmt(c['efficacy'], '{:.2f}')} / {_fmt(c['specificity'], '{:.2f}')}"
                     + ("" if "specificity_target_only" in c else "*") for c in r["checkpoints"]) + " |")
             lines += [""]
@@ -277,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = load_runs(Path(args.runs))
     for run in runs:
-        run["command"] = portable(run.get("command"), args.runs)
+        run["command"] = portable(run.get("command"), args.runs, run["label"])
     if args.earlier:
         try:
             runs = sorted(runs + earlier_runs(Path(args.earlier), runs), key=lambda r: r["label"])

@@ -110,6 +110,13 @@ class Cases:
             path.write_text("", encoding="utf-8")
             self.add({"key": "header", **header})
 
+    @classmethod
+    def read(cls, path: Path) -> "Cases":
+        """A cases file as it is, only read (its run may still be writing to it)."""
+        cases = cls.__new__(cls)
+        cases.path, cases.rows = path, {r["key"]: r for r in _read_rows(path)}
+        return cases
+
     def __contains__(self, key: str) -> bool:
         return key in self.rows
 

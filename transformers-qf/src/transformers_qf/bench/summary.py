@@ -8,13 +8,23 @@ relations and the rest; specificity_target_only: the earlier score, own target o
 that name an edited fact's value (a value that is the control's own target, or that its question names, is
 not counted); control_changed: control answers that differ from the unedited model's; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
 0..1. In the sequential protocol "final" scores come after the last edit, "immediate" right after each.
+
+A run writes its summary when it finishes; for one that is still going, or was stopped, write it from the
+checkpoints it has scored so far ("complete": false, the final scores empty):
+
+    python -m transformers_qf.bench.summary runs/benchmark/NAME [...]
 """
 
 from __future__ import annotations
 
-from transformers_qf.bench.data import FactsFile
+import argparse
+import sys
+from pathlib import Path
+
+from transformers_qf.bench.data import FactsFile, FactsFileError, read_facts
 from transformers_qf.bench.metrics import changed, fraction, kept, leaked_values, mean
 from transformers_qf.bench.run import Cases
+from transformers_qf.core.report import write_json
 
 
 def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
@@ -91,6 +101,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
         "n_questions_scored": len(questions),
         "n_paraphrases_scored": len(paraphrases),
         "complete": len(edits) == n or header["method"] in ("none", "in-context"),
+        "edits_made": len(edits),
         **extra,
         "model": header["model"],
         "dtype": header["dtype"],
@@ -149,3 +160,36 @@ def _checkpoints(cases: Cases, data: FactsFile, before: dict[int, dict]) -> list
             "efficacy_first10": fraction(r["gives"] for r in questions if r["fact"] < 10),
         })
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transformers_qf.bench.summary",
+                                     description="write DIR/summary.json from DIR/cases.jsonl (a run that has not "
+                                                 "finished: from the checkpoints it has scored)")
+    parser.add_argument("runs", nargs="+", metavar="DIR", help="a run folder (its cases.jsonl names its facts file)")
+    args = parser.parse_args(argv)
+    for run in map(Path, args.runs):
+        path = run / "cases.jsonl"
+        try:
+            if not path.is_file():
+                raise FactsFileError(f"{path} does not exist: give the folder of a benchmark run")
+            cases = Cases.read(path)
+            header = cases.rows.get("header")
+            if header is None:
+                raise FactsFileError(f"{path} has no header row: it is not a benchmark run's cases file")
+            data = read_facts(header["facts_file"])
+        except FactsFileError as e:
+            print(f"summary: error: {e}", file=sys.stderr)
+            return 2
+        data = FactsFile(data.facts[:header["n_facts"]], data.controls, data.meta)  # a run made with --limit
+        summary = summarize(cases, data, header)
+        write_json(run / "summary.json", summary)
+        done = len([k for k in cases.rows if k.startswith("edit/")])
+        points = ", ".join(f"{c['edits']}: {c['efficacy']:.2f} / {c['specificity']:.2f}" for c in summary.get("checkpoints", [])
+                           if c["efficacy"] is not None and c["specificity"] is not None)
+        print(f"{run / 'summary.json'}: {done} of {header['n_facts']} edits; efficacy / specificity at {points or 'no checkpoint yet'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

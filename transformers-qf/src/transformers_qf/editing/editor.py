@@ -38,7 +38,7 @@ not constrain, this fact's and every earlier one's (drift.py; `drift_rows` keeps
 Speed options, each off by default (results/perf/intact_edit_profile.md measures them): `target_stop` ends
 the gradient fit once the answer's mean NLL a token is below it; `incremental` extends each layer's
 factorisation by the round's rows instead of re-factorising every row (keyed.py; the state then keeps only
-the rows). `EditReport.timings` splits each edit's seconds into PARTS.
+the rows; with a ridge too). `EditReport.timings` splits each edit's seconds into PARTS.
 Editing several layers in turn re-captures the closed-book pass after each edit, so a later layer
 only closes what the earlier ones left open (open-book rows come from the model before the round).
 An optimised target is fitted once, at the deepest layer, and spread over the layers as MEMIT spreads
@@ -132,8 +132,6 @@ class EditConfig:
         if self.target_method == "adam-warm" and not self.target_stop:
             raise PromptError("target method adam-warm moves on from the question once its loss is below the target "
                               "stop: give --target-stop too")
-        if self.incremental and self.ridge > 0:
-            raise PromptError("the incremental solve is exact: give --ridge or --incremental, not both")
         if self.drift_rows < 0:
             raise PromptError(f"{self.drift_rows} drift rows: give 0 (all) or more")
         if self.target_wordings < 0:

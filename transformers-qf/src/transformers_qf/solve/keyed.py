@@ -33,7 +33,7 @@ which is the same minimiser as solving all rows at once. With lambda = 0 the pri
 least-squares solution (what the pseudo-inverse gives), with a jitter of `PRIMAL_JITTER` trace/d
 added to lambda C to keep P finite.
 
-`incremental=True` (lambda = 0, dual form) keeps the Cholesky factor L of A = K + D and dW itself, and
+`incremental=True` (dual form) keeps the Cholesky factor L of A = K + D and dW itself, and
 extends both by each round's m rows instead of re-factorising k rows (O(k^2 m + k m d_mlp + d_mlp^2 m)
 a round, against O(k^3 + k d_mlp d_model)): with Z = L^-1 A_om and the new rows' residual under the
 current change E = dW U_m^T + R_m^T,
@@ -41,7 +41,8 @@ current change E = dW U_m^T + R_m^T,
     L <- [[L, 0], [Z^T, chol(A_mm - Z^T Z)]],   dW <- dW - (S^-1 E^T)^T (U_m - Z'^T U_o) C^-1,  Z' = L^-T Z
 
 (S = A_mm - Z^T Z), the same minimiser as factorising A whole. D is each round's jitter, JITTER times
-K's mean diagonal on the new rows (raised tenfold while S does not factorise), kept per row so that
+K's mean diagonal on the new rows (raised tenfold while S does not factorise), plus lambda / s_t with a
+ridge (K + lambda S^-1 is the ridge solve's system: the ridge is one more diagonal), kept per row so that
 the factor can be rebuilt. Only the keys (float32), residuals, |targets| and jitters are state: L, dW
 and B = U C^-1 (held in memory, so that a round applies C^-1 to its own rows only) are rebuilt from them on
 load (one factorisation), so the state grows by 4 d_mlp + 8 d_model + 24
@@ -161,8 +162,6 @@ class KeySolver:
                  dual_rows: int | None = None, incremental: bool = False):
         if ridge < 0:
             raise SolveError(f"ridge must be >= 0, got {ridge}")
-        if incremental and ridge > 0:
-            raise SolveError("the incremental solve is exact (ridge 0): give a ridge or incremental, not both")
         self.incremental = incremental
         self.W0 = W0
         self.metric = metric.to(W0.device) if metric is not None else None  # every product on the weight's device
@@ -278,7 +277,7 @@ class KeySolver:
             self.primal.add(keys, residuals, targets_norm.to(**f64), weights)
             return
         if self._inc is not None:
-            self._inc.add(keys, residuals)
+            self._inc.add(keys, residuals, weights)
             self.keys = torch.cat([self.keys, keys.to(self.key_dtype)])
             self.R = torch.cat([self.R, residuals])
             self.target_norm = torch.cat([self.target_norm, targets_norm.to(**f64)])
@@ -389,13 +388,15 @@ class _Incremental:
             torch.mm(keys[c:c + CHUNK].to(torch.float64), B_new.T, out=out[c:c + CHUNK])
         return out
 
-    def add(self, keys: torch.Tensor, residuals: torch.Tensor) -> None:
-        """keys [m, d_mlp] float64 (rounded as they will be stored), residuals [m, d_model] float64."""
+    def add(self, keys: torch.Tensor, residuals: torch.Tensor, weights: torch.Tensor) -> None:
+        """keys [m, d_mlp] float64 (rounded as they will be stored), residuals [m, d_model], significances [m]."""
         keys = keys.to(self.solver.key_dtype).to(torch.float64)  # the rows as stored: a rebuild gives the same L
         B = self._apply(keys)
         new = B @ keys.T
         new = (new + new.T) / 2
         self.diag_sum += float(new.diagonal().sum())
+        ridge = self.solver.ridge / weights  # the ridge solve's (K + lambda S^-1): one more diagonal, as the jitter
+        new.diagonal().add_(ridge)
         k = len(self.L)
         scale = self.diag_sum / (k + len(keys))
         if k:
@@ -406,7 +407,10 @@ class _Incremental:
             Z, S = None, new
         L_new, j = _jittered_cholesky(S, JITTER, scale)
         self.jitter = j
-        self.method = "exact" if float(L_new.diagonal().min()) ** 2 > 1e4 * j * scale else "jittered"
+        if self.solver.ridge > 0:
+            self.method = "ridge"
+        else:
+            self.method = "exact" if float(L_new.diagonal().min()) ** 2 > 1e4 * j * scale else "jittered"
         self.cond = _pivot_cond(L_new)
         E = self.dW @ keys.T + residuals.T  # [d_model, m]: the new rows' residuals under the change so far
         coef = torch.cholesky_solve(E.T, L_new)  # S^-1 E^T, [m, d_model]
@@ -420,8 +424,7 @@ class _Incremental:
                                           1), torch.cat([Z.T, L_new], 1)])
         self.dW -= coef.T @ projected
         self.B = torch.cat([self.B, B])
-        self.jitters = torch.cat([self.jitters, torch.full((len(keys),), j * scale, dtype=torch.float64,
-                                                           device=self.jitters.device)])
+        self.jitters = torch.cat([self.jitters, j * scale + ridge])
         self.last = len(keys)
 
     def rebuild(self, jitters: torch.Tensor) -> None:
