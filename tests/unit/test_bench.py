@@ -786,3 +786,16 @@ def test_a_re_solving_guard_holds_the_held_out_controls_an_edit_loses_and_the_sc
     assert summary["guard_resolved_edits"] == [e["fact"] for e in resolved]
     for e in resolved:  # held where the unedited model has them: nothing is lost any more, nothing refused
         assert e["guard_held_rows"] > 0 and e["guard_lost"] == 0 and not e["refused"]
+
+
+def test_the_runs_that_reach_200_edits_get_a_plot_of_their_own(tmp_path):
+    def run(label, edits):
+        points = [{"edits": n, "efficacy": 1.0, "specificity": 0.9, "specificity_target_only": 0.9} for n in edits]
+        return {"label": label, "protocol": "sequential", "n_facts": edits[-1], "method": "none", "method_config": {},
+                "model": "tiny", "dtype": "float32", "commit": "c", "checkpoints": points}
+
+    text = report.render([run("short", [10, 100]), run("long", [10, 100, 300])], tmp_path, "report")
+    assert "![retention](benchmark_retention.png)" in text and "![scale](benchmark_scale.png)" in text
+    assert (tmp_path / "benchmark_scale.png").stat().st_size > 0
+    (tmp_path / "only-short").mkdir()
+    assert "![scale]" not in report.render([run("short", [10, 100])], tmp_path / "only-short", "report")

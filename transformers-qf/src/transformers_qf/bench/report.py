@@ -49,6 +49,8 @@ DEVICE_NOTE = ("`device`: where the run's edits were made and scored (`s / edit`
                "time an edit); `cpu*`: a run summarized before the device was recorded, made on 2 CPU cores.")
 
 
+SCALE_EDITS = 200  # runs whose checkpoints reach this many edits get a plot of their own (benchmark_scale.png)
+
 # keys whose meaning changed when a kept control had to name no edited value; older summaries lack them
 STRICT_KEYS = ("specificity", "specificity_target_only", "specificity_same_relation", "specificity_other", "leak",
                "control_changed")
@@ -171,24 +173,26 @@ def retention_plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    legend = 0.2 * ((len(runs) + 1) // 2) + 0.2  # inches: two labels a row, below the plots
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6 + legend), sharex=True)
     for run in runs:
         points = [c for c in run.get("checkpoints", []) if c.get("efficacy") is not None]
         if not points:
             continue
         x = [c["edits"] for c in points]
-        axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=run["label"])
+        axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=_label(run))
         old = "specificity_target_only" not in points[0]  # summarized before the strict score: own target only
         axes[1].plot(x, [c["specificity"] for c in points], "o:" if old else "o-",
-                     label=run["label"] + (" (own target only)" if old else ""))
+                     label=_label(run) + (" (own target only)" if old else ""))
     for ax, name in zip(axes, ("efficacy over the facts learned so far", "specificity (controls still right)")):
         ax.set_xscale("log")
         ax.set_xlabel("number of sequential edits")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend / (3.6 + legend), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -256,6 +260,10 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
     if retention:
         retention_plot(retention, out / "benchmark_retention.png")
         lines += ["## Retention against the number of edits", "", "![retention](benchmark_retention.png)", ""]
+        scale = [r for r in retention if r["checkpoints"][-1]["edits"] >= SCALE_EDITS]
+        if scale:
+            retention_plot(scale, out / "benchmark_scale.png")
+            lines += [f"The runs that reached {SCALE_EDITS} edits or more:", "", "![scale](benchmark_scale.png)", ""]
         by_steps: dict[tuple, list[dict]] = {}
         for r in retention:
             by_steps.setdefault(tuple(c["edits"] for c in r["checkpoints"]), []).append(r)

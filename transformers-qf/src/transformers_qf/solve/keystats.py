@@ -31,6 +31,7 @@ import hashlib
 import json
 import random
 from dataclasses import astuple
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -129,19 +130,33 @@ def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 
 
 
 @torch.no_grad()
+def _covariance_path(texts: list[str], layer: int, cache_key: str, answers_only: bool = False) -> Path:
+    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
+    part = "-answers" if answers_only else ""
+    return cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{layer}-{digest}{part}.safetensors"
+
+
+def cached_covariance(texts: list[str], layer: int, cache_key: str,
+                      answers_only: bool = False) -> tuple[torch.Tensor, int] | None:
+    """(C, count) of `key_covariances` for these texts and layer if it is cached, else None (no model needed)."""
+    path = _covariance_path(texts, layer, cache_key, answers_only)
+    if not path.is_file():
+        return None
+    stored = load_file(str(path))
+    return stored["covariance"].to(torch.float64), int(stored["count"])
+
+
 def key_covariances(model, layers, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
                     answers_only: bool = False) -> dict[int, tuple[torch.Tensor, int]]:
     """`key_covariance` at several layers (LayerParts), from one forward of each batch cut after the deepest
     layer not cached yet: {layer index: (C, count)}. Each layer is cached on its own."""
-    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
-    part = "-answers" if answers_only else ""
-    paths = {parts.index: cache_dir() / "keystats" / f"{_slug(cache_key)}-layer{parts.index}-{digest}{part}.safetensors"
+    paths = {parts.index: _covariance_path(texts, parts.index, cache_key, answers_only)
              for parts in layers} if cache_key is not None else {}
     found = {}
-    for index, path in paths.items():
-        if path.is_file():
-            stored = load_file(str(path))
-            found[index] = stored["covariance"].to(torch.float64), int(stored["count"])
+    for index in paths:
+        cached = cached_covariance(texts, index, cache_key, answers_only)
+        if cached is not None:
+            found[index] = cached
     missing = [parts for parts in layers if parts.index not in found]
     if not missing:
         return found
