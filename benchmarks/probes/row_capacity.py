@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a sequential run's folder (its state.safetensors and cases.jsonl)")
     parser.add_argument("--slot", type=int, default=-1, help="which of the run's edited layers (default: the last)")
-    parser.add_argument("--ridges", default="0.01,0.1,1,10", help="lambda, in units of the rows' mean |u|^2 in the metric")
+    parser.add_argument("--ridges", default="0.01,0.1,1,10",
+                        help="lambda, in units of the rows' mean |u|^2 in the metric")
     parser.add_argument("--prefixes", default="1000,2000,3000,4000,5000,6000,7000,7500,8000,8500",
                         help="numbers of first rows to solve exactly (those above the rows held are left out)")
     parser.add_argument("--out", default="results/perf")

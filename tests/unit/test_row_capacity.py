@@ -23,7 +23,8 @@ def test_the_probe_solves_a_runs_rows_as_the_run_did_and_a_ridge_trades_the_chan
     assert cli.main(["--facts", str(facts), "--method", "qf", "--paper", "--layer", "2", "--incremental",
                      "--protocol", "sequential", "--no-immediate", "--checkpoints", "4", "--out", str(run),
                      "--max-new-tokens", "3", "--positions", "target"]) == 0  # few rows: below d_mlp = 96
-    monkeypatch.setattr(script, "original_weight", lambda model, layer: locate(tiny_qwen2, layer).down.weight.detach().double())
+    monkeypatch.setattr(script, "original_weight",
+                        lambda model, layer: locate(tiny_qwen2, layer).down.weight.detach().double())
     out = tmp_path / "report"
     assert script.main([str(run), "--ridges", "0.01,1", "--prefixes", "3", "--out", str(out)]) == 0
     result = json.loads((out / "row_capacity.json").read_text())

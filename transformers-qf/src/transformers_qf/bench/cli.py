@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     qf.add_argument("--positions", choices=POSITIONS, default=None, help="qf: which positions are constrained")
     qf.add_argument("--gamma", type=float, default=None, help="qf: push the target past the open-book output")
     qf.add_argument("--ridge", type=float, default=None,
-                    help="qf: ridge lambda (0: exact); > 0 meets the rows in least squares with lambda |dW|^2 in the key "
-                         "metric, which keeps the change bounded once a layer's rows near d_mlp (with --incremental too)")
+                    help="qf: ridge lambda (0: exact); > 0 meets the rows in least squares with lambda |dW|^2 in the "
+                         "key metric, which keeps the change bounded once a layer's rows near d_mlp (with "
+                         "--incremental too)")
     qf.add_argument("--covariance", action=argparse.BooleanOptionalAction, default=None,
                     help="qf: weight the solve by the key covariance of generic text (EMMET/MEMIT form)")
     qf.add_argument("--cov-shrink", type=float, default=None, help="qf: shrink the covariance towards its mean "
