@@ -12,7 +12,7 @@ exactly as the run did (the same metric and jitters) and reports ‖ΔW‖/‖W0
 solve after its last saved edit, and its recorded ‖ΔW‖/‖W0‖ is printed beside it as a check. Then, over all
 rows, the same with each ridge lambda (given as a multiple of the rows' mean metric norm |u|² of K's diagonal,
 so that 1 weighs the change as much as one typical row): ‖ΔW‖/‖W0‖ and how far the rows are then missed
-(|ΔW u + r| / |target|: median and max). Writes OUT/row_capacity.md and .json. CPU, float64; about a minute
+(|ΔW u + r| / |target|: median and max; and / |r|, the share of the move a row asked for that is not made). Writes OUT/row_capacity.md and .json. CPU, float64; about a minute
 for 8,000 rows.
 """
 
@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     for multiple in map(float, args.ridges.split(",")):
         lam = multiple * scale
         dW = solve(K, R, B, lam / weights + jitters)
-        missed = torch.linalg.norm(keys @ dW.T + R, dim=1) / norms
+        miss = torch.linalg.norm(keys @ dW.T + R, dim=1)
+        missed, share = miss / norms, miss / torch.linalg.norm(R, dim=1)
         ridged.append({"ridge_multiple": multiple, "ridge": lam, "delta_rel": relative(dW),
-                       "missed_median": float(missed.median()), "missed_max": float(missed.max())})
+                       "missed_median": float(missed.median()), "missed_max": float(missed.max()),
+                       "move_missed_median": float(share.median())})
         print(f"ridge {multiple:g} x {scale:.3g}: |dW|/|W0| {ridged[-1]['delta_rel']:.3f}, rows missed by "
               f"{ridged[-1]['missed_median']:.3f} (median), {ridged[-1]['missed_max']:.3f} (max)", file=sys.stderr)
     result = {"run": run.name, "edits": edits, "layer": layer, "rows": n, "d_mlp": keys.shape[1],
@@ -153,18 +155,20 @@ def write(out: Path, result: dict) -> None:
         f"after edit {result['edits']}: layer {result['layer']}, {result['rows']} rows, d_mlp = {result['d_mlp']}. "
         "Each change is solved from the original weight in the run's key metric (float64).",
         "",
-        f"The run recorded |ΔW|/|W0| = {result['recorded_delta_rel']:.3f} for this layer after that edit; the solve "
+        f"The run recorded ‖ΔW‖/‖W0‖ = {result['recorded_delta_rel']:.3f} for this layer after that edit; the solve "
         f"over all its rows here gives {result['exact'][-1]['delta_rel']:.3f}.",
         "",
-        "| first rows | rows / d_mlp | exact |ΔW|/|W0| |",
+        "| first rows | rows / d_mlp | exact ‖ΔW‖/‖W0‖ |",
         "|---|---|---|",
     ]
     lines += [f"| {e['rows']} | {e['rows'] / result['d_mlp']:.2f} | {e['delta_rel']:.3f} |" for e in result["exact"]]
-    lines += ["", f"All {result['rows']} rows with a ridge lambda (a multiple of the rows' mean |u|² in the metric, "
-              f"{result['mean_key_norm_in_metric']:.3g}); missed: |ΔW u + r| / |target| over the rows.", "",
-              "| lambda (x mean |u|²) | |ΔW|/|W0| | rows missed, median | rows missed, max |", "|---|---|---|---|"]
-    lines += [f"| {r['ridge_multiple']:g} | {r['delta_rel']:.3f} | {r['missed_median']:.4f} | {r['missed_max']:.4f} |"
-              for r in result["ridge"]]
+    lines += ["", f"All {result['rows']} rows with a ridge lambda (a multiple of the rows' mean ‖u‖² in the metric, "
+              f"{result['mean_key_norm_in_metric']:.3g}; `--ridge` takes lambda itself). A row is missed by "
+              "‖ΔW u + r‖, given over ‖target‖ (the layer's output there) and over ‖r‖ (the move the row asked for).",
+              "", "| lambda (x mean ‖u‖²) | lambda | ‖ΔW‖/‖W0‖ | missed / ‖target‖, median | max | "
+              "missed / ‖r‖, median |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['ridge_multiple']:g} | {r['ridge']:.3g} | {r['delta_rel']:.3f} | {r['missed_median']:.4f} | "
+              f"{r['missed_max']:.4f} | {r['move_missed_median']:.3f} |" for r in result["ridge"]]
     (out / "row_capacity.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(out / "row_capacity.json", result)
     print(f"wrote {out / 'row_capacity.md'}")
