@@ -225,6 +225,7 @@ def runs() -> dict[str, list[str]]:
     # edits, each solved again with the guard controls it loses held where the unedited model has them. The 32 guard
     # controls are real facts that the scored controls leave out, so that specificity measures what the guard did not
     # see. Nothing is refused.
+    # (made on an H100 beside the same run without the guard, reported as `...-fast-h100`)
     plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast-resolve"] = [
         *plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast"], "--guard-resolve", "--guard-controls", "32"]
     # the 1000-fact run with the intact preset's options (those of the lr 0.1 run above), checkpointed at 10, 100,
@@ -233,6 +234,13 @@ def runs() -> dict[str, list[str]]:
         "--facts", FACTS.format(n=1000), "--protocol", "sequential", "--no-immediate", "--paraphrases", "1",
         "--checkpoints", "10,100,300", *intact[intact.index("--method"):], "--target-stop", "0.05", "--incremental",
         "--drift-rows", "8"]
+    # past about 125 facts the preset's layers hold more rows than d_mlp and the exact change grows fast
+    # (results/perf/row_capacity.md): the same run with a ridge that leaves a median row 3 % (lambda 0.65) or
+    # 10 % (6.5) short of its move at 100 facts. Scored at 10, 100 and 300 edits first; best made on a GPU
+    plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge0.65"] = [
+        *plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", "0.65"]
+    plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge6.5"] = [
+        *plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", "6.5"]
     return plan
 
 

@@ -8,6 +8,7 @@ run need not make them again). Mistakes print one line, `bench: error: ...`, and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -321,7 +322,7 @@ def run(args, argv: list[str]) -> int:
                          fluency_tokens=args.fluency_tokens, seed=args.seed, paraphrases=args.paraphrases,
                          guard_max_drop=args.guard_max_drop, guard_max_lost=args.guard_max_lost,
                          guard_controls=args.guard_controls, guard_resolve=args.guard_resolve)
-    options.guard_held_out = options.guarded and args.guard_set == "held-out"
+    options = dataclasses.replace(options, guard_held_out=options.guarded and args.guard_set == "held-out")
     header = {
         "method": method.name,
         "method_config": method.config() if method.layers or args.method in ("qf", "ft") else {},

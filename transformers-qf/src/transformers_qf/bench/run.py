@@ -357,8 +357,9 @@ class Runner:
 
     def _edit(self, index: int) -> None:
         """Edit fact `index`. With a guard (sequential), an edit that loses guard controls is solved again with
-        them held (guard_resolve), and one that then passes one of its limits (`_guard_check`) is withdrawn (the method goes back to its state before it) and its row says `refused`; a resumed run
-        does not make a refused edit again."""
+        them held (guard_resolve), and one that then passes one of its limits (`_guard_check`) is withdrawn (the
+        method goes back to its state before it) and its row says `refused`; a resumed run does not make a
+        refused edit again."""
         key = f"edit/{index}"
         guarded = self.options.guarded
         if key in self.cases and self.cases.rows[key].get("refused"):

@@ -129,7 +129,6 @@ def key_covariance(model, parts, tokenizer, texts: list[str], batch_size: int = 
     return key_covariances(model, [parts], tokenizer, texts, batch_size, cache_key, answers_only)[parts.index]
 
 
-@torch.no_grad()
 def _covariance_path(texts: list[str], layer: int, cache_key: str, answers_only: bool = False) -> Path:
     digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
     part = "-answers" if answers_only else ""
@@ -146,6 +145,7 @@ def cached_covariance(texts: list[str], layer: int, cache_key: str,
     return stored["covariance"].to(torch.float64), int(stored["count"])
 
 
+@torch.no_grad()
 def key_covariances(model, layers, tokenizer, texts: list[str], batch_size: int = 16, cache_key: str | None = None,
                     answers_only: bool = False) -> dict[int, tuple[torch.Tensor, int]]:
     """`key_covariance` at several layers (LayerParts), from one forward of each batch cut after the deepest
