@@ -237,6 +237,9 @@ def runs() -> dict[str, list[str]]:
     # past about 125 facts the preset's layers hold more rows than d_mlp and the exact change grows fast
     # (results/perf/row_capacity.md): the same run with a ridge that leaves a median row 3 % (lambda 0.65) or
     # 10 % (6.5) short of its move at 100 facts. Scored at 10, 100 and 300 edits first; best made on a GPU
+    # what the smaller ridge costs before the rows run out: the 100-fact lr 0.1 run (the intact preset) with it
+    plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge0.65"] = [
+        *plan["sequential100-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", "0.65"]
     plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge0.65"] = [
         *plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", "0.65"]
     plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge6.5"] = [
