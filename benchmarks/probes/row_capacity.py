@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"row_capacity: error: the state after edit {edits} holds no rows (made without --incremental, or "
               "saved after the primal switch): give a state saved earlier", file=sys.stderr)
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     keys = state[prefix + "keys"].to(torch.float64)
     R, weights, jitters = (state[prefix + k].to(torch.float64) for k in ("R", "weights", "jitter"))
     norms = state[prefix + "target_norm"].to(torch.float64)
