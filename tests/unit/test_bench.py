@@ -405,6 +405,9 @@ def test_keep_context_is_an_option_and_the_summary_says_how_far_earlier_rows_mov
             if json.loads(line)["key"] == "edit/2"][0]
     last = edit["solves"][0]
     assert ("held_rows" in last) is keep and summary["drift_earlier"] == last["drift_earlier"] > 0
+    deepest = summary["deepest_layer"]  # one point an edit: rows grow with the edits, the last is edit 2's
+    assert deepest["edits"] == [1, 2, 3] and deepest["rows"] == sorted(deepest["rows"])
+    assert deepest["rows"][-1] == last["rows"] and deepest["delta_rel"][-1] == last["delta_rel"]
     assert edit["target_loss"] > 0  # the answer's loss at the optimisation's last step
     assert ("other rows kept" in report._config(summary)) is keep
 
@@ -791,8 +794,9 @@ def test_a_re_solving_guard_holds_the_held_out_controls_an_edit_loses_and_the_sc
 def test_the_runs_that_reach_200_edits_get_a_plot_of_their_own(tmp_path):
     def run(label, edits):
         points = [{"edits": n, "efficacy": 1.0, "specificity": 0.9, "specificity_target_only": 0.9} for n in edits]
+        change = {"edits": list(range(1, edits[-1] + 1)), "rows": [], "delta_rel": [0.01 * n for n in range(edits[-1])]}
         return {"label": label, "protocol": "sequential", "n_facts": edits[-1], "method": "none", "method_config": {},
-                "model": "tiny", "dtype": "float32", "commit": "c", "checkpoints": points}
+                "model": "tiny", "dtype": "float32", "commit": "c", "checkpoints": points, "deepest_layer": change}
 
     text = report.render([run("short", [10, 100]), run("long", [10, 100, 300])], tmp_path, "report")
     assert "![retention](benchmark_retention.png)" in text and "![scale](benchmark_scale.png)" in text

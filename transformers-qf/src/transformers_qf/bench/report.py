@@ -168,28 +168,37 @@ def layer_plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def retention_plot(runs: list[dict], path: Path) -> None:
+def retention_plot(runs: list[dict], path: Path, change: bool = False) -> None:
+    """Efficacy and specificity at each run's checkpoints; with `change`, a third panel: the deepest edited
+    layer's ‖ΔW‖/‖W0‖ after every edit (summary's "deepest_layer"), where a run that outgrows its rows shows."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     legend = 0.2 * ((len(runs) + 1) // 2) + 0.2  # inches: two labels a row, below the plots
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6 + legend), sharex=True)
+    panels = 3 if change else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6 + legend), sharex=True)
     for run in runs:
         points = [c for c in run.get("checkpoints", []) if c.get("efficacy") is not None]
         if not points:
             continue
         x = [c["edits"] for c in points]
-        axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=_label(run))
+        line, = axes[0].plot(x, [c["efficacy"] for c in points], "o-", label=_label(run))
         old = "specificity_target_only" not in points[0]  # summarized before the strict score: own target only
-        axes[1].plot(x, [c["specificity"] for c in points], "o:" if old else "o-",
+        axes[1].plot(x, [c["specificity"] for c in points], "o:" if old else "o-", color=line.get_color(),
                      label=_label(run) + (" (own target only)" if old else ""))
-    for ax, name in zip(axes, ("efficacy over the facts learned so far", "specificity (controls still right)")):
+        if change and run.get("deepest_layer"):
+            series = run["deepest_layer"]
+            axes[2].plot(series["edits"], series["delta_rel"], "-", color=line.get_color())
+    titles = ["efficacy over the facts learned so far", "specificity (controls still right)",
+              "‖ΔW‖/‖W0‖ of the deepest edited layer"][:panels]
+    for ax, name in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("number of sequential edits")
         ax.set_title(name, fontsize=9)
-        ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.set_ylim(-0.03, 1.03)
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, legend / (3.6 + legend), 1, 1))
@@ -262,7 +271,7 @@ def render(runs: list[dict], out: Path, command: str, missing: dict[str, str] | 
         lines += ["## Retention against the number of edits", "", "![retention](benchmark_retention.png)", ""]
         scale = [r for r in retention if r["checkpoints"][-1]["edits"] >= SCALE_EDITS]
         if scale:
-            retention_plot(scale, out / "benchmark_scale.png")
+            retention_plot(scale, out / "benchmark_scale.png", change=True)
             lines += [f"The runs that reached {SCALE_EDITS} edits or more:", "", "![scale](benchmark_scale.png)", ""]
         by_steps: dict[tuple, list[dict]] = {}
         for r in retention:

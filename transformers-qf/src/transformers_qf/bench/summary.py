@@ -75,6 +75,7 @@ def summarize(cases: Cases, data: FactsFile, header: dict) -> dict:
             "guard_lost_max": max((e["guard_lost"] for e in edits if "guard_lost" in e), default=None),
             # --guard-resolve: the edits solved again with their lost guard controls held
             "guard_resolved_edits": [e["fact"] for e in edits if e.get("guard_lost_first")],
+            "deepest_layer": _deepest_layer(kept),
         }
     edits_by_fact = {e["fact"]: e for e in edits}
     fluency_before = mean(rows["before/fluency"]["entropy"]) if "before/fluency" in rows else None
@@ -139,6 +140,16 @@ def control_scores(controls: list[dict], values_of, before: dict[int, dict]) -> 
         "control_changed": fraction(changed(r["answer"], before[r["control"]]["answer"])
                                     for r in controls if r["control"] in before),
     }
+
+
+def _deepest_layer(edits: list[dict]) -> dict | None:
+    """The last edited layer's rows and ‖ΔW‖/‖W0‖ after each kept edit (its solve is the edit's last), for the
+    scale plot: where the rows pass d_mlp the change grows. None for a method that reports no solves."""
+    solved = [e for e in edits if e.get("solves")]
+    if not solved:
+        return None
+    return {"edits": [e["fact"] + 1 for e in solved], "rows": [e["solves"][-1]["rows"] for e in solved],
+            "delta_rel": [e["solves"][-1]["delta_rel"] for e in solved]}
 
 
 def _checkpoints(cases: Cases, data: FactsFile, before: dict[int, dict]) -> list[dict]:
