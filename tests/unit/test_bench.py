@@ -389,6 +389,9 @@ def test_bench_refuses_bad_input_in_one_line(bench_model, facts_file, tmp_path, 
                      "--no-covariance", "--null-space", "0.01"]) == 2
     err = capsys.readouterr().err.strip()
     assert "null space 0.01: give a variance threshold >= 0, with the covariance" in err and "\n" not in err
+    assert cli.main(["--facts", str(facts_file), "--method", "qf", "--protocol", "single", "--out", "x",
+                     "--ridge-relative"]) == 2
+    assert "give --ridge > 0 too" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("keep", [False, True])

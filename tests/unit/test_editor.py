@@ -103,6 +103,17 @@ def test_gamma_scales_the_push_and_ridge_shrinks_it(tiny_qwen2, tokenizer):
     assert deltas["ridge"] < deltas["exact"]
 
 
+def test_a_relative_ridge_is_resolved_per_layer_and_given_again_after_a_reset(tiny_qwen2, tokenizer):
+    editor = Editor(tiny_qwen2, tokenizer, EditConfig(layers=(1, 2), ridge=0.01, ridge_relative=True))
+    editor.learn(*FACTS[0][:3])
+    lams = [s.ridge for s in editor.solvers]
+    assert all(lam > 0 for lam in lams) and lams[0] != lams[1]  # each layer's own key norms
+    editor.reset()
+    assert [(s.ridge, s.ridge_given, s.ridge_relative) for s in editor.solvers] == [(0.0, 0.01, True)] * 2
+    editor.learn(*FACTS[0][:3])
+    assert [s.ridge for s in editor.solvers] == pytest.approx(lams, rel=1e-9)
+
+
 def _problem(k=6, d_model=12, d_mlp=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(d_model, d_mlp, generator=g, dtype=torch.float64)

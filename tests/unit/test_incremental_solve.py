@@ -129,3 +129,27 @@ def test_past_its_dual_rows_the_incremental_solve_goes_on_in_the_primal_form_as_
     assert [r.method.startswith("incremental") for r in reports] == [True, True, True, False, False, False]
     assert incremental.primal is not None and "primal" in reports[-1].method
     torch.testing.assert_close(W_inc, W_full, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", [False, True])
+def test_a_relative_ridge_is_lambda_times_the_first_rounds_mean_metric_norm_and_survives_a_restart(metric):
+    W0, keys, R, km = _problem(k=48)
+    km = km if metric else None
+    weights = torch.linspace(0.5, 2.0, 48, dtype=torch.float64)
+    first = keys[:6] if km is None else km.apply(keys[:6])
+    lam = 0.05 * float((weights[:6] * (first * keys[:6]).sum(1)).mean())
+    W_abs, _ = _weighted_rounds(KeySolver(W0, km, ridge=lam, incremental=True, dual_rows=30), keys, R, weights)
+    relative = KeySolver(W0, km, ridge=0.05, incremental=True, dual_rows=30, ridge_relative=True)
+    W_rel, reports = _weighted_rounds(relative, keys[:24], R[:24], weights[:24])
+    assert relative.ridge == pytest.approx(lam, rel=1e-12) and reports[0].ridge == relative.ridge
+    restored = KeySolver(W0, km, ridge=0.05, incremental=True, dual_rows=30, ridge_relative=True)
+    restored.load_state_dict({k: v.clone() for k, v in relative.state_dict().items()})
+    assert restored.ridge == relative.ridge  # not the mean of the rows it goes on with
+    for solver in (relative, restored):  # on past dual_rows, into the primal form
+        W_rel, reports = _weighted_rounds(solver, keys[24:], R[24:], weights[24:])
+        assert "primal" in reports[-1].method
+        torch.testing.assert_close(W_rel, W_abs, rtol=1e-8, atol=1e-9)
+    absolute = KeySolver(W0, km, ridge=lam, incremental=True)
+    absolute.add(keys[:6], R[:6], torch.ones(6))
+    with pytest.raises(SolveError, match="absolute ridge"):
+        KeySolver(W0, km, ridge=0.05, incremental=True, ridge_relative=True).load_state_dict(absolute.state_dict())

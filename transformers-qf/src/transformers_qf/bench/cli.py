@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qf: ridge lambda (0: exact); > 0 meets the rows in least squares with lambda |dW|^2 in the "
                          "key metric, which keeps the change bounded once a layer's rows near d_mlp (with "
                          "--incremental too)")
+    qf.add_argument("--ridge-relative", action="store_true", default=None,
+                    help="qf: --ridge is a multiple of each edited layer's mean |u|^2 in its key metric (over its "
+                         "first edit's rows), so that one value weighs the change alike at every layer")
     qf.add_argument("--covariance", action=argparse.BooleanOptionalAction, default=None,
                     help="qf: weight the solve by the key covariance of generic text (EMMET/MEMIT form)")
     qf.add_argument("--cov-shrink", type=float, default=None, help="qf: shrink the covariance towards its mean "
@@ -210,6 +213,7 @@ def edit_config(args, num_layers: int | None = None) -> EditConfig:
         positions=args.positions or base.positions,
         gamma=base.gamma if args.gamma is None else args.gamma,
         ridge=base.ridge if args.ridge is None else args.ridge,
+        ridge_relative=base.ridge_relative if args.ridge_relative is None else args.ridge_relative,
         covariance=base.covariance if args.covariance is None else args.covariance,
         cov_shrink=base.cov_shrink if args.cov_shrink is None else args.cov_shrink,
         cov_corpus=args.cov_corpus or base.cov_corpus,
@@ -297,13 +301,15 @@ def run(args, argv: list[str]) -> int:
     data = read_facts(args.facts)  # a bad file fails before the model loads
     if args.limit:
         data = FactsFile(data.facts[:args.limit], data.controls, data.meta)
-    qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.layers,
+    qf_only = (args.paper, args.positions, args.gamma is not None, args.ridge is not None, args.ridge_relative, args.layers,
                args.covariance is not None, args.cov_shrink is not None, args.cov_corpus,
                args.cov_answer_weight is not None, args.null_space is not None, args.target, args.keep_context, args.target_forms,
                args.target_stop is not None, args.incremental, args.drift_rows is not None, args.target_method)
     if args.method != "qf" and any(qf_only):
         raise FactsFileError(f"--paper/--positions/--gamma/--ridge/--layers/--covariance are qf options, "
                              f"not {args.method}'s")
+    if args.ridge_relative and not args.ridge:
+        raise FactsFileError("--ridge-relative scales --ridge by each layer's key norms: give --ridge > 0 too")
     if args.guard_max_drop is not None and (args.protocol != "sequential" or args.guard_max_drop < 0):
         raise FactsFileError(f"--guard-max-drop {args.guard_max_drop}: the drift guard needs --protocol sequential "
                              "and a drop of 0 nats or more")

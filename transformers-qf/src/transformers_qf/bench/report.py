@@ -77,7 +77,7 @@ def _config(run: dict) -> str:
         if c.get("gamma"):
             parts.append(f"γ {c['gamma']:g}")
         if c.get("ridge"):
-            parts.append(f"ridge {c['ridge']:g}")
+            parts.append(f"ridge {c['ridge']:g}" + (" x each layer's mean |u|²" if c.get("ridge_relative") else ""))
         if c.get("covariance"):
             parts.append(f"covariance of {c.get('cov_corpus', 'generic')} text (shrink {c.get('cov_shrink', 0.1):g})")
             if c.get("cov_answer_weight"):

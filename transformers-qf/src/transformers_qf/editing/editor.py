@@ -82,6 +82,7 @@ class EditConfig:
     positions: str = "answer"
     gamma: float = 0.0
     ridge: float = 0.0
+    ridge_relative: bool = False  # ridge is a multiple of each layer's mean |u|^2 in its metric (keyed.KeySolver)
     covariance: bool = False  # weight the solve by each layer's key covariance (needs `metrics`)
     cov_shrink: float = 0.1  # how far that covariance is shrunk towards its mean variance (KeyMetric)
     cov_corpus: str = "generic"  # the text that covariance is estimated on (COV_CORPORA)
@@ -266,7 +267,7 @@ class Editor:
         self.originals = [OriginalWeight(p.down) for p in self.parts]  # W0 of each edited layer, kept for reset
         self.solvers = [
             KeySolver(w.original, (metrics or {}).get(p.index) if config.covariance else None,
-                      config.ridge, incremental=config.incremental)
+                      config.ridge, incremental=config.incremental, ridge_relative=config.ridge_relative)
             for p, w in zip(self.parts, self.originals)
         ]
         self._forget()
@@ -279,7 +280,8 @@ class Editor:
         """Every edited layer back to its original weight; every round forgotten."""
         for original in self.originals:
             original.restore()
-        self.solvers = [KeySolver(s.W0, s.metric, s.ridge, incremental=s.incremental) for s in self.solvers]
+        self.solvers = [KeySolver(s.W0, s.metric, s.ridge_given, incremental=s.incremental,
+                                  ridge_relative=s.ridge_relative) for s in self.solvers]
         self._forget()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -156,16 +156,22 @@ class KeySolver:
     W0: [d_model, d_mlp] the original weight (kept as given, never changed); metric: None for QF's
     plain metric (C = I) or a KeyMetric; ridge: lambda (0: exact); dual_rows: the most rows solved in
     the dual form (default d_mlp) before switching to the primal one.
+
+    ridge_relative: `ridge` is a multiple of the first round's mean s_t |u_t|^2 in the metric (the mean
+    diagonal of the dual system S^1/2 K S^1/2), fixed at that round: one number then weighs the change alike
+    at layers whose keys differ in scale (on Qwen2.5-Coder-1.5B layer 4's mean is ~16 times layer 8's).
+    `self.ridge` is lambda itself once resolved (0 before the first round); `ridge_given` is what was given.
     """
 
     def __init__(self, W0: torch.Tensor, metric: KeyMetric | None = None, ridge: float = 0.0,
-                 dual_rows: int | None = None, incremental: bool = False):
+                 dual_rows: int | None = None, incremental: bool = False, ridge_relative: bool = False):
         if ridge < 0:
             raise SolveError(f"ridge must be >= 0, got {ridge}")
         self.incremental = incremental
         self.W0 = W0
         self.metric = metric.to(W0.device) if metric is not None else None  # every product on the weight's device
-        self.ridge = ridge
+        self.ridge_given, self.ridge_relative = ridge, ridge_relative
+        self.ridge = 0.0 if ridge_relative else ridge
         self.dual_rows = W0.shape[1] if dual_rows is None else dual_rows
         self.count = 0
         self.primal: _Primal | None = None
@@ -189,6 +195,8 @@ class KeySolver:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor the solver goes on from (not W0, which is the model's weight as loaded)."""
         out = {"count": torch.tensor(self.count)}
+        if self.ridge_relative:  # resolved at the first round: the rows that set it may no longer be kept
+            out["ridge"] = torch.tensor(self.ridge, dtype=torch.float64)
         if self._inc is not None and self.primal is None:
             return {**out, "keys": self.keys, "R": self.R, "target_norm": self.target_norm, "weights": self.weights,
                     "jitter": self._inc.jitters}
@@ -210,8 +218,13 @@ class KeySolver:
         States saved before the Cholesky solve also hold BB (B B^T), which is no longer needed.
         """
         f64 = dict(dtype=torch.float64, device=self.W0.device)
-        get = {k: v.to(**f64) for k, v in state.items() if k not in ("count", "BB", "keys")}
+        get = {k: v.to(**f64) for k, v in state.items() if k not in ("count", "BB", "keys", "ridge")}
         self.count = int(state["count"])
+        if self.ridge_relative and self.count:
+            if "ridge" not in state:
+                raise SolveError("this state was saved by a solver with an absolute ridge: load it into one made "
+                                 "without ridge_relative, or start over")
+            self.ridge = float(state["ridge"])
         if "P" in get:
             self.primal = _Primal.restored(self, get)
             self.keys = self.B = self.R = self.K = None
@@ -263,6 +276,8 @@ class KeySolver:
         if not (torch.isfinite(keys).all() and torch.isfinite(residuals).all()):
             raise SolveError("the recorded rows hold non-finite values: record again in float32 (--dtype float32)")
         weights = torch.ones(m, **f64) if weights is None else weights.to(**f64)
+        if self.ridge_relative and self.count == 0:
+            self.ridge = self.ridge_given * float((weights * self._metric_norms(keys)).mean())
         if self.primal is None and self.count + m > self.dual_rows and self.metric is not None \
                 and self.metric.factor is None:  # checked before any state changes: the solver stays usable
             raise SolveError(f"{self.count + m} rows: a null-space metric solves at most {self.dual_rows} rows (it "
@@ -292,6 +307,11 @@ class KeySolver:
         self.R = torch.cat([self.R, residuals])
         self.target_norm = torch.cat([self.target_norm, targets_norm.to(**f64)])
         self.weights = torch.cat([self.weights, weights])
+
+    def _metric_norms(self, keys: torch.Tensor) -> torch.Tensor:
+        """|u_t|^2 in the metric, u^T C^-1 u [m] (K's diagonal for these rows)."""
+        metric_keys = keys if self.metric is None else self.metric.apply(keys)
+        return (metric_keys * keys).sum(dim=1)
 
     @torch.no_grad()
     def solve_into(self, W: torch.Tensor) -> KeySolveReport:
