@@ -247,6 +247,11 @@ def runs() -> dict[str, list[str]]:
     # and 25 % short at 100 facts: more rows share the same ridge as a run grows, so each is missed by less
     plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge65"] = [
         *plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", "65"]
+    # an absolute lambda barely reaches layers 4-7: layer 4's mean |u|^2 in its metric is ~10,100, layer 8's 646.
+    # The same ridges given relative to each layer's own (0.001 and 0.01 are 0.65 and 6.5 at layer 8), and 0.1
+    for rel in ("0.001", "0.01", "0.1"):
+        plan[f"sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1-ridge{rel}rel"] = [
+            *plan["sequential1000-qf-L4-8-rome-60-copies-keep-words5-fast-lr0.1"], "--ridge", rel, "--ridge-relative"]
     return plan
 
 
