@@ -199,6 +199,8 @@ def retention_plot(runs: list[dict], path: Path, change: bool = False) -> None:
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.set_ylim(-0.03, 1.03)
+    if change:
+        axes[2].set_yscale("log")  # from a tenth to tens: a run that outgrows its rows jumps
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, legend / (3.6 + legend), 1, 1))
