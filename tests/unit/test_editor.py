@@ -112,6 +112,8 @@ def test_a_relative_ridge_is_resolved_per_layer_and_given_again_after_a_reset(ti
     assert [(s.ridge, s.ridge_given, s.ridge_relative) for s in editor.solvers] == [(0.0, 0.01, True)] * 2
     editor.learn(*FACTS[0][:3])
     assert [s.ridge for s in editor.solvers] == pytest.approx(lams, rel=1e-9)
+    assert editor.config.as_dict()["ridge_relative"] is True
+    assert "ridge_relative" not in EditConfig(ridge=0.01).as_dict()  # earlier edits files and runs read the same
 
 
 def _problem(k=6, d_model=12, d_mlp=40, seed=0):

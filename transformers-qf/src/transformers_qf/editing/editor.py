@@ -146,8 +146,9 @@ class EditConfig:
 
     def as_dict(self) -> dict:
         out = {**asdict(self), "layers": list(self.layers)}
-        if not self.null_space:  # added later: a configuration without it reads as it did before
-            del out["null_space"]
+        for later in ("null_space", "ridge_relative"):  # added later: a configuration without them reads as before
+            if not out[later]:
+                del out[later]
         return out
 
 
