@@ -794,11 +794,12 @@ def test_a_re_solving_guard_holds_the_held_out_controls_an_edit_loses_and_the_sc
         assert e["guard_held_rows"] > 0 and e["guard_lost"] == 0 and not e["refused"]
 
 
-def test_the_runs_that_reach_200_edits_get_a_plot_of_their_own(tmp_path):
-    def run(label, edits):
+def test_the_runs_of_200_facts_or_more_get_a_plot_of_their_own_stopped_ones_too(tmp_path):
+    def run(label, edits, facts=None):
         points = [{"edits": n, "efficacy": 1.0, "specificity": 0.9, "specificity_target_only": 0.9} for n in edits]
         change = {"edits": list(range(1, edits[-1] + 1)), "rows": [], "delta_rel": [0.01 * n for n in range(edits[-1])]}
-        return {"label": label, "protocol": "sequential", "n_facts": edits[-1], "method": "none", "method_config": {},
+        return {"label": label, "protocol": "sequential", "n_facts": facts or edits[-1], "method": "none",
+                "method_config": {},
                 "model": "tiny", "dtype": "float32", "commit": "c", "checkpoints": points, "deepest_layer": change}
 
     text = report.render([run("short", [10, 100]), run("long", [10, 100, 300])], tmp_path, "report")
@@ -806,3 +807,5 @@ def test_the_runs_that_reach_200_edits_get_a_plot_of_their_own(tmp_path):
     assert (tmp_path / "benchmark_scale.png").stat().st_size > 0
     (tmp_path / "only-short").mkdir()
     assert "![scale]" not in report.render([run("short", [10, 100])], tmp_path / "only-short", "report")
+    (tmp_path / "stopped").mkdir()  # a 1000-fact run stopped after its 100-edit checkpoint is a scale run
+    assert "![scale]" in report.render([run("stopped", [10, 100], facts=1000)], tmp_path / "stopped", "report")
