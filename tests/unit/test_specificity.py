@@ -22,6 +22,15 @@ def test_values_match_as_whole_words_and_the_controls_own_target_or_question_is_
     assert leaked_values("Alibaba was started by Alibaba Group.", ["Alibaba Group"], "Jack Ma") == ["Alibaba Group"]
 
 
+def test_a_value_the_unedited_answer_named_already_is_no_leak():
+    alibaba = "Alibaba was founded by Jack Ma in 1999."
+    assert leaked_values(alibaba, ["1999"], "Jack Ma") == ["1999"]
+    assert leaked_values(alibaba, ["1999"], "Jack Ma", before=alibaba) == []
+    assert kept(alibaba, "Jack Ma", ["1999"], before="Jack Ma founded Alibaba in 1999.")
+    # a value the edited answer names anew is still a leak, beside one the unedited answer had
+    assert not kept("Jack Ma founded it in 1999 in Redmond.", "Jack Ma", ["1999", "Redmond"], before=alibaba)
+
+
 def test_a_changed_answer_is_told_apart_from_the_same_answer():
     assert not changed("Jack Ma  founded Alibaba.", "jack ma founded Alibaba.")
     assert changed("Alibaba was started by Alibaba Group.", "Alibaba was started by Jack Ma.")
@@ -42,6 +51,10 @@ def test_control_scores_count_leaks_beside_the_target_only_score():
     assert scores["specificity"] == 0.5 and scores["specificity_same_relation"] == 0.0
     assert scores["specificity_other"] == 1.0
     assert scores["leak"] == 2 / 3 and scores["control_changed"] == 2 / 3
+    # the same year in the unedited answer: kept, and no leak
+    before[0]["answer"] = "Bill Gates and Paul Allen founded it in 1987"
+    again = control_scores(rows, lambda row: ["1987", "Alibaba Group"], before)
+    assert again["specificity"] == 1.0 and again["leak"] == 1 / 3
 
 
 def test_the_report_shows_an_older_summarys_specificity_as_own_target_only():

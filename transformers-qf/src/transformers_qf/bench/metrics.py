@@ -26,25 +26,30 @@ def gives(answer: str, target: str) -> bool:
     return re.search(pattern, _normal(answer)) is not None
 
 
-def leaked_values(answer: str, values, own_target: str, question: str = "") -> list[str]:
+def leaked_values(answer: str, values, own_target: str, question: str = "", before: str = "") -> list[str]:
     """The edited facts' values (targets) that a control's `answer` names as whole words (as `gives`
     matches them), in the order given. Left out, since naming them is no sign of an edit: a value that is
-    the control's own target or a part of it (or has it as a part: "Gates" for "Bill Gates"), and a value
-    its question names (an answer repeats its question's words)."""
+    the control's own target or a part of it (or has it as a part: "Gates" for "Bill Gates"), a value
+    its question names (an answer repeats its question's words), and a value the unedited model's answer
+    to the same prompt, `before`, names already ("Alibaba was founded by Jack Ma in 1999" is no leak of an
+    invented fact's founding year 1999 when the unedited model said it too; among 1,000 facts most years
+    are some fact's value)."""
     found = []
     for value in dict.fromkeys(v for v in values if _normal(v)):
         if gives(own_target, value) or gives(value, own_target) or (question and gives(question, value)):
+            continue
+        if before and gives(before, value):
             continue
         if gives(answer, value):
             found.append(value)
     return found
 
 
-def kept(answer: str, own_target: str, values, question: str = "") -> bool:
+def kept(answer: str, own_target: str, values, question: str = "", before: str = "") -> bool:
     """A control is kept when its answer still gives its own target and names no edited fact's value
-    (`leaked_values`): "Microsoft was founded by Bill Gates and Paul Allen in 1987", after an edit whose value
-    is 1987, is not kept."""
-    return gives(answer, own_target) and not leaked_values(answer, values, own_target, question)
+    (`leaked_values`, which leaves out what the unedited answer `before` named): "Microsoft was founded by
+    Bill Gates and Paul Allen in 1987", after an edit whose value is 1987, is not kept."""
+    return gives(answer, own_target) and not leaked_values(answer, values, own_target, question, before)
 
 
 def changed(answer: str, before: str) -> bool:

@@ -39,7 +39,8 @@ SEQUENTIAL_EXTRA = (("efficacy_immediate", "efficacy right after", "{:.2f}"),
 SPECIFICITY_NOTE = (
     "A control counts for specificity when the unedited model answered it right and the edited model's answer "
     "still gives its own target and names no edited fact's value (whole words; a value that is the control's own "
-    "target or is named by its question is not counted). `spec. (own target only)` is the earlier score, which "
+    "target, is named by its question, or was named by the unedited model's answer to it is not counted)."
+    " `spec. (own target only)` is the earlier score, which "
     "asked only for the own target; `leak`: control answers naming an edited fact's value; `controls changed`: "
     "control answers that differ from the unedited model's. Runs summarized before these scores existed show "
     "`–` for them.")

@@ -5,8 +5,8 @@ paraphrased questions (paraphrase_unseen: only those that are not, word for word
 edit was fitted on, with --target-wordings); specificity: controls the unedited model answered right that are still answered
 right, still give their own target and name no edited fact's value (split into controls about the facts'
 relations and the rest; specificity_target_only: the earlier score, own target only); leak: control answers
-that name an edited fact's value (a value that is the control's own target, or that its question names, is
-not counted); control_changed: control answers that differ from the unedited model's; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
+that name an edited fact's value (a value that is the control's own target, that its question names, or that
+the unedited model's answer to it named already, is not counted); control_changed: control answers that differ from the unedited model's; fluency: mean n-gram entropy of free answers to open prompts. Fractions are in
 0..1. In the sequential protocol "final" scores come after the last edit, "immediate" right after each.
 
 A run writes its summary when it finishes; for one that is still going, or was stopped, write it from the
@@ -128,15 +128,21 @@ def control_scores(controls: list[dict], values_of, before: dict[int, dict]) -> 
     the facts edited when the row was answered; `before`: the unedited model's row of each control."""
     answered_before = [r for r in controls if before.get(r["control"], {}).get("gives")]
 
+    def unedited(row: dict) -> str:
+        return before.get(row["control"], {}).get("answer", "")
+
+    def leaks(row: dict) -> list[str]:
+        return leaked_values(row["answer"], values_of(row), row["target"], row.get("user", ""), unedited(row))
+
     def ok(row: dict) -> bool:
-        return kept(row["answer"], row["target"], values_of(row), row.get("user", ""))
+        return kept(row["answer"], row["target"], values_of(row), row.get("user", ""), unedited(row))
 
     return {
         "specificity": fraction(ok(r) for r in answered_before),
         "specificity_same_relation": fraction(ok(r) for r in answered_before if r["same_relation"]),
         "specificity_other": fraction(ok(r) for r in answered_before if not r["same_relation"]),
         "specificity_target_only": fraction(r["gives"] for r in answered_before),
-        "leak": fraction(bool(leaked_values(r["answer"], values_of(r), r["target"], r.get("user", ""))) for r in controls),
+        "leak": fraction(bool(leaks(r)) for r in controls),
         "control_changed": fraction(changed(r["answer"], before[r["control"]]["answer"])
                                     for r in controls if r["control"] in before),
     }
