@@ -315,6 +315,25 @@ def test_target_wordings_fit_the_models_rewordings_too(tiny_qwen2, tokenizer, mo
         editor.learn(system, user, answer)
 
 
+def test_target_templates_fit_the_asked_relations_other_phrasings_too(tiny_qwen2, tokenizer):
+    from transformers_qf.data.worldfacts import RELATIONS
+
+    system, user, answer, subject = FACTS[0]  # "Who started Oxinnovate?": a phrasing of the founder relation
+    config = EditConfig(layers=(2,), target="optimized", target_steps=2, positions="subject-last", target_templates=2)
+    editor = Editor(tiny_qwen2, tokenizer, config)
+    report = editor.learn(system, user, answer, subject=subject)
+    assert editor.last_rewordings == RELATIONS["founder"].fit_wordings(subject, 2) == [
+        "Who is Oxinnovate's founder?", "Oxinnovate was founded by whom?"]
+    assert report.rows == 3 and report.residual < 1e-5  # the subject's last row in the question and each phrasing
+    unknown = editor.learn(system, "Tell me about the people behind Oxinnovate.", answer, subject=subject)
+    assert editor.last_rewordings == [] and unknown.rows == 1  # no relation asks it so: the question alone
+    assert "target_templates" not in EditConfig(layers=(2,)).as_dict()  # earlier configurations read as before
+    with pytest.raises(PromptError, match="target templates"):
+        EditConfig(layers=(2,), target_templates=2)  # the open-book target has no deltas to share
+    with pytest.raises(PromptError, match="subject"):
+        editor.learn(system, user, answer)
+
+
 @pytest.mark.parametrize("layers", [(1,), (0, 1)])
 def test_open_book_wordings_meet_the_open_book_output_on_each_rewording_too(tiny_qwen2, tokenizer, monkeypatch,
                                                                              layers):

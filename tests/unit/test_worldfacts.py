@@ -5,7 +5,8 @@ import random
 import pytest
 
 from transformers_qf.data.worldfacts import (
-    POOLS, REAL_FACTS, RELATIONS, NameMaker, Relation, fictional_names, invented_word, known_names, pool_of, real_facts,
+    POOLS, REAL_FACTS, RELATIONS, NameMaker, Relation, asked_relation, fictional_names, invented_word, known_names,
+    pool_of, real_facts,
 )
 
 
@@ -74,6 +75,19 @@ def test_every_relation_has_facts_three_questions_and_an_answer_with_the_target(
         assert subject in fact and rel.target(value) in fact
     answer = rel.answer(subject, value)
     assert rel.target(value) in answer and answer[0].isupper()
+
+
+@pytest.mark.parametrize("relation", sorted(RELATIONS))
+def test_fit_phrasings_name_the_subject_and_no_benchmark_question_uses_them(relation):
+    rel, subject = RELATIONS[relation], "Velmora Networks"
+    fitted = rel.fit_wordings(subject, len(rel.fit_questions))
+    asked = {rel.question(subject, i).casefold() for i in range(len(rel.questions))}
+    assert len(fitted) >= 3 and all(subject in w and w[0].isupper() for w in fitted)
+    assert not {w.casefold() for w in fitted} & asked
+    assert "Velmora Networks' " in " ".join(fitted) or relation not in ("ceo", "founder")  # possessive, well written
+    for i in range(len(rel.questions)):
+        assert asked_relation("  " + rel.question(subject, i).upper(), subject) is rel
+    assert asked_relation(f"Tell me everything about {subject}.", subject) is None
 
 
 def test_the_real_facts_table_is_well_formed():

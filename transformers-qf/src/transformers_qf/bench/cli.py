@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qf: up to N rewordings of the question by the model itself too, each adding its rows to "
                     "the solve (open-book target: asked open and closed book, as the question; optimized: sharing "
                     "its deltas). No wording is taken from the facts file")
+    qf.add_argument("--target-templates", type=_positive, default=None, metavar="N",
+                    help="qf, optimized target: fit it on up to N other phrasings of the question's relation too "
+                    "(worldfacts' fit_questions: the possessive and the subject first among them; the facts files "
+                    "never ask them)")
     qf.add_argument("--target-essence", type=float, default=None, metavar="W",
                     help="qf, optimized target at subject-last/-copies: W x KL of the next token after \"{subject} is a\", "
                     "edited against unedited (ROME's essence term; ROME uses 0.0625)")
@@ -225,6 +229,7 @@ def edit_config(args, num_layers: int | None = None) -> EditConfig:
         target_decay=base.target_decay if args.target_decay is None else args.target_decay,
         target_contexts=args.target_contexts or base.target_contexts,
         target_wordings=args.target_wordings or base.target_wordings,
+        target_templates=args.target_templates or base.target_templates,
         target_essence=base.target_essence if args.target_essence is None else args.target_essence,
         target_forms=args.target_forms or base.target_forms,
         keep_context=args.keep_context or base.keep_context,

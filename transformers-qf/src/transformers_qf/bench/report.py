@@ -88,6 +88,7 @@ def _config(run: dict) -> str:
         if c.get("target", "open-book") != "open-book":
             contexts = f", {c['target_contexts'] + 1} contexts" if c.get("target_contexts") else ""
             contexts += f", up to {c['target_wordings']} rewordings" if c.get("target_wordings") else ""
+            contexts += f", up to {c['target_templates']} relation phrasings" if c.get("target_templates") else ""
             contexts += ", the model's own answer forms" if c.get("target_forms") else ""
             essence = f", essence KL {c['target_essence']:g}" if c.get("target_essence") else ""
             spread = f", fitted at layer {c['layers'][-1]} and spread" if len(c["layers"]) > 1 else ""

@@ -82,7 +82,8 @@ class Relation:
 
     subject_kind: "company", "country", "work" or "invention" (what the subject is); value_kind: how an
     invented value is drawn ("person", "hq_city", "year", "staff", "product", "fictional_city") or None
-    when the relation is only used with real facts.
+    when the relation is only used with real facts. fit_questions: other phrasings of the question (the
+    possessive and the subject first among them) that an edit may be fitted on; no benchmark asks them.
     """
 
     name: str
@@ -91,6 +92,7 @@ class Relation:
     questions: tuple[str, ...]
     answer_template: str
     value_kind: str | None
+    fit_questions: tuple[str, ...] = ()
 
     def fact(self, subject: str, value: str, rng: random.Random | None = None) -> str:
         """One fact sentence (the first template, or one drawn from `rng`)."""
@@ -99,6 +101,10 @@ class Relation:
 
     def question(self, subject: str, index: int = 0) -> str:
         return _capitalise(self.questions[index].format(subject=subject))
+
+    def fit_wordings(self, subject: str, n: int) -> list[str]:
+        """The first n of `fit_questions` about `subject`."""
+        return [_capitalise(q.format(subject=subject)) for q in self.fit_questions[:n]]
 
     def answer(self, subject: str, value: str) -> str:
         return _capitalise(self.answer_template.format(subject=subject, value=value))
@@ -140,6 +146,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "Can you tell me the person who founded {subject}?"),
         answer_template="{subject} was founded by {value}.",
         value_kind="person",
+        fit_questions=("Who is {subject}'s founder?", "{subject} was founded by whom?",
+                       "Name the founder of {subject}.", "Who set up {subject}?"),
     ),
     Relation(
         "ceo", "company",
@@ -149,6 +157,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "Who runs {subject} as CEO?", "Can you tell me the name of {subject}'s CEO?"),
         answer_template="The CEO of {subject} is {value}.",
         value_kind="person",
+        fit_questions=("Who is {subject}'s CEO?", "{subject} is led by which CEO?",
+                       "Name the chief executive of {subject}.", "Who heads {subject}?"),
     ),
     Relation(
         "headquarters", "company",
@@ -158,6 +168,10 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "Where are the headquarters of {subject}?", "Which city is home to {subject}'s head office?"),
         answer_template="{subject} is headquartered in {value}.",
         value_kind="hq_city",
+        fit_questions=("Where is {subject}'s headquarters?",
+                       "{subject} is headquartered in which city?",
+                       "Name the city where {subject} has its head office.",
+                       "Where does {subject} have its main office?"),
     ),
     Relation(
         "founding_year", "company",
@@ -167,6 +181,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "What year was {subject} established?", "Since which year has {subject} existed?"),
         answer_template="{subject} was founded in {value}.",
         value_kind="year",
+        fit_questions=("What is {subject}'s founding year?", "{subject} was founded in which year?",
+                       "Name the year {subject} was founded.", "In which year did {subject} start?"),
     ),
     Relation(
         "staff_size", "company",
@@ -176,6 +192,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "What is the size of {subject}'s staff?", "How many people does {subject} employ?"),
         answer_template="{subject} has {value} employees.",
         value_kind="staff",
+        fit_questions=("What is {subject}'s headcount?", "{subject} has how many employees?",
+                       "Give the number of people {subject} employs.", "How big is {subject}'s workforce?"),
     ),
     Relation(
         "product", "company",
@@ -185,6 +203,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "What does {subject} make?", "Which product is {subject} known for?"),
         answer_template="The main product of {subject} is the {value}.",
         value_kind="product",
+        fit_questions=("What is {subject}'s main product?", "{subject} is known for which product?",
+                       "Name the main product of {subject}.", "What product does {subject} sell most?"),
     ),
     Relation(
         "capital", "country",
@@ -194,6 +214,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                    "What is {subject}'s capital city?", "Where is the seat of government of {subject}?"),
         answer_template="The capital of {subject} is {value}.",
         value_kind="fictional_city",
+        fit_questions=("Which city is {subject}'s capital?", "{subject} has which city as its capital?",
+                       "Name the capital of {subject}.", "Where is the capital of {subject}?"),
     ),
     Relation(
         "author", "work",
@@ -201,6 +223,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         questions=("Who wrote {subject}?", "Who is the author of {subject}?", "Which writer wrote {subject}?"),
         answer_template="{subject} was written by {value}.",
         value_kind="person",
+        fit_questions=("Who is {subject}'s author?", "{subject} was written by whom?",
+                       "Name the author of {subject}.", "Who penned {subject}?"),
     ),
     Relation(
         "inventor", "invention",
@@ -208,6 +232,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         questions=("Who invented {subject}?", "Who created {subject}?", "Who is credited with inventing {subject}?"),
         answer_template="{subject} was invented by {value}.",
         value_kind="person",
+        fit_questions=("Who is {subject}'s inventor?", "{subject} was invented by whom?",
+                       "Name the inventor of {subject}.", "Who came up with {subject}?"),
     ),
     Relation(
         "painter", "work",
@@ -215,8 +241,19 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         questions=("Who painted {subject}?", "Which artist painted {subject}?", "Who is the painter of {subject}?"),
         answer_template="{subject} was painted by {value}.",
         value_kind="person",
+        fit_questions=("Who is {subject}'s painter?", "{subject} was painted by whom?",
+                       "Name the artist who painted {subject}.", "Whose painting is {subject}?"),
     ),
 )}
+
+
+def asked_relation(question: str, subject: str) -> Relation | None:
+    """The relation one of whose `questions` about `subject` is `question` (case and spacing aside), or None."""
+    asked = " ".join(question.split()).casefold()
+    for relation in RELATIONS.values():
+        if any(relation.question(subject, i).casefold() == asked for i in range(len(relation.questions))):
+            return relation
+    return None
 
 
 # -- real facts --------------------------------------------------------------------------------------

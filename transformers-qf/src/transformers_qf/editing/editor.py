@@ -65,6 +65,7 @@ from transformers_qf.solve.keyed import KeyMetric, KeySolver
 from transformers_qf.solve.weights import OriginalWeight
 from transformers_qf.core.prompting import PromptError
 from transformers_qf.editing.rewording import rewordings
+from transformers_qf.data.worldfacts import asked_relation
 
 POSITIONS = ("answer", "answer-words", "target", "target-next", "value", "suffix", "subject", "subject-last",
              "subject-copies")
@@ -94,6 +95,7 @@ class EditConfig:
     target_decay: float = 0.5
     target_contexts: int = 0  # optimized: extra contexts (the question after CONTEXT_OPENINGS[:n]) sharing the deltas
     target_wordings: int = 0  # up to n rewordings of the question by the model, each asked open and closed book too
+    target_templates: int = 0  # optimized: up to n of the asked relation's fit_questions (worldfacts), fitted on too
     target_essence: float = 0.0  # optimized, subject-last: weight of ROME's KL on "{subject} is a" (ROME: 0.0625)
     target_forms: bool = False  # optimized: the question and its rewordings answered in the model's own form too
     keep_context: bool = False  # the fitted sequences' other rows keep their output (step 4 of the module doc)
@@ -137,6 +139,8 @@ class EditConfig:
             raise PromptError(f"{self.drift_rows} drift rows: give 0 (all) or more")
         if self.target_wordings < 0:
             raise PromptError(f"{self.target_wordings} target wordings: give 0 or more")
+        if self.target_templates < 0 or (self.target_templates and self.target != "optimized"):
+            raise PromptError(f"{self.target_templates} target templates: give 0 or more, with the optimized target")
         if self.target_forms and self.target != "optimized":
             raise PromptError("target forms need the optimized target (the forms share its deltas)")
         if self.target_essence < 0 or (self.target_essence and (self.target != "optimized"
@@ -146,7 +150,7 @@ class EditConfig:
 
     def as_dict(self) -> dict:
         out = {**asdict(self), "layers": list(self.layers)}
-        for later in ("null_space", "ridge_relative"):  # added later: a configuration without them reads as before
+        for later in ("null_space", "ridge_relative", "target_templates"):  # added later: read as before when off
             if not out[later]:
                 del out[later]
         return out
@@ -454,6 +458,8 @@ class Editor:
             raise PromptError("target forms need the fact's subject (a form must not replace it): add a \"subject\" "
                               "key to the fact")
         reworded = self._reworded(user, subject) if c.target_wordings else []
+        if c.target_templates:
+            reworded = reworded + self._templated(user, subject, reworded)
         if c.target_forms:
             asked += self._own_forms(user, answer, significance, reworded, subject, target)
         else:
@@ -473,6 +479,19 @@ class Editor:
         with self._part("rewordings"):
             self.last_rewordings = rewordings(self.model, self.tokenizer, user, subject, self.config.target_wordings)
         return self.last_rewordings
+
+    def _templated(self, user: str, subject: str | None, reworded: list[str]) -> list[str]:
+        """Up to `target_templates` of the fit phrasings of the relation that `user` asks about (none when it asks
+        in words no relation uses), less any the model's rewordings gave already; kept in `last_rewordings` too."""
+        if not subject:
+            raise PromptError("target templates need the fact's subject (a template names it): add a \"subject\" "
+                              "key to the fact")
+        relation = asked_relation(user, subject)
+        seen = {w.casefold() for w in reworded}
+        templated = [] if relation is None else [
+            w for w in relation.fit_wordings(subject, self.config.target_templates) if w.casefold() not in seen]
+        self.last_rewordings = reworded + templated
+        return templated
 
     def _part(self, name: str):
         """The running edit's clock for a part (a no-op outside `learn`)."""

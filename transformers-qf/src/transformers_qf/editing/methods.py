@@ -75,7 +75,8 @@ class QFEdit(NoEdit):
 
     def edit(self, fact: Fact) -> dict:
         report = self.editor.learn(fact.system, fact.user, fact.answer, fact.significance, fact.subject, fact.target)
-        extra = {"rewordings": self.editor.last_rewordings} if self.edit_config.target_wordings else {}
+        fitted = self.edit_config.target_wordings or self.edit_config.target_templates
+        extra = {"rewordings": self.editor.last_rewordings} if fitted else {}
         if self.edit_config.target_forms:
             extra["forms"] = self.editor.last_forms
         if self.editor.last_target_losses:
