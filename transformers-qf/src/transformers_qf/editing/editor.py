@@ -24,9 +24,10 @@ One round, for each layer L of `config.layers` in turn:
    same two passes on each of the model's own rewordings of the question add their rows); or, with target
    "optimized", the closed-book output plus deltas found by gradient descent (gradtarget.py), shared by
    the question, `target_contexts` copies of it after other openings (`CONTEXT_OPENINGS`) and
-   `target_wordings` rewordings of it by the model itself (rewording.py), each of which adds its own kept rows;
-   with `target_forms`, the rewordings (and the question, where the model words its answer otherwise) are
-   answered in the model's own words with the target put where it names its value (answerforms.py);
+   `target_wordings` rewordings of it by the model itself (rewording.py) and `target_templates` phrasings of
+   the asked relation's (`worldfacts.Relation.fit_questions`), each of which adds its own kept rows; with
+   `target_forms`, the rewordings (and the question, where the model words its answer otherwise) are answered
+   in the model's own words with the target put where it names its value (answerforms.py);
 4. with `keep_context`, every other row of those sequences, from the user turn to the end of the answer,
    is kept where it is: a row of the solve whose target is its output under the weight of the moment (a row
    whose tokens so far were already kept in an earlier round is not added twice). The optimised target
