@@ -24,6 +24,22 @@ def test_the_drift_is_the_move_of_each_edits_rows_since_it_was_fitted():
     assert report["drift_earlier_max"] == float(earlier.max()) and report["drift_own"] > 0
 
 
+def test_keys_are_kept_in_the_models_dtype_and_measured_as_in_float32():
+    g = torch.Generator().manual_seed(1)
+    keys, base = torch.randn(4, 10, generator=g).bfloat16(), torch.randn(4, 6, generator=g).bfloat16()
+    W = torch.randn(6, 10, generator=g).bfloat16()
+    watch, exact = DriftWatch(), DriftWatch()
+    watch.add(keys, base, W)
+    exact.add(keys.float(), base.float(), W)
+    assert watch.keys[0].dtype == torch.bfloat16 and watch.fitted[0].dtype == torch.float32  # half the memory
+    moved = W.float() + 0.01
+    assert watch.measure(W) == {"drift_own": 0.0}  # an unchanged weight measures 0, not bf16's rounding
+    assert watch.measure(moved) == exact.measure(moved)
+    restored = DriftWatch()
+    restored.load_state_dict(watch.state_dict())
+    assert restored.keys[0].dtype == torch.bfloat16 and restored.measure(moved) == watch.measure(moved)
+
+
 def test_a_watch_goes_on_from_its_state_in_either_form():
     watch, W = _watch()
     state = watch.state_dict()

@@ -4,8 +4,9 @@ An optimised target (gradtarget.py) is fitted with every other row of its sequen
 of the moment. A weight edit moves those rows too (this fact's edit, and every later one), so what
 the target was fitted for can stop holding. `DriftWatch` keeps, per edit, the keys u and the residual
 entering the MLP v of those rows, and their layer output y = W u + v under the weight W of the moment
-the edit was fitted (in float32, so that an unchanged weight measures 0, not bf16's rounding); after
-each solve it measures |W' u + v - y| / |y| at them:
+the edit was fitted (in float32, so that an unchanged weight measures 0, not bf16's rounding; the keys
+are kept in the model's own dtype, which holds them exactly: half the memory under bf16); after each solve
+it measures |W' u + v - y| / |y| at them:
 
     watch = DriftWatch()
     watch.add(u, v, W)            # the unconstrained rows of the fact about to be edited, the weight now
@@ -26,17 +27,17 @@ CHUNK_ROWS = 4096
 
 class DriftWatch:
     def __init__(self):
-        self.keys: list[torch.Tensor] = []  # per edit, [r, d_mlp] float32
+        self.keys: list[torch.Tensor] = []  # per edit, [r, d_mlp] in the model's dtype
         self.base: list[torch.Tensor] = []  # per edit, [r, d_model] float32: v
         self.fitted: list[torch.Tensor] = []  # per edit, [r, d_model] float32: y as fitted
 
     @torch.no_grad()
     def add(self, u: torch.Tensor, v: torch.Tensor, W: torch.Tensor) -> None:
         """The rows of the edit about to be solved: keys [r, d_mlp], v [r, d_model], and the weight before it."""
-        keys, base = u.detach().float(), v.detach().float()  # on the model's device: no transfer an edit
+        keys, base = u.detach(), v.detach().float()  # on the model's device: no transfer an edit
         self.keys.append(keys)
         self.base.append(base)
-        self.fitted.append(base + keys @ W.detach().float().to(keys.device).T)
+        self.fitted.append(base + keys.float() @ W.detach().float().to(keys.device).T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Each edit's rows as they are kept ("keys.3": edit 3's keys), not copied into one tensor: at a hundred
@@ -50,12 +51,12 @@ class DriftWatch:
         """Either form: per edit, or (states saved before 2026-11-25) concatenated with the edits' "sizes"."""
         if "sizes" in state:
             sizes = state["sizes"].tolist()
-            self.keys, self.base, self.fitted = (list(state[name].float().split(sizes))
+            self.keys, self.base, self.fitted = (list(state[name].split(sizes)) for name in ("keys", "base", "fitted"))
+        else:
+            edits = len([k for k in state if k.startswith("keys.")])
+            self.keys, self.base, self.fitted = ([state[f"{name}.{i}"] for i in range(edits)]
                                                  for name in ("keys", "base", "fitted"))
-            return
-        edits = len([k for k in state if k.startswith("keys.")])
-        self.keys, self.base, self.fitted = ([state[f"{name}.{i}"].float() for i in range(edits)]
-                                             for name in ("keys", "base", "fitted"))
+        self.base, self.fitted = [t.float() for t in self.base], [t.float() for t in self.fitted]
 
     @torch.no_grad()
     def measure(self, W: torch.Tensor) -> dict:
@@ -75,7 +76,7 @@ class DriftWatch:
         keys, base, fitted = (t.to(weight.device) for t in (self.keys[i], self.base[i], self.fitted[i]))  # loaded: CPU
         out = []
         for c in range(0, len(keys), CHUNK_ROWS):
-            y = base[c:c + CHUNK_ROWS] + keys[c:c + CHUNK_ROWS] @ weight.T
+            y = base[c:c + CHUNK_ROWS] + keys[c:c + CHUNK_ROWS].float() @ weight.T
             ref = fitted[c:c + CHUNK_ROWS]
             out.append(torch.linalg.norm(y - ref, dim=1) / torch.linalg.norm(ref, dim=1).clamp_min(1e-12))
         return torch.cat(out) if out else torch.zeros(0, device=weight.device)
