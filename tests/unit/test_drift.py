@@ -24,6 +24,18 @@ def test_the_drift_is_the_move_of_each_edits_rows_since_it_was_fitted():
     assert report["drift_earlier_max"] == float(earlier.max()) and report["drift_own"] > 0
 
 
+def test_past_max_rows_the_earlier_edits_are_measured_at_an_even_subset_of_their_rows():
+    watch, W = _watch(edits=5)  # earlier edits of 2, 3, 4 and 5 rows: 14
+    full = watch.measure(W)
+    assert full["drift_earlier_rows"] == 14
+    watch.max_rows = 5  # every third row of each earlier edit
+    strided = watch.measure(W)
+    subset = torch.cat([watch._drift(W, i)[::3] for i in range(4)])
+    assert strided["drift_earlier_rows"] == len(subset) == 1 + 1 + 2 + 2
+    assert strided["drift_earlier"] == pytest.approx(float(subset.mean()))
+    assert strided["drift_own"] == full["drift_own"]  # the last edit's rows are always measured whole
+
+
 def test_keys_are_kept_in_the_models_dtype_and_measured_as_in_float32():
     g = torch.Generator().manual_seed(1)
     keys, base = torch.randn(4, 10, generator=g).bfloat16(), torch.randn(4, 6, generator=g).bfloat16()

@@ -13,6 +13,11 @@ it measures |W' u + v - y| / |y| at them:
     ... solve ...
     watch.measure(W)              # {"drift_own": ..., "drift_earlier": ..., "drift_earlier_max": ...}
 
+Past `max_rows` earlier rows the earlier edits are measured at an evenly strided subset of each edit's rows
+(every s-th row, s = ceil(earlier rows / max_rows); "drift_earlier_rows" says how many): the watch keeps a
+constant cost an edit instead of one that grows with the facts (at 170 facts of 5 layers every row took 4.9 s
+of a 36 s edit on 2 CPU cores).
+
 The keys of a single edited layer do not depend on its own down_proj, so the stored keys stay exact;
 with several layers edited in turn, a later layer's keys move with the earlier edits and the measure
 is the drift at the keys as recorded.
@@ -20,13 +25,17 @@ is the drift at the keys as recorded.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 CHUNK_ROWS = 4096
+MAX_ROWS = 2048  # earlier rows measured after an edit, at most
 
 
 class DriftWatch:
-    def __init__(self):
+    def __init__(self, max_rows: int = MAX_ROWS):
+        self.max_rows = max_rows
         self.keys: list[torch.Tensor] = []  # per edit, [r, d_mlp] in the model's dtype
         self.base: list[torch.Tensor] = []  # per edit, [r, d_model] float32: v
         self.fitted: list[torch.Tensor] = []  # per edit, [r, d_model] float32: y as fitted
@@ -60,20 +69,24 @@ class DriftWatch:
 
     @torch.no_grad()
     def measure(self, W: torch.Tensor) -> dict:
-        """Mean relative drift at the last edit's rows, and mean and max at every earlier edit's rows."""
+        """Mean relative drift at the last edit's rows, and mean and max at the earlier edits' rows (all of them, or
+        a strided subset past `max_rows`)."""
         if not self.keys:
             return {}
         weight = W.detach().float()
         own = self._drift(weight, len(self.keys) - 1)
-        earlier = torch.cat([self._drift(weight, i) for i in range(len(self.keys) - 1)]
+        stride = max(1, math.ceil(sum(len(k) for k in self.keys[:-1]) / self.max_rows))
+        earlier = torch.cat([self._drift(weight, i, stride) for i in range(len(self.keys) - 1)]
                             or [torch.zeros(0, device=weight.device)])
         out = {"drift_own": _mean(own)}
         if len(earlier):
-            out.update(drift_earlier=_mean(earlier), drift_earlier_max=float(earlier.max()))
+            out.update(drift_earlier=_mean(earlier), drift_earlier_max=float(earlier.max()),
+                       drift_earlier_rows=len(earlier))
         return out
 
-    def _drift(self, weight: torch.Tensor, i: int) -> torch.Tensor:
-        keys, base, fitted = (t.to(weight.device) for t in (self.keys[i], self.base[i], self.fitted[i]))  # loaded: CPU
+    def _drift(self, weight: torch.Tensor, i: int, stride: int = 1) -> torch.Tensor:
+        keys, base, fitted = (t[::stride].to(weight.device)  # loaded: on the CPU
+                              for t in (self.keys[i], self.base[i], self.fitted[i]))
         out = []
         for c in range(0, len(keys), CHUNK_ROWS):
             y = base[c:c + CHUNK_ROWS] + keys[c:c + CHUNK_ROWS].float() @ weight.T
