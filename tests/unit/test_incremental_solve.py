@@ -153,3 +153,15 @@ def test_a_relative_ridge_is_lambda_times_the_first_rounds_mean_metric_norm_and_
     absolute.add(keys[:6], R[:6], torch.ones(6))
     with pytest.raises(SolveError, match="absolute ridge"):
         KeySolver(W0, km, ridge=0.05, incremental=True, ridge_relative=True).load_state_dict(absolute.state_dict())
+
+
+def test_many_primal_rounds_keep_the_closed_form_ridge_solution_and_a_symmetric_p():
+    # more primal rounds than keyed.SYMMETRIZE_EVERY: P is re-symmetrised only now and then
+    W0, keys, R, _ = _problem(k=100, d_mlp=20)
+    solver = KeySolver(W0, None, 5.0, incremental=True, dual_rows=10)
+    W, reports = _rounds(solver, keys, R, size=2)
+    assert sum("primal" in r.method for r in reports) == 45
+    want = W0 - R.T @ keys @ torch.linalg.inv(5.0 * torch.eye(20, dtype=torch.float64) + keys.T @ keys)
+    torch.testing.assert_close(W, want, rtol=1e-9, atol=1e-9)
+    P = solver.primal.P
+    assert float((P - P.T).abs().max()) < 1e-12 * float(P.abs().max())

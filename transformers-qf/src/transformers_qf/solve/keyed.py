@@ -61,6 +61,7 @@ import torch
 from transformers_qf.solve.exact import CHUNK, SolveError
 
 PRIMAL_JITTER = 1e-8
+SYMMETRIZE_EVERY = 32  # primal rounds between re-symmetrising P against rounding
 JITTER = 1e-10  # of K's mean diagonal, added before the dual form's Cholesky factorisation
 JITTER_TRIES = 6  # tenfold rises of the jitter before the dual solve gives up
 
@@ -488,6 +489,7 @@ class _Primal:
     def restored(cls, solver: KeySolver, state: dict[str, torch.Tensor]) -> "_Primal":
         primal = cls.__new__(cls)
         primal.solver, primal.P, primal.dW, primal.lam = solver, state["P"], state["dW"], float(state["lam"])
+        primal.rounds = 0
         primal.method = primal._method_name()
         primal.last = (state["last_keys"], state["last_R"], state["last_target_norm"])
         return primal
@@ -516,6 +518,7 @@ class _Primal:
         self.P = torch.cholesky_inverse(torch.linalg.cholesky(M))
         del M
         self.dW = -RSU @ self.P  # -R^T S U' P
+        self.rounds = 0
         self.method = self._method_name()
         self.last = (keys[-1:].to(torch.float64), R[-1:], solver.target_norm[-1:])
 
@@ -524,9 +527,11 @@ class _Primal:
         G = torch.diag(1.0 / weights) + keys @ PU
         E = self.dW @ keys.T + residuals.T  # [d_model, m]: the new rows' residuals under dW
         gain = torch.linalg.solve(G, PU.T)  # G^-1 U_m P, [m, d]
-        self.dW -= E @ gain
-        self.P -= PU @ gain
-        self.P = (self.P + self.P.T) / 2
+        self.dW.addmm_(E, gain, alpha=-1.0)
+        self.P.addmm_(PU, gain, alpha=-1.0)  # P U^T G^-1 U P: symmetric but for rounding
+        self.rounds += 1
+        if self.rounds % SYMMETRIZE_EVERY == 0:  # a transposed copy costs more than the update itself on a CPU
+            self.P.add_(self.P.T.clone()).mul_(0.5)
         self.last = (keys, residuals, target_norm)
 
     def solve_into(self, W: torch.Tensor, t0: float) -> KeySolveReport:
